@@ -1,0 +1,12 @@
+"""Backends: where a fragment lives and how requests reach it.
+
+``Remote`` (HTTP), ``Simulation`` (an in-process ``Server`` through msgpack)
+and ``Local`` (in-process, exact). One executor drives them all.
+"""
+
+from .base import Link, Source
+from .local import Local
+from .remote import Remote
+from .simulation import Simulation
+
+__all__ = ["Link", "Source", "Local", "Remote", "Simulation"]

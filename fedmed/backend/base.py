@@ -1,0 +1,81 @@
+"""What every backend shares: a ``Source`` names a fragment on a server, a link carries requests.
+
+The executor groups tasks by ``Source.link_key`` (one request per server per
+round) and calls ``link.send(request) -> response``. Backends differ only in
+how the bytes travel; ``read_response`` turns any server answer into the
+decoded response or the typed error it carries.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Hashable
+
+from .. import wire
+from ..errors import ERROR_TYPES, ServerError
+
+
+class Link(ABC):
+    """A way to reach one server; ``name`` is how errors and plans refer to it."""
+
+    name: str
+
+    @abstractmethod
+    def send(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one protocol request and return the decoded response (or raise a ServerError)."""
+
+
+class Source(ABC):
+    """One fragment on one server: what a ``FedData`` is made of."""
+
+    fragment: str
+
+    @property
+    @abstractmethod
+    def token(self) -> str:
+        """Stable identity of this source, part of the keys of nodes that read it."""
+
+    @property
+    @abstractmethod
+    def link_key(self) -> Hashable:
+        """Sources with equal link keys share one request per round."""
+
+    @abstractmethod
+    def link(self) -> Link:
+        """The link to this source's server."""
+
+    @property
+    def server(self) -> str:
+        return self.link().name
+
+
+def read_response(status: int, body: bytes, server: str) -> dict[str, Any]:
+    """Decode a server's answer; raise the typed error it reports, located at ``server``."""
+    try:
+        response = wire.unpack(body)
+    except Exception:
+        raise ServerError(f"the server answered HTTP {status} with a body that is not msgpack", server=server) from None
+    if not isinstance(response, dict):
+        raise ServerError("the server's answer is not a msgpack map", server=server)
+    if "error" in response:
+        raise error_from_wire(response["error"], server)
+    if status != 200 or not isinstance(response.get("results"), list):
+        raise ServerError(f"the server answered HTTP {status} without results", server=server)
+    if response.get("protocol") != wire.PROTOCOL:
+        raise ServerError(
+            f"the server speaks protocol {response.get('protocol')!r}, this client {wire.PROTOCOL}", server=server
+        )
+    return response
+
+
+def error_from_wire(error: Any, server: str) -> ServerError:
+    """Rebuild the typed error a server sent (an unknown type becomes a plain ServerError)."""
+    if not isinstance(error, dict):
+        return ServerError(f"the server sent a malformed error: {error!r}"[:200], server=server)
+    cls = ERROR_TYPES.get(error.get("type"), ServerError)
+    return cls(
+        str(error.get("message", "unknown error")),
+        server=server,
+        fragment=error.get("fragment"),
+        operation=error.get("operation"),
+    )

@@ -1,0 +1,155 @@
+"""Load and check a FedMed config: which operations exist, which policies apply.
+
+A config is YAML (or an already-loaded dict) with two keys::
+
+    methods:
+      add: fedmed.ops.binary.add                      # elementwise: name -> import path
+      sum: {map: fedmed.ops.private.sum,              # aggregate: server map ...
+            reduce: fedmed.ops.public.sum}            # ... and client reduce
+    privacy:
+      - {policy: fedmed.privacy.SomePolicy, params: {k: 5}}
+
+A server offers exactly the operations its own config names; a client uses
+its config to know which methods ``FedData`` has and how to reduce them.
+Every problem is reported at load time with the key that is wrong.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """An aggregate: ``map`` runs on each fragment, ``reduce`` pools the results."""
+
+    name: str
+    map: Callable[..., Any]
+    reduce: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A loaded config. Build it with :func:`load_config`."""
+
+    elementwise: Mapping[str, Callable[..., Any]]
+    aggregates: Mapping[str, Aggregate]
+    privacy: tuple[Any, ...] = ()
+    origin: str = "<dict>"
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def without_privacy(self) -> "Config":
+        """The same operations with no privacy policies (for exact, in-process use)."""
+        return Config(self.elementwise, self.aggregates, (), self.origin, self.raw)
+
+
+def load_config(config: "str | Path | Mapping[str, Any] | Config | None" = None) -> Config:
+    """Load a config from a YAML path, a dict, or ``None`` for FedMed's default.
+
+    Examples
+    --------
+    >>> cfg = load_config({"methods": {"add": "fedmed.ops.binary.add"}, "privacy": []})
+    >>> sorted(cfg.elementwise)
+    ['add']
+    """
+    if isinstance(config, Config):
+        return config
+    if config is None:
+        config = DEFAULT_CONFIG
+    if isinstance(config, (str, Path)):
+        origin = str(config)
+        raw = _read_yaml(Path(config))
+    elif isinstance(config, Mapping):
+        origin, raw = "<dict>", config
+    else:
+        raise ConfigError(f"config must be a path, a dict or None, not {type(config).__name__}")
+    return _build(raw, origin)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def _build(raw: Any, origin: str) -> Config:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{origin}: the config must be a mapping with 'methods' and 'privacy'")
+    unknown = set(raw) - {"methods", "privacy", "auth", "limits"}
+    if unknown:
+        raise ConfigError(f"{origin}: unknown top-level key(s) {sorted(unknown)}")
+    methods = raw.get("methods")
+    if not isinstance(methods, Mapping) or not methods:
+        raise ConfigError(f"{origin}: 'methods' must be a non-empty mapping of operation names")
+    elementwise: dict[str, Callable[..., Any]] = {}
+    aggregates: dict[str, Aggregate] = {}
+    for name, spec in methods.items():
+        where = f"{origin}: methods.{name}"
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"{where}: an operation name must be a Python identifier")
+        if isinstance(spec, str):
+            elementwise[name] = resolve(spec, where)
+        elif isinstance(spec, Mapping) and set(spec) == {"map", "reduce"}:
+            aggregates[name] = Aggregate(
+                name, resolve(spec["map"], f"{where}.map"), resolve(spec["reduce"], f"{where}.reduce")
+            )
+        else:
+            raise ConfigError(
+                f"{where}: expected an import path (elementwise) or {{map: path, reduce: path}} (aggregate)"
+            )
+    privacy = _build_policies(raw.get("privacy", []), origin)
+    return Config(elementwise, aggregates, privacy, origin, raw)
+
+
+def _build_policies(entries: Any, origin: str) -> tuple[Any, ...]:
+    if entries is None:
+        return ()
+    if not isinstance(entries, list):
+        raise ConfigError(f"{origin}: 'privacy' must be a list (empty for exact results)")
+    policies = []
+    for i, entry in enumerate(entries):
+        where = f"{origin}: privacy[{i}]"
+        if not isinstance(entry, Mapping) or "policy" not in entry:
+            raise ConfigError(f"{where}: expected {{policy: import.path, params: {{...}}}}")
+        extra = set(entry) - {"policy", "params", "filter", "reject"}
+        if extra:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(extra)}")
+        cls = resolve(entry["policy"], f"{where}.policy")
+        params = entry.get("params") or {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{where}.params: must be a mapping")
+        try:
+            policy = cls(**params)
+        except TypeError as exc:
+            raise ConfigError(f"{where}.params: {exc}") from None
+        policies.append(policy)
+    return tuple(policies)
+
+
+def resolve(path: Any, where: str) -> Any:
+    """Import ``package.module.attribute`` named by a config (never by a request)."""
+    if not isinstance(path, str) or "." not in path:
+        raise ConfigError(f"{where}: expected an import path like 'package.module.name', got {path!r}")
+    module_name, _, attr = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{where}: cannot import module {module_name!r} ({exc})") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"{where}: module {module_name!r} has no attribute {attr!r}") from None

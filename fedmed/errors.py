@@ -1,0 +1,103 @@
+"""Every exception FedMed raises, in one hierarchy.
+
+Errors that come from a server carry the server, the fragment and the
+operation involved, so that an analyst with twenty data owners can tell at a
+glance which one refused what. The wire protocol sends errors by class name
+(``ERROR_TYPES``), and the client rebuilds the same class.
+"""
+
+from __future__ import annotations
+
+
+class FedMedError(Exception):
+    """Base class of all FedMed errors."""
+
+
+class ConfigError(FedMedError):
+    """A config file or dict is missing, malformed, or names something that does not exist."""
+
+
+class ProtocolError(FedMedError):
+    """A request or response does not follow the wire protocol (or its version differs)."""
+
+
+class ServerError(FedMedError):
+    """Something a server reported or caused, with where it happened.
+
+    Attributes
+    ----------
+    server : str | None
+        The server's address (``http://host:port``), ``"local"`` or ``"simulation"``.
+    fragment : str | None
+        The fragment the failing task ran on.
+    operation : str | None
+        The readable signature of the task or operation that failed.
+    """
+
+    status = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        server: str | None = None,
+        fragment: str | None = None,
+        operation: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.server = server
+        self.fragment = fragment
+        self.operation = operation
+
+    def located(self, server: str) -> "ServerError":
+        """The same error, with the server it came from filled in."""
+        return type(self)(self.message, server=server, fragment=self.fragment, operation=self.operation)
+
+    def __str__(self) -> str:
+        where = [
+            f"{label} {value!r}"
+            for label, value in (
+                ("server", self.server),
+                ("fragment", self.fragment),
+                ("operation", self.operation),
+            )
+            if value is not None
+        ]
+        return f"{self.message} [{', '.join(where)}]" if where else self.message
+
+
+class BadRequest(ServerError):
+    """The server could not read the request (malformed body, bad node table)."""
+
+    status = 400
+
+
+class UnknownFragment(ServerError):
+    """The server holds no fragment of that name."""
+
+    status = 404
+
+
+class OperationNotAllowed(ServerError):
+    """The server's config does not offer this operation."""
+
+    status = 403
+
+
+class TaskFailed(ServerError):
+    """A map task raised while it ran on the server (a missing column, a type error...)."""
+
+    status = 422
+
+
+class ServerUnavailable(ServerError):
+    """The server could not be reached, or did not answer within the timeout."""
+
+    status = 503
+
+
+ERROR_TYPES: dict[str, type[ServerError]] = {
+    cls.__name__: cls
+    for cls in (ServerError, BadRequest, UnknownFragment, OperationNotAllowed, TaskFailed, ServerUnavailable)
+}

@@ -1,0 +1,1 @@
+"""Lazy expressions: nodes, the optimizer, and explain()."""

@@ -1,0 +1,151 @@
+"""The optimizer: from the outputs a user asked for to rounds of per-server requests.
+
+Passes, each switchable through :class:`OptFlags`:
+
+- ``dedupe_nodes``: equal subtrees (equal keys) become one node, so a map
+  used twice is computed once and sent once (common-subexpression
+  elimination across the whole batch);
+- ``batch_requests``: all map tasks of a round for one server, whatever the
+  fragment, travel in one request.
+
+``split_rounds`` always runs: a map whose expression uses a client-side
+result (a ``Param``) must wait for the round that computes it, so the number
+of rounds equals the dependency depth of the reduce graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Iterable, Sequence
+
+from ..backend.base import Link, Source
+from .client import CLIENT_NODES, Reduce
+from .node import Node, rewrite, walk
+from .rowwise import Fragment, Literal, Param
+
+
+@dataclass(frozen=True)
+class OptFlags:
+    """Which optimizer passes run. ``OptFlags.naive()`` switches all of them off.
+
+    Examples
+    --------
+    >>> OptFlags().passes
+    ('dedupe_nodes', 'batch_requests', 'split_rounds')
+    >>> OptFlags.naive().passes
+    ('split_rounds',)
+    """
+
+    dedupe: bool = True
+    batch: bool = True
+
+    @classmethod
+    def naive(cls) -> "OptFlags":
+        return cls(dedupe=False, batch=False)
+
+    @property
+    def passes(self) -> tuple[str, ...]:
+        return tuple(
+            name for name, on in (("dedupe_nodes", self.dedupe), ("batch_requests", self.batch)) if on
+        ) + ("split_rounds",)
+
+    def identity(self) -> Callable[[Node], Hashable]:
+        """How nodes are told apart: by content when deduplicating, else by object."""
+        return (lambda node: node.key) if self.dedupe else id
+
+
+@dataclass(frozen=True)
+class Task:
+    """One map task: a reduce's map, bound to one source's fragment."""
+
+    reduce: Reduce
+    source: Source
+    map: Node
+
+
+@dataclass
+class Request:
+    """All tasks of one round that travel together to one server."""
+
+    link: Link
+    tasks: list[Task] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``compute`` will do: reduces grouped into rounds, and the client graph."""
+
+    outputs: tuple[Node, ...]
+    rounds: tuple[tuple[Reduce, ...], ...]
+    client: tuple[Node, ...]  # every client-side node, children first
+    flags: OptFlags
+
+
+def make_plan(outputs: Sequence[Node], flags: OptFlags = OptFlags()) -> Plan:
+    """Deduplicate the graph below ``outputs`` and split its reduces into rounds."""
+    identity = flags.identity()
+    unique: dict[Hashable, Node] = {}
+    for node in walk(outputs):
+        unique.setdefault(identity(node), node)
+    depth: dict[Hashable, int] = {}
+    for ident, node in unique.items():  # children come first in walk order
+        below = max((depth[identity(c)] for c in node.children), default=0)
+        depth[ident] = below + 1 if isinstance(node, Reduce) else below
+    reduces = [n for n in unique.values() if isinstance(n, Reduce)]
+    rounds = tuple(
+        tuple(r for r in reduces if depth[identity(r)] == level)
+        for level in range(1, max((depth[identity(r)] for r in reduces), default=0) + 1)
+    )
+    client = tuple(n for n in unique.values() if isinstance(n, CLIENT_NODES))
+    return Plan(tuple(outputs), rounds, client, flags)
+
+
+def bind(expr: Node, fragment: str, values: Callable[[Node], Any] | None = None) -> Node:
+    """The map expression for one fragment: name the fragment, put client values in as literals.
+
+    Without ``values`` (when explaining before anything ran) ``Param`` nodes stay.
+    """
+
+    def replace(node: Node) -> Node | None:
+        if isinstance(node, Fragment) and node.name is None:
+            return Fragment(fragment)
+        if isinstance(node, Param) and values is not None:
+            return Literal(_literal(values(node.value)))
+        return None
+
+    return rewrite(expr, replace, stop=lambda n: isinstance(n, Param))
+
+
+def plan_requests(
+    reduces: Iterable[Reduce], flags: OptFlags, values: Callable[[Node], Any] | None = None
+) -> list[Request]:
+    """The requests of one round: one per server when batching, else one per task."""
+    requests: dict[Hashable, Request] = {}
+    out: list[Request] = []
+    for reduce in reduces:
+        bound: dict[str, Node] = {}
+        for source in reduce.sources:
+            if source.fragment not in bound:
+                bound[source.fragment] = bind(reduce.map, source.fragment, values)
+            task = Task(reduce, source, bound[source.fragment])
+            if not flags.batch:
+                out.append(Request(source.link(), [task]))
+                continue
+            if source.link_key not in requests:
+                requests[source.link_key] = Request(source.link())
+                out.append(requests[source.link_key])
+            requests[source.link_key].tasks.append(task)
+    return out
+
+
+def _literal(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+        return value.item()
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_literal(v) for v in value]
+    raise TypeError(
+        f"a {type(value).__name__} computed on the client cannot be sent to a server as a constant; "
+        "use a single number, string or list"
+    )

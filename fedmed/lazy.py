@@ -1,0 +1,275 @@
+"""The user-facing lazy objects: ``FedData`` (rows on servers) and ``LazyResult`` (values on the client).
+
+Both hold one expression node and build bigger ones through Python
+operators; nothing is sent until a value is needed. ``FedData`` stands for
+row-level data spread over its sources and has no value on the client;
+calling an aggregate on it (``data.sum()``) gives a ``LazyResult``, which
+evaluates on ``compute()``, ``float()``, ``int()``, ``bool()``, ``str()`` or
+``repr()``. ``compute(a, b, ...)`` evaluates several results in one batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .backend.base import Source
+from .config import Config, load_config
+from .errors import FedMedError, OperationNotAllowed
+from .executor import execute
+from .expr.client import Apply, Reduce, Scalar
+from .expr.explain import explain_plan
+from .expr.node import Node
+from .expr.optimize import OptFlags
+from .expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map, Param
+
+_OPERATORS = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "eq", "ne", "lt", "le", "gt", "ge", "and", "or")
+_DUNDER = {"and": "and_", "or": "or_"}
+
+
+class FedData:
+    """Row-level data spread over several sources, used like a pandas object.
+
+    Parameters
+    ----------
+    sources : list of Source
+        ``fm.Remote``, ``fm.Simulation`` or ``fm.Local`` fragments, in order.
+    config : str, Path, dict or None
+        The client's config: which operations ``FedData`` offers and how
+        aggregates are reduced. ``None`` uses FedMed's default.
+    optimize : bool or OptFlags
+        ``False`` runs the naive plan (one request per map task, no merging),
+        for comparison; an ``OptFlags`` switches passes one by one.
+
+    Examples
+    --------
+    >>> import fedmed as fm
+    >>> data = fm.FedData([fm.Local({"age": [30, 40]}), fm.Local({"age": [50]})])
+    >>> mean = data["age"].sum() / data["age"].len()
+    >>> float(mean)
+    40.0
+    >>> float(data[data["age"] > 35]["age"].min())
+    40.0
+    """
+
+    __hash__ = None  # type: ignore[assignment]  # == builds an expression, as in pandas
+
+    def __init__(
+        self,
+        sources: Iterable[Source],
+        config: "str | Mapping[str, Any] | Config | None" = None,
+        *,
+        optimize: "bool | OptFlags" = True,
+    ) -> None:
+        sources = tuple(sources)
+        if not sources:
+            raise FedMedError("FedData needs at least one source")
+        for s in sources:
+            if not isinstance(s, Source):
+                raise TypeError(f"sources must be fm.Remote, fm.Simulation or fm.Local, not {type(s).__name__}")
+        self._sources = sources
+        self._config = load_config(config)
+        self._flags = optimize if isinstance(optimize, OptFlags) else OptFlags() if optimize else OptFlags.naive()
+        self._node: Node = Fragment()
+
+    def _derive(self, node: Node) -> "FedData":
+        new = object.__new__(FedData)
+        new._sources, new._config, new._flags, new._node = self._sources, self._config, self._flags, node
+        return new
+
+    @property
+    def node(self) -> Node:
+        """The server-side expression this object stands for."""
+        return self._node
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        return self._sources
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    # -- selection -------------------------------------------------------
+    def __getitem__(self, key: Any) -> "FedData":
+        if isinstance(key, str):
+            return self._derive(Column(self._node, key))
+        if isinstance(key, FedData):
+            return self._derive(Filter(self._node, self._operand(key)))
+        raise TypeError(f"select a column by name or filter rows with a boolean FedData, not {type(key).__name__}")
+
+    # -- operations named in the config ----------------------------------
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        config = self._config
+        if name in config.aggregates:
+            return lambda *args: self._aggregate(name, args)
+        if name in config.elementwise:
+            return lambda *args: self._elementwise(name, (self, *args))
+        offered = sorted([*config.aggregates, *config.elementwise])
+        raise AttributeError(f"FedData has no operation {name!r}; the config {config.origin} offers {offered}")
+
+    def _aggregate(self, name: str, args: Sequence[Any]) -> "LazyResult":
+        operands = tuple(self._operand(a) for a in args)
+        fn = self._config.aggregates[name].reduce
+        return LazyResult(Reduce(Map(name, (self._node, *operands)), self._sources, fn), self._flags)
+
+    def _elementwise(self, op: str, args: Sequence[Any]) -> "FedData":
+        if op not in self._config.elementwise:
+            raise OperationNotAllowed(f"the config {self._config.origin} does not offer {op!r}", operation=op)
+        return self._derive(Elementwise(op, tuple(self._operand(a) for a in args)))
+
+    def _operand(self, value: Any) -> Node:
+        if isinstance(value, FedData):
+            if value._sources != self._sources:
+                raise FedMedError("cannot combine rows of FedData objects built on different sources")
+            return value._node
+        if isinstance(value, LazyResult):
+            return Param(value.node)
+        if isinstance(value, (list, tuple)):
+            return Literal([_plain(v) for v in value])
+        if value is None or isinstance(value, (bool, int, float, str, np.generic)):
+            return Literal(_plain(value))
+        raise TypeError(f"cannot use a {type(value).__name__} in a federated expression")
+
+    def _binop(self, op: str, other: Any, reflected: bool = False) -> "FedData":
+        try:
+            self._operand(other)
+        except TypeError:
+            return NotImplemented
+        return self._elementwise(op, (other, self) if reflected else (self, other))
+
+    def __neg__(self) -> "FedData":
+        return self._elementwise("neg", (self,))
+
+    def __invert__(self) -> "FedData":
+        return self._elementwise("invert", (self,))
+
+    def __abs__(self) -> "FedData":
+        return self._elementwise("abs", (self,))
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "the truth value of federated rows is not known on the client; "
+            "use & | ~ to combine conditions, or an aggregate such as .sum()"
+        )
+
+    def __repr__(self) -> str:
+        from .expr.node import render_code
+
+        servers = ", ".join(dict.fromkeys(s.server for s in self._sources))
+        return f"FedData({render_code(self._node)} over {len(self._sources)} sources: {servers})"
+
+
+class LazyResult:
+    """A value the client will compute: an aggregate, or arithmetic on aggregates.
+
+    Examples
+    --------
+    >>> import fedmed as fm
+    >>> data = fm.FedData([fm.Local([1, 2, 3]), fm.Local([4])])
+    >>> total = data.sum()
+    >>> (total / data.len()).compute()
+    2.5
+    >>> print(total + 1)
+    11
+    """
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, node: Node, flags: OptFlags = OptFlags()) -> None:
+        self._node = node
+        self._flags = flags
+
+    @property
+    def node(self) -> Node:
+        """The client-side expression this result stands for."""
+        return self._node
+
+    def compute(self) -> Any:
+        """Evaluate now and return the value."""
+        return execute([self._node], self._flags)[0]
+
+    def explain(self) -> str:
+        """The plan: rounds, per server the map tasks, and the client reduce graph (nothing is sent)."""
+        return explain_plan([self._node], self._flags)
+
+    def _binop(self, op: str, other: Any, reflected: bool = False) -> "LazyResult":
+        if isinstance(other, FedData):
+            return NotImplemented
+        node = other.node if isinstance(other, LazyResult) else Scalar(_plain(other))
+        args = (node, self._node) if reflected else (self._node, node)
+        return LazyResult(Apply(op, args), self._flags)
+
+    def __getitem__(self, key: Any) -> "LazyResult":
+        return LazyResult(Apply("getitem", (self._node, Scalar(key))), self._flags)
+
+    def __neg__(self) -> "LazyResult":
+        return LazyResult(Apply("neg", (self._node,)), self._flags)
+
+    def __abs__(self) -> "LazyResult":
+        return LazyResult(Apply("abs", (self._node,)), self._flags)
+
+    def __float__(self) -> float:
+        return float(self.compute())
+
+    def __int__(self) -> int:
+        return int(self.compute())
+
+    def __bool__(self) -> bool:
+        return bool(self.compute())
+
+    def __str__(self) -> str:
+        return str(self.compute())
+
+    def __repr__(self) -> str:
+        return repr(self.compute())
+
+    def __format__(self, spec: str) -> str:
+        return format(self.compute(), spec)
+
+
+def _install_operators() -> None:
+    # One helper per class builds every operator, so the two classes cannot drift apart.
+    for cls in (FedData, LazyResult):
+        for op in _OPERATORS:
+            name = _DUNDER.get(op, op)
+            setattr(cls, f"__{name}__", lambda self, other, op=op: self._binop(op, other))
+            if op not in ("eq", "ne", "lt", "le", "gt", "ge"):
+                setattr(cls, f"__r{name}__", lambda self, other, op=op: self._binop(op, other, True))
+
+
+_install_operators()
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def compute(*results: Any) -> tuple[Any, ...]:
+    """Evaluate several results in one batch: shared work is done once, one request per server per round.
+
+    Examples
+    --------
+    >>> import fedmed as fm
+    >>> data = fm.FedData([fm.Local([1, 2, 3]), fm.Local([4, 5])])
+    >>> fm.compute(data.sum(), data.len(), data.sum() / data.len())
+    (15, 5, 3.0)
+    """
+    nodes, flags = _outputs(results)
+    return tuple(execute(nodes, flags))
+
+
+def explain(*results: Any) -> str:
+    """The plan of ``compute(*results)`` as text, without sending anything."""
+    nodes, flags = _outputs(results)
+    return explain_plan(nodes, flags)
+
+
+def _outputs(results: Sequence[Any]) -> tuple[list[Node], OptFlags]:
+    if any(isinstance(r, FedData) for r in results):
+        raise TypeError("FedData has no value on the client; compute an aggregate of it, e.g. data.sum()")
+    flags = next((r._flags for r in results if isinstance(r, LazyResult)), OptFlags())
+    return [r.node if isinstance(r, LazyResult) else Scalar(_plain(r)) for r in results], flags

@@ -1,0 +1,197 @@
+"""The ``Server``: holds fragments, answers node-table requests, applies privacy policies.
+
+``Server.handle(body) -> (status, body)`` is the whole protocol in one
+function: decode, check, evaluate, apply policies, encode, and map every
+exception to a status code and a msgpack error body. The HTTP app and the
+in-process ``Simulation`` backend both call it, so they behave identically.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from .. import wire
+from ..config import Config, load_config
+from ..errors import BadRequest, OperationNotAllowed, ProtocolError, ServerError, UnknownFragment
+from ..expr.node import Node, render_code
+from ..expr.rowwise import Elementwise, Fragment as FragmentNode, Map
+from ..privacy import Task
+from .evaluate import Failure
+from .fragments import Fragment, InMemory
+from .http import create_app
+
+log = logging.getLogger("fedmed.server")
+
+
+@dataclass
+class Traffic:
+    """Request and byte counters of a server (exact, for tests and benchmarks)."""
+
+    requests: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+
+
+class Server:
+    """A data owner's server: private fragments behind the FedMed protocol.
+
+    Parameters
+    ----------
+    config : str, Path, dict or None
+        The server's own config (operations it offers, privacy policies it
+        applies); ``None`` uses FedMed's default, which has no policies.
+
+    Examples
+    --------
+    >>> import fedmed as fm
+    >>> server = fm.Server()
+    >>> server["test array 1/2"] = [1, 2, 3]
+    >>> data = fm.FedData([fm.Simulation(server, "test array 1/2")])
+    >>> float(data.sum() / data.len())
+    2.0
+
+    Serve it with ``waitress.serve(server.app, host="127.0.0.1", port=5000)``.
+    """
+
+    def __init__(self, config: "str | Mapping[str, Any] | Config | None" = None) -> None:
+        self.config = load_config(config)
+        self._fragments: dict[str, tuple[Fragment, int]] = {}
+        self._lock = threading.Lock()
+        self.traffic = Traffic()
+        self.started = time.time()
+        self.app = create_app(self)
+
+    # -- fragments -------------------------------------------------------
+    def __setitem__(self, name: str, data: Any) -> None:
+        fragment = data if isinstance(data, Fragment) else InMemory(data)
+        with self._lock:
+            _, version = self._fragments.get(name, (None, 0))
+            self._fragments[name] = (fragment, version + 1)
+
+    def __getitem__(self, name: str) -> Fragment:
+        return self._fragments[name][0]
+
+    def __delitem__(self, name: str) -> None:
+        with self._lock:
+            del self._fragments[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._fragments
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._fragments))
+
+    def version(self, name: str) -> int:
+        """The version of fragment ``name``: 1 when first set, +1 on every replacement."""
+        return self._fragments[name][1]
+
+    def info(self) -> dict[str, Any]:
+        """Protocol version, fragment names with rows and versions, and offered operations."""
+        return {
+            "protocol": wire.PROTOCOL,
+            "fragments": {
+                name: {"rows": fragment.rows, "version": version}
+                for name, (fragment, version) in list(self._fragments.items())
+            },
+            "operations": sorted([*self.config.elementwise, *self.config.aggregates]),
+        }
+
+    # -- protocol --------------------------------------------------------
+    def handle(self, body: bytes) -> tuple[int, bytes]:
+        """Answer one protocol request: ``(HTTP status, msgpack body)``; never raises."""
+        try:
+            status, response = 200, self.evaluate(wire.unpack(body))
+        except ProtocolError as exc:
+            status, response = 400, {"protocol": wire.PROTOCOL, "error": wire.error_body(BadRequest(str(exc)))}
+        except ServerError as exc:
+            status, response = exc.status, {"protocol": wire.PROTOCOL, "error": wire.error_body(exc)}
+        except Exception:
+            log.exception("unexpected failure while answering a request")
+            error = ServerError("internal server error (see the server's log)")
+            status, response = 500, {"protocol": wire.PROTOCOL, "error": wire.error_body(error)}
+        out = wire.pack(response)
+        with self._lock:
+            self.traffic.requests += 1
+            self.traffic.bytes_in += len(body)
+            self.traffic.bytes_out += len(out)
+        return status, out
+
+    def evaluate(self, request: Any) -> dict[str, Any]:
+        """Evaluate a decoded request; raises ``ServerError`` for faults of the whole request."""
+        nodes, outputs = wire.decode_table(request)
+        owner = _fragment_of(nodes)
+        self._check_operations(nodes, owner)
+        snapshot = self._snapshot({owner[o] for o in outputs if owner[o] is not None})
+        by_fragment: dict[str, list[int]] = defaultdict(list)
+        for o in outputs:
+            if owner[o] is None:
+                raise BadRequest(f"output {o} does not read any fragment")
+            by_fragment[owner[o]].append(o)
+        released: dict[int, dict[str, Any]] = {}
+        for name, outs in by_fragment.items():
+            fragment, _ = snapshot[name]
+            for o, outcome in zip(outs, fragment.evaluate(nodes, outs, self.config)):
+                released[o] = self._release(name, nodes[o], outcome)
+        return {
+            "protocol": wire.PROTOCOL,
+            "results": [released[o] for o in outputs],
+            "versions": {name: version for name, (_, version) in snapshot.items()},
+        }
+
+    def _snapshot(self, names: set[str]) -> dict[str, tuple[Fragment, int]]:
+        # Take every fragment a request reads at once, so a concurrent
+        # replacement never mixes two versions into one answer.
+        with self._lock:
+            missing = sorted(n for n in names if n not in self._fragments)
+            if missing:
+                raise UnknownFragment(f"no fragment named {missing[0]!r} on this server", fragment=missing[0])
+            return {n: self._fragments[n] for n in names}
+
+    def _check_operations(self, nodes: list[Node], owner: list[str | None]) -> None:
+        for i, node in enumerate(nodes):
+            known = (
+                self.config.elementwise if isinstance(node, Elementwise)
+                else self.config.aggregates if isinstance(node, Map)
+                else None
+            )
+            if known is not None and node.op not in known:  # type: ignore[attr-defined]
+                raise OperationNotAllowed(
+                    f"this server does not offer the operation {node.op!r}",  # type: ignore[attr-defined]
+                    fragment=owner[i],
+                    operation=node.op,  # type: ignore[attr-defined]
+                )
+
+    def _release(self, fragment: str, node: Node, outcome: Any) -> dict[str, Any]:
+        signature = render_code(node)
+        if isinstance(outcome, Failure):
+            error = outcome.error
+            return {"error": wire.error_body(type(error)(error.message, fragment=fragment, operation=signature))}
+        task = Task(fragment=fragment, signature=signature, node=node)
+        try:
+            for policy in self.config.privacy:
+                outcome = policy.apply(task, outcome)
+        except ServerError as exc:
+            return {"error": wire.error_body(type(exc)(exc.message, fragment=fragment, operation=signature))}
+        return {"value": outcome}
+
+
+def _fragment_of(nodes: list[Node]) -> list[str | None]:
+    """The one fragment each node reads (None for constants); mixing fragments is refused."""
+    position = {id(node): i for i, node in enumerate(nodes)}
+    owner: list[str | None] = []
+    for i, node in enumerate(nodes):
+        if isinstance(node, FragmentNode):
+            if not node.name:
+                raise BadRequest(f"node {i}: a fragment node needs a name")
+            owner.append(node.name)
+            continue
+        names = {owner[position[id(c)]] for c in node.children} - {None}
+        if len(names) > 1:
+            raise BadRequest(f"node {i} combines rows of different fragments {sorted(names)}")
+        owner.append(names.pop() if names else None)
+    return owner

@@ -1,0 +1,118 @@
+"""The pandas evaluator: runs a node table over one in-memory fragment.
+
+Each node is computed once, in table order, by the visitor for its kind;
+shared subexpressions are therefore computed once on the server too. A node
+that fails turns into a ``Failure`` that propagates to the outputs above it,
+so one bad task does not spoil the others in the same request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+
+from ..config import Config
+from ..errors import OperationNotAllowed, ServerError, TaskFailed
+from ..expr.node import Node
+from ..expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map
+from ..ops.columns import map_columns
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A task that could not be computed, and why."""
+
+    error: ServerError
+
+
+#: What a fragment returns per output: the map's value, or a Failure.
+Outcome = Any
+
+
+def evaluate_pandas(nodes: Sequence[Node], outputs: Sequence[int], data: Any, config: Config) -> list[Outcome]:
+    """Evaluate the map nodes at ``outputs`` over ``data`` (pandas objects)."""
+    position = {id(node): i for i, node in enumerate(nodes)}
+    values: dict[int, Any] = {}
+    for i in sorted(_needed(nodes, outputs, position)):
+        node = nodes[i]
+        args = [values[position[id(child)]] for child in node.children]
+        failed = next((a for a in args if isinstance(a, Failure)), None)
+        values[i] = failed if failed is not None else _visit(node, args, data, config)
+    return [values[o] for o in outputs]
+
+
+def _needed(nodes: Sequence[Node], outputs: Sequence[int], position: dict[int, int]) -> set[int]:
+    needed: set[int] = set()
+    stack = list(outputs)
+    while stack:
+        i = stack.pop()
+        if i not in needed:
+            needed.add(i)
+            stack.extend(position[id(c)] for c in nodes[i].children)
+    return needed
+
+
+def _visit(node: Node, args: list[Any], data: Any, config: Config) -> Any:
+    try:
+        return VISITORS[type(node)](node, args, data, config)
+    except ServerError as exc:
+        return Failure(exc)
+    except Exception as exc:  # an operation's own error becomes a typed, data-free message
+        return Failure(TaskFailed(f"{node.kind} {getattr(node, 'op', '')} failed: {type(exc).__name__}: {exc}"[:300]))
+
+
+def visit_fragment(node: Fragment, args: list[Any], data: Any, config: Config) -> Any:
+    return data
+
+
+def visit_column(node: Column, args: list[Any], data: Any, config: Config) -> Any:
+    (table,) = args
+    if isinstance(table, (pd.DataFrame, dict)) and node.name in table:
+        return table[node.name]
+    if isinstance(table, (pd.DataFrame, dict)):
+        raise TaskFailed(f"no column {node.name!r}")
+    raise TaskFailed(f"cannot select column {node.name!r}: the value has no columns")
+
+
+def visit_literal(node: Literal, args: list[Any], data: Any, config: Config) -> Any:
+    return node.value
+
+
+def visit_elementwise(node: Elementwise, args: list[Any], data: Any, config: Config) -> Any:
+    return _operation(config.elementwise, node.op)(*args)
+
+
+def visit_filter(node: Filter, args: list[Any], data: Any, config: Config) -> Any:
+    table, mask = args
+    if not isinstance(mask, pd.Series) or not isinstance(table, (pd.DataFrame, pd.Series)):
+        raise TaskFailed("a row filter needs a boolean column of the same fragment")
+    if mask.dtype != bool:
+        # pandas' nullable booleans: a missing comparison keeps no row, as in SQL
+        mask = mask.fillna(False).astype(bool)
+    return table[mask]
+
+
+def visit_map(node: Map, args: list[Any], data: Any, config: Config) -> Any:
+    aggregate = config.aggregates.get(node.op)
+    if aggregate is None:
+        raise OperationNotAllowed(f"this server does not offer the aggregate {node.op!r}")
+    return map_columns(aggregate.map, *args)
+
+
+def _operation(table: dict[str, Callable[..., Any]] | Any, name: str) -> Callable[..., Any]:
+    fn = table.get(name)
+    if fn is None:
+        raise OperationNotAllowed(f"this server does not offer the operation {name!r}")
+    return fn
+
+
+VISITORS: dict[type, Callable[[Any, list[Any], Any, Config], Any]] = {
+    Fragment: visit_fragment,
+    Column: visit_column,
+    Literal: visit_literal,
+    Elementwise: visit_elementwise,
+    Filter: visit_filter,
+    Map: visit_map,
+}

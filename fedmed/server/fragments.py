@@ -1,0 +1,70 @@
+"""What a server holds: fragments, each able to evaluate a node table over its rows.
+
+A ``Fragment`` owns its data and its version and answers
+``evaluate(nodes, outputs, config)``. ``InMemory`` does it with pandas; a
+later out-of-core fragment (DuckDB over Parquet, Dask) compiles the same
+table its own way. Fragments are replaced, never mutated, so a query that
+picked one up sees one version throughout.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..config import Config
+from ..expr.node import Node
+from .evaluate import Outcome, evaluate_pandas
+
+
+class Fragment(ABC):
+    """Base class: a piece of private data on a server, able to evaluate node tables."""
+
+    @property
+    def rows(self) -> int | None:
+        """Number of rows, where the fragment knows it cheaply."""
+        return None
+
+    @abstractmethod
+    def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Outcome]:
+        """Values (or ``Failure``s) of the map nodes at ``outputs``; ``nodes`` is in wire order."""
+
+
+class InMemory(Fragment):
+    """A fragment held in memory as pandas objects.
+
+    Accepts a DataFrame, a Series, a list (or 1-d array), or a dict whose
+    values are lists of one length (a table) or further dicts (nested).
+    """
+
+    def __init__(self, data: Any) -> None:
+        self.data = as_pandas(data)
+
+    @property
+    def rows(self) -> int | None:
+        return len(self.data) if isinstance(self.data, (pd.DataFrame, pd.Series)) else None
+
+    def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Outcome]:
+        return evaluate_pandas(nodes, outputs, self.data, config)
+
+
+def as_pandas(data: Any) -> Any:
+    """Turn user data into the pandas objects the evaluator works on."""
+    if isinstance(data, (pd.DataFrame, pd.Series)):
+        return data
+    if isinstance(data, dict):
+        if data and all(_is_column(v) for v in data.values()) and len({len(v) for v in data.values()}) == 1:
+            return pd.DataFrame({str(k): list(v) if not isinstance(v, np.ndarray) else v for k, v in data.items()})
+        return {str(k): as_pandas(v) for k, v in data.items()}
+    if _is_column(data):
+        return pd.Series(data)
+    raise TypeError(
+        f"cannot serve a {type(data).__name__}: use a list, a dict of lists, or a pandas DataFrame/Series"
+    )
+
+
+def _is_column(value: Any) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray, pd.Series)) and np.ndim(value) == 1

@@ -1,0 +1,198 @@
+"""The wire protocol: msgpack requests of node tables, msgpack responses of map results.
+
+A request is ``{"protocol": 1, "nodes": [...], "outputs": [...]}``. Each
+entry of ``nodes`` is ``[kind, params, children]``: the node kind (one of
+``fedmed.expr.rowwise.WIRE_NODES``), its parameters in field order, and the
+indices of its children, all smaller than its own index (so the table is in
+topological order and acyclic by construction). ``outputs`` lists the indices
+of the ``map`` nodes whose results are wanted. A response is
+``{"protocol": 1, "results": [...], "versions": {fragment: version}}`` with
+one ``{"value": v}`` or ``{"error": {...}}`` per output. The full
+specification, for third-party servers, is ``docs/protocol.md``.
+
+Nothing here pickles, evaluates or imports: a server turns a table back into
+nodes of the few kinds it knows, and checks every field on the way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import msgpack
+import numpy as np
+import pandas as pd
+
+from .errors import BadRequest, ProtocolError
+from .expr.node import Node, canonical, walk
+from .expr.rowwise import WIRE_NODES
+
+PROTOCOL = 1
+ENDPOINT = f"/v{PROTOCOL}/evaluate"
+CONTENT_TYPE = "application/msgpack"
+
+#: Bounds a server enforces while decoding (issue-level defaults; see docs/protocol.md).
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_NODES = 20_000
+MAX_DEPTH = 32
+
+
+def pack(obj: Any) -> bytes:
+    """Encode ``obj`` as msgpack, turning numpy and pandas values into plain ones."""
+    return msgpack.packb(obj, default=_plain, use_bin_type=True)
+
+
+def unpack(data: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
+    """Decode msgpack with size limits (msgpack bounds every length by the message size)."""
+    if len(data) > max_bytes:
+        raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=False, use_list=True
+        )
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"not a valid msgpack message ({type(exc).__name__})") from None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, pd.Series):
+        return {k: _plain_scalar(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if value is pd.NA or value is pd.NaT:
+        return None
+    raise TypeError(f"cannot send a {type(value).__name__} over the wire")
+
+
+def _plain_scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+# -- requests -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Table:
+    """A node table ready to send: ``outputs[i]`` is the node index of map ``i``."""
+
+    nodes: list[list[Any]]
+    outputs: list[int]
+
+    def request(self) -> dict[str, Any]:
+        return {"protocol": PROTOCOL, "nodes": self.nodes, "outputs": self.outputs}
+
+
+def encode_table(maps: Sequence[Node], *, dedupe: bool = True) -> Table:
+    """Flatten bound map nodes into one table; equal subtrees become one entry when ``dedupe``."""
+    index: dict[Any, int] = {}
+    nodes: list[list[Any]] = []
+    identity = (lambda n: n.key) if dedupe else id
+    for node in walk(maps):
+        ident = identity(node)
+        if ident in index:
+            continue
+        if node.kind not in WIRE_NODES:
+            raise ProtocolError(f"a {node.kind} node cannot be sent to a server")
+        index[ident] = len(nodes)
+        nodes.append([node.kind, canonical(list(node.params)), [index[identity(c)] for c in node.children]])
+    return Table(nodes, [index[identity(m)] for m in maps])
+
+
+def decode_table(request: Any, *, max_nodes: int = MAX_NODES) -> tuple[list[Node], list[int]]:
+    """Check a decoded request and rebuild its nodes; raises ``BadRequest`` naming the fault."""
+    if not isinstance(request, dict):
+        raise BadRequest("the request must be a msgpack map")
+    if request.get("protocol") != PROTOCOL:
+        raise BadRequest(
+            f"protocol version {request.get('protocol')!r} is not supported; this server speaks {PROTOCOL}"
+        )
+    table, outputs = request.get("nodes"), request.get("outputs")
+    if not isinstance(table, list) or not isinstance(outputs, list):
+        raise BadRequest("the request needs a 'nodes' list and an 'outputs' list")
+    if len(table) > max_nodes:
+        raise BadRequest(f"the request has {len(table)} nodes; this server accepts at most {max_nodes}")
+    decoded = [_decode_node(entry, i) for i, entry in enumerate(table)]
+    return _link(decoded), _check_outputs(outputs, table)
+
+
+def _decode_node(entry: Any, i: int) -> tuple[type[Node], list[Any], list[int]]:
+    if not (isinstance(entry, list) and len(entry) == 3):
+        raise BadRequest(f"node {i}: expected [kind, params, children]")
+    kind, params, children = entry
+    cls = WIRE_NODES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise BadRequest(f"node {i}: unknown node kind {kind!r}")
+    if not isinstance(params, list) or len(params) != len(cls.param_fields()):
+        raise BadRequest(f"node {i} ({kind}): expected {len(cls.param_fields())} parameter(s)")
+    for value in params:
+        _check_value(value, f"node {i} ({kind})")
+    if not isinstance(children, list) or not all(type(c) is int and 0 <= c < i for c in children):
+        raise BadRequest(f"node {i} ({kind}): children must be indices of earlier nodes")
+    return cls, params, children
+
+
+def _link(decoded: list[tuple[type[Node], list[Any], list[int]]]) -> list[Node]:
+    nodes: list[Node] = []
+    for i, (cls, params, children) in enumerate(decoded):
+        kids = [nodes[c] for c in children]
+        try:
+            nodes.append(_build(cls, params, kids))
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"node {i} ({cls.kind}): {exc}") from None
+    return nodes
+
+
+def _build(cls: type[Node], params: list[Any], kids: list[Node]) -> Node:
+    child_fields = cls.child_fields()
+    fixed = [f for f in child_fields if f.type == "Node"]
+    variadic = len(child_fields) > len(fixed)
+    if len(kids) < len(fixed) or (not variadic and len(kids) != len(fixed)):
+        raise ValueError(f"expected {len(fixed)}{'+' if variadic else ''} children, got {len(kids)}")
+    for f, value in zip(cls.param_fields(), params):
+        if f.name in ("op", "name") and not (isinstance(value, str) or (value is None and f.name == "name")):
+            raise ValueError(f"parameter {f.name!r} must be a string")
+    args: dict[str, Any] = dict(zip((f.name for f in cls.param_fields()), params))
+    it = iter(kids)
+    for f in child_fields:
+        args[f.name] = next(it) if f.type == "Node" else tuple(it)
+    return cls(**args)
+
+
+def _check_value(value: Any, where: str, depth: int = 0) -> None:
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"{where}: parameter nested too deeply")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, list):
+        for v in value:
+            _check_value(v, where, depth + 1)
+        return
+    raise BadRequest(f"{where}: parameters must be numbers, strings, bools, None or lists")
+
+
+def _check_outputs(outputs: list[Any], table: list[Any]) -> list[int]:
+    for o in outputs:
+        if type(o) is not int or not 0 <= o < len(table) or table[o][0] != "map":
+            raise BadRequest(f"output {o!r} is not the index of a map node")
+    return outputs
+
+
+# -- responses ------------------------------------------------------------
+
+
+def ok(value: Any) -> dict[str, Any]:
+    return {"value": value}
+
+
+def error_body(exc: Exception) -> dict[str, Any]:
+    """The wire form of a server-side error (no traceback, no data)."""
+    return {
+        "type": type(exc).__name__,
+        "message": getattr(exc, "message", str(exc)),
+        "fragment": getattr(exc, "fragment", None),
+        "operation": getattr(exc, "operation", None),
+    }
