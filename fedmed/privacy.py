@@ -11,18 +11,23 @@ thresholds, dominance, noise, budgets...) build on this seam.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from .expr.node import Node
+from .expr.node import Node, render_code
 
 
 @dataclass(frozen=True)
 class Task:
-    """One map task as a policy sees it."""
+    """One map task as a policy sees it: the fragment and the map node."""
 
     fragment: str
-    signature: str
     node: Node
+
+    @cached_property
+    def signature(self) -> str:
+        """The task as readable code, e.g. ``data['age'].sum()`` (built on first use)."""
+        return render_code(self.node)
 
 
 class Policy:

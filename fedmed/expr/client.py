@@ -9,6 +9,8 @@ wire.
 from __future__ import annotations
 
 import operator
+
+import numpy as np
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -82,7 +84,12 @@ class Apply(Node):
         return f"({text})" if self.op in INFIX else text
 
     def evaluate(self, *values: Any) -> Any:
-        return OPERATORS[self.op](*values)
+        try:
+            return OPERATORS[self.op](*values)
+        except ZeroDivisionError:
+            # numbers follow numpy and pandas: the mean of no rows is nan, not an exception
+            with np.errstate(all="ignore"):
+                return OPERATORS[self.op](np.float64(values[0]), *values[1:]).item()
 
 
 @dataclass(frozen=True, eq=False)

@@ -66,7 +66,8 @@ class Node:
     @cached_property
     def key(self) -> str:
         """Content hash of this node and everything below it (hex, 20 chars)."""
-        for node in walk([self]):  # children first, so no recursion below
+        # children first, so no recursion; subtrees already keyed are not re-entered
+        for node in walk([self], stop=lambda n: "key" in n.__dict__):
             if "key" not in node.__dict__:
                 node.__dict__["key"] = _digest(node)
         return self.__dict__["key"]

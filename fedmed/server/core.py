@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping
 from .. import wire
 from ..config import Config, load_config
 from ..errors import BadRequest, OperationNotAllowed, ProtocolError, ServerError, UnknownFragment
-from ..expr.node import Node, render_code
+from ..expr.node import Node
 from ..expr.rowwise import Elementwise, Fragment as FragmentNode, Map
 from ..privacy import Task
 from .evaluate import Failure
@@ -167,16 +167,15 @@ class Server:
                 )
 
     def _release(self, fragment: str, node: Node, outcome: Any) -> dict[str, Any]:
-        signature = render_code(node)
-        if isinstance(outcome, Failure):
-            error = outcome.error
-            return {"error": wire.error_body(type(error)(error.message, fragment=fragment, operation=signature))}
-        task = Task(fragment=fragment, signature=signature, node=node)
+        task = Task(fragment=fragment, node=node)
         try:
+            if isinstance(outcome, Failure):
+                raise outcome.error
             for policy in self.config.privacy:
                 outcome = policy.apply(task, outcome)
         except ServerError as exc:
-            return {"error": wire.error_body(type(exc)(exc.message, fragment=fragment, operation=signature))}
+            located = type(exc)(exc.message, fragment=fragment, operation=task.signature)
+            return {"error": wire.error_body(located)}
         return {"value": outcome}
 
 

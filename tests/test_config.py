@@ -1,0 +1,67 @@
+"""Config loading: the example config, and errors that name the wrong key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import fedmed as fm
+from fedmed.config import DEFAULT_CONFIG, load_config
+
+SUM = {"map": "fedmed.ops.private.sum", "reduce": "fedmed.ops.public.sum"}
+
+
+def test_example_config_offers_exactly_the_default_operations():
+    example = yaml.safe_load(Path("example/config.yaml").read_text())
+    default = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    assert example["methods"] == default["methods"]
+    config = load_config("example/config.yaml")
+    assert "add" in config.elementwise and "sum" in config.aggregates
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"privacy": []}, "'methods' must be a non-empty mapping"),
+        ({"methods": {"add": "fedmed.ops.binary.addd"}}, "methods.add: module 'fedmed.ops.binary' has no attribute 'addd'"),
+        ({"methods": {"add": "no_such_module.add"}}, "methods.add: cannot import module 'no_such_module'"),
+        ({"methods": {"sum": {"map": "fedmed.ops.private.sum"}}}, "methods.sum: expected an import path"),
+        ({"methods": {"sum": {**SUM, "reduce": 3}}}, "methods.sum.reduce: expected an import path"),
+        ({"methods": {"sum": SUM}, "privacy": {"policy": "x"}}, "'privacy' must be a list"),
+        ({"methods": {"sum": SUM}, "privacy": [{"params": {}}]}, r"privacy\[0\]: expected \{policy"),
+        ({"methods": {"sum": SUM}, "privacy": [{"policy": "fedmed.privacy.Policy", "params": {"k": 3}}]}, r"privacy\[0\].params"),
+        ({"methods": {"sum": SUM}, "extra": 1}, r"unknown top-level key\(s\) \['extra'\]"),
+        ({"methods": {"not valid": "fedmed.ops.binary.add"}}, "must be a Python identifier"),
+    ],
+)
+def test_bad_configs_name_the_wrong_key(raw, message):
+    with pytest.raises(fm.ConfigError, match=message):
+        load_config(raw)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(fm.ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: [unclosed\n")
+    with pytest.raises(fm.ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_client_offers_only_configured_operations():
+    config = {"methods": {"sum": SUM, "add": "fedmed.ops.binary.add"}}
+    data = fm.FedData([fm.Local([1, 2], config=config)], config=config)
+    assert (data + 1).sum().compute() == 5
+    with pytest.raises(AttributeError, match="FedData has no operation 'max'"):
+        data.max()
+    with pytest.raises(fm.OperationNotAllowed, match="does not offer 'mul'"):
+        data * 2
+
+
+def test_a_server_can_swap_in_its_own_implementation():
+    config = {"methods": {"sum": {"map": "builtins.len", "reduce": "fedmed.ops.public.sum"}}}
+    server = fm.Server(config)
+    server["a"] = [10, 20, 30]
+    assert fm.FedData([fm.Simulation(server, "a")], config=config).sum().compute() == 3
