@@ -184,10 +184,6 @@ def _check_outputs(outputs: list[Any], table: list[Any]) -> list[int]:
 # -- responses ------------------------------------------------------------
 
 
-def ok(value: Any) -> dict[str, Any]:
-    return {"value": value}
-
-
 def error_body(exc: Exception) -> dict[str, Any]:
     """The wire form of a server-side error (no traceback, no data)."""
     return {
