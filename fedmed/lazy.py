@@ -10,6 +10,7 @@ evaluates on ``compute()``, ``float()``, ``int()``, ``bool()``, ``str()`` or
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -105,9 +106,11 @@ class FedData:
             raise AttributeError(name)
         config = self._config
         if name in config.aggregates:
-            return lambda *args: self._aggregate(name, args)
+            fn = config.aggregates[name].map
+            return lambda *args, **kwargs: self._aggregate(name, _positional(fn, args, kwargs))
         if name in config.elementwise:
-            return lambda *args: self._elementwise(name, (self, *args))
+            fn = config.elementwise[name]
+            return lambda *args, **kwargs: self._elementwise(name, (self, *_positional(fn, args, kwargs)))
         offered = sorted([*config.aggregates, *config.elementwise])
         raise AttributeError(f"FedData has no operation {name!r}; the config {config.origin} offers {offered}")
 
@@ -149,6 +152,9 @@ class FedData:
 
     def __abs__(self) -> "FedData":
         return self._elementwise("abs", (self,))
+
+    def __round__(self, decimals: int = 0) -> "FedData":
+        return self._elementwise("round", (self, decimals))
 
     def __bool__(self) -> bool:
         raise TypeError(
@@ -206,6 +212,12 @@ class LazyResult:
     def __getitem__(self, key: Any) -> "LazyResult":
         return LazyResult(Apply("getitem", (self._node, Scalar(key))), self._flags)
 
+    def __getattr__(self, name: str) -> "LazyResult":
+        # lazy attribute access: float(fm.stats.ttest_ind(a, b).pvalue)
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return LazyResult(Apply("getattr", (self._node, Scalar(name))), self._flags)
+
     def __neg__(self) -> "LazyResult":
         return LazyResult(Apply("neg", (self._node,)), self._flags)
 
@@ -246,6 +258,18 @@ _install_operators()
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _positional(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Arguments after the data, all positional with defaults filled in, so equal calls get equal keys."""
+    if not kwargs:
+        return tuple(args)
+    try:
+        bound = inspect.signature(fn).bind(None, *args, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{getattr(fn, '__name__', fn)}: {exc}") from None
+    bound.apply_defaults()
+    return tuple(bound.args[1:])
 
 
 def compute(*results: Any) -> tuple[Any, ...]:

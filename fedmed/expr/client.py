@@ -24,7 +24,7 @@ OPERATORS: dict[str, Callable[..., Any]] = {
     "pow": operator.pow, "eq": operator.eq, "ne": operator.ne, "lt": operator.lt,
     "le": operator.le, "gt": operator.gt, "ge": operator.ge, "and": operator.and_,
     "or": operator.or_, "neg": operator.neg, "invert": operator.invert, "abs": operator.abs,
-    "getitem": operator.getitem,
+    "getitem": operator.getitem, "getattr": getattr,
 }
 
 
@@ -77,6 +77,8 @@ class Apply(Node):
             return f"{PREFIX[self.op]}{refs[0]}"
         if self.op == "getitem":
             return f"{refs[0]}[{refs[1]}]"
+        if self.op == "getattr":
+            return f"{refs[0]}.{refs[1].strip(chr(39))}"
         return f"{self.op}({', '.join(refs)})"
 
     def code(self, args: list[str]) -> str:

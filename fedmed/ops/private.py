@@ -51,3 +51,47 @@ def max(x: pd.Series) -> Any:
 def set(x: pd.Series) -> list[Any]:
     """Sorted distinct non-missing values."""
     return sorted(_plain(v) for v in pd.unique(x.dropna()))
+
+
+def value_counts(x: pd.Series) -> list[list[Any]]:
+    """``[value, count]`` for each distinct non-missing value."""
+    return [[_plain(value), int(count)] for value, count in x.value_counts(dropna=True).items()]
+
+
+def histogram(x: pd.Series, bins: Any, range: Any = None) -> dict[str, list[Any]]:
+    """Counts per bin: ``bins`` are the edges, or a bin count with ``range=(lo, hi)``.
+
+    A bin count without a range would let each server pick its own edges,
+    which cannot be pooled (and would reveal its min and max), so it is refused.
+    """
+    if isinstance(bins, int) and range is None:
+        raise ValueError("a histogram with a bin count needs range=(lo, hi), the same on every server")
+    counts, edges = np.histogram(x.dropna().to_numpy(dtype=float), bins=bins, range=range)
+    return {"counts": counts.tolist(), "edges": edges.tolist()}
+
+
+def crosstab(a: pd.Series, b: pd.Series) -> list[list[Any]]:
+    """``[a value, b value, count]`` for each combination present (rows missing either are dropped)."""
+    both = pd.DataFrame({"a": a, "b": b}).dropna()
+    counts = both.groupby(["a", "b"], sort=False).size()
+    return [[_plain(i), _plain(j), int(n)] for (i, j), n in counts.items()]
+
+
+def moments(x: pd.Series) -> list[Any]:
+    """``[n, mean, M2]`` of the non-missing values, computed in two passes for accuracy."""
+    values = x.dropna().to_numpy(dtype=float)
+    if builtins.len(values) == 0:
+        return [0, 0.0, 0.0]
+    mean = values.mean()
+    deviations = values - mean
+    return [builtins.len(values), float(mean), float(np.dot(deviations, deviations))]
+
+
+def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
+    """``[n, mean x, mean y, M2 x, M2 y, co-moment]`` over rows where both are present."""
+    both = pd.DataFrame({"x": x, "y": y}).dropna().to_numpy(dtype=float)
+    if builtins.len(both) == 0:
+        return [0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    means = both.mean(axis=0)
+    dx, dy = (both - means).T
+    return [builtins.len(both), float(means[0]), float(means[1]), float(dx @ dx), float(dy @ dy), float(dx @ dy)]

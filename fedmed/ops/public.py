@@ -7,7 +7,13 @@ the pooled value.
 from __future__ import annotations
 
 import builtins
+import math
 from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..results import Comoments, Histogram, Moments
 
 
 def sum(parts: Sequence[Any]) -> Any:
@@ -30,3 +36,74 @@ def max(parts: Sequence[Any]) -> Any:
 def union(parts: Sequence[Sequence[Any]]) -> list[Any]:
     """Sorted union of the partial sets."""
     return sorted(builtins.set().union(*parts))
+
+
+def value_counts(parts: Sequence[Sequence[Sequence[Any]]]) -> pd.Series:
+    """Pooled counts per value, most frequent first (ties by value), as ``Series.value_counts``."""
+    totals: dict[Any, int] = {}
+    for part in parts:
+        for value, count in part:
+            totals[value] = totals.get(value, 0) + count
+    ordered = sorted(totals.items(), key=lambda item: (-item[1], _sort_key(item[0])))
+    return pd.Series(
+        [count for _, count in ordered], index=[value for value, _ in ordered], name="count", dtype="int64"
+    )
+
+
+def histogram(parts: Sequence[dict[str, Any]]) -> Histogram:
+    """Counts added bin by bin; every server must have used the same edges."""
+    edges = parts[0]["edges"]
+    if any(part["edges"] != edges for part in parts):
+        raise ValueError("servers used different histogram edges")
+    counts = np.sum([part["counts"] for part in parts], axis=0)
+    return Histogram(np.asarray(counts, dtype=np.int64), np.asarray(edges, dtype=float))
+
+
+def crosstab(parts: Sequence[Sequence[Sequence[Any]]]) -> pd.DataFrame:
+    """The pooled contingency table, rows and columns sorted, absent combinations 0."""
+    cells = pd.DataFrame([cell for part in parts for cell in part], columns=["a", "b", "n"])
+    table = cells.groupby(["a", "b"])["n"].sum().unstack(fill_value=0)
+    table.index.name, table.columns.name = None, None
+    return table.astype("int64")
+
+
+def moments(parts: Sequence[Sequence[Any]]) -> Moments:
+    """Merge ``[n, mean, M2]`` of each server with the parallel algorithm of Chan et al. (1979).
+
+    Merging means and M2 instead of adding raw sums of squares keeps the
+    variance accurate when the mean is large against the spread.
+    """
+    n, mean, m2 = 0, 0.0, 0.0
+    for nb, mean_b, m2_b in parts:
+        if nb == 0:
+            continue
+        total = n + nb
+        delta = mean_b - mean
+        mean += delta * nb / total
+        m2 += m2_b + delta * delta * n * nb / total
+        n = total
+    return Moments(n, mean if n else math.nan, m2)
+
+
+def comoments(parts: Sequence[Sequence[Any]]) -> Comoments:
+    """Merge bivariate moments (Chan et al.'s update, applied to the co-moment as well)."""
+    n, mx, my, m2x, m2y, cxy = 0, 0.0, 0.0, 0.0, 0.0, 0.0
+    for nb, mx_b, my_b, m2x_b, m2y_b, cxy_b in parts:
+        if nb == 0:
+            continue
+        total = n + nb
+        dx, dy = mx_b - mx, my_b - my
+        weight = n * nb / total
+        mx += dx * nb / total
+        my += dy * nb / total
+        m2x += m2x_b + dx * dx * weight
+        m2y += m2y_b + dy * dy * weight
+        cxy += cxy_b + dx * dy * weight
+        n = total
+    nan = math.nan
+    return Comoments(n, mx if n else nan, my if n else nan, m2x, m2y, cxy)
+
+
+def _sort_key(value: Any) -> tuple[str, Any]:
+    # values of mixed types (numbers and text) still sort deterministically
+    return (type(value).__name__, value)

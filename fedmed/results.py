@@ -1,0 +1,86 @@
+"""Result types of aggregates and statistics, as the client hands them to the user.
+
+Small frozen dataclasses: their fields are what an analyst reads
+(``result.pvalue``), and ``n`` says how many rows were used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Count, mean and sum of squared deviations (M2) of the non-missing values."""
+
+    n: int
+    mean: float
+    m2: float
+
+    def var(self, ddof: int = 1) -> float:
+        return self.m2 / (self.n - ddof) if self.n > ddof else math.nan
+
+
+@dataclass(frozen=True)
+class Comoments:
+    """Moments of two columns over the rows where both are present, and their co-moment."""
+
+    n: int
+    mean_x: float
+    mean_y: float
+    m2_x: float
+    m2_y: float
+    cxy: float
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts per bin, and the ``len(counts) + 1`` bin edges (as ``numpy.histogram``)."""
+
+    counts: np.ndarray
+    edges: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Histogram)
+            and np.array_equal(self.counts, other.counts)
+            and np.array_equal(self.edges, other.edges)
+        )
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """A test statistic, its p-value, degrees of freedom and the number of rows used."""
+
+    __test__ = False  # not a pytest test class
+
+    statistic: float
+    pvalue: float
+    df: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Chi2Result:
+    """Chi-squared test of independence (as ``scipy.stats.chi2_contingency``), with the table."""
+
+    statistic: float
+    pvalue: float
+    dof: int
+    expected: pd.DataFrame
+    observed: pd.DataFrame
+    n: int
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Chi2Result) and (self.statistic, self.pvalue, self.dof, self.n) == (
+            other.statistic, other.pvalue, other.dof, other.n
+        ) and self.observed.equals(other.observed)
