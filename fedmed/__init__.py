@@ -30,6 +30,7 @@ from .errors import (
 )
 from .expr.optimize import OptFlags
 from .lazy import FedData, LazyResult, compute, explain
+from . import stats
 from .server import Server
 
 try:
@@ -38,7 +39,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "FedData", "LazyResult", "compute", "explain", "OptFlags",
+    "FedData", "LazyResult", "compute", "explain", "OptFlags", "stats",
     "Remote", "Local", "Simulation", "Server",
     "Config", "load_config",
     "FedMedError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",

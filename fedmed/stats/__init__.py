@@ -1,0 +1,15 @@
+"""Federated statistics: every function takes lazy inputs and returns a lazy result.
+
+Statistics computed together with ``fm.compute(...)`` share their map tasks:
+``fm.compute(fm.stats.mean(x), fm.stats.std(x), fm.stats.ttest_ind(a, b))``
+is one request per server. Formulas and round counts: ``docs/statistics.md``.
+"""
+
+from .contingency import chi2_contingency
+from .descriptive import corr, cov, describe, mean, pearson, sem, std, var
+from .ttest import ttest_1samp, ttest_ind, ttest_rel
+
+__all__ = [
+    "mean", "var", "std", "sem", "describe", "cov", "pearson", "corr",
+    "ttest_ind", "ttest_1samp", "ttest_rel", "chi2_contingency",
+]
