@@ -106,10 +106,9 @@ def decode_table(request: Any, *, max_nodes: int = MAX_NODES) -> tuple[list[Node
     """Check a decoded request and rebuild its nodes; raises ``BadRequest`` naming the fault."""
     if not isinstance(request, dict):
         raise BadRequest("the request must be a msgpack map")
-    if request.get("protocol") != PROTOCOL:
-        raise BadRequest(
-            f"protocol version {request.get('protocol')!r} is not supported; this server speaks {PROTOCOL}"
-        )
+    version = request.get("protocol")
+    if type(version) is not int or version != PROTOCOL:
+        raise BadRequest(f"protocol version {repr(version)[:20]} is not supported; this server speaks {PROTOCOL}")
     table, outputs = request.get("nodes"), request.get("outputs")
     if not isinstance(table, list) or not isinstance(outputs, list):
         raise BadRequest("the request needs a 'nodes' list and an 'outputs' list")
@@ -153,7 +152,7 @@ def _build(cls: type[Node], params: list[Any], kids: list[Node]) -> Node:
     if len(kids) < len(fixed) or (not variadic and len(kids) != len(fixed)):
         raise ValueError(f"expected {len(fixed)}{'+' if variadic else ''} children, got {len(kids)}")
     for f, value in zip(cls.param_fields(), params):
-        if f.name in ("op", "name") and not (isinstance(value, str) or (value is None and f.name == "name")):
+        if f.name in ("op", "name") and not isinstance(value, str):
             raise ValueError(f"parameter {f.name!r} must be a string")
     args: dict[str, Any] = dict(zip((f.name for f in cls.param_fields()), params))
     it = iter(kids)
@@ -177,7 +176,7 @@ def _check_value(value: Any, where: str, depth: int = 0) -> None:
 def _check_outputs(outputs: list[Any], table: list[Any]) -> list[int]:
     for o in outputs:
         if type(o) is not int or not 0 <= o < len(table) or table[o][0] != "map":
-            raise BadRequest(f"output {o!r} is not the index of a map node")
+            raise BadRequest(f"output {repr(o)[:20]} is not the index of a map node")
     return outputs
 
 

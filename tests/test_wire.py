@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 from hypothesis import given, strategies as st
 
@@ -49,6 +50,8 @@ def test_shared_subtrees_are_one_entry():
     [
         ([1, 2], "must be a msgpack map"),
         ({"protocol": 99, "nodes": [], "outputs": []}, "protocol version 99 is not supported"),
+        ({"protocol": True, "nodes": [], "outputs": []}, "protocol version True is not supported"),
+        ({"protocol": 1, "nodes": [["fragment", ["f"], []], ["column", [None], [0]]], "outputs": []}, "must be a string"),
         ({"protocol": 1, "nodes": [["eval", [], []]], "outputs": []}, "unknown node kind 'eval'"),
         ({"protocol": 1, "nodes": [["fragment", ["f"], [0]]], "outputs": []}, "children must be indices of earlier nodes"),
         ({"protocol": 1, "nodes": [["fragment", ["f", 2], []]], "outputs": []}, "expected 1 parameter"),
@@ -73,6 +76,17 @@ def test_server_answers_malformed_bodies_with_400_and_stays_up():
     good = wire.encode_table([bind(Map("sum", (Fragment(),)), "f")]).request()
     status, answer = server.handle(wire.pack(good))
     assert status == 200 and wire.unpack(answer)["results"] == [{"value": 3}]
+
+
+def test_a_result_that_cannot_be_encoded_is_a_500_in_msgpack():
+    server = fm.Server()
+    server["when"] = {"t": pd.to_datetime(["2024-01-01", "2024-02-01"])}
+    task = wire.encode_table([bind(Map("min", (Column(Fragment(), "t"),)), "when")]).request()
+    status, answer = server.handle(wire.pack(task))
+    assert status == 500
+    assert wire.unpack(answer)["error"] == {
+        "type": "ServerError", "message": "internal server error (see the server's log)", "fragment": None, "operation": None
+    }
 
 
 def test_mixing_fragments_in_one_expression_is_refused():

@@ -106,15 +106,15 @@ class Server:
         """Answer one protocol request: ``(HTTP status, msgpack body)``; never raises."""
         try:
             status, response = 200, self.evaluate(wire.unpack(body))
+            out = wire.pack(response)
         except ProtocolError as exc:
-            status, response = 400, {"protocol": wire.PROTOCOL, "error": wire.error_body(BadRequest(str(exc)))}
+            status, out = 400, _error_response(BadRequest(str(exc)))
         except ServerError as exc:
-            status, response = exc.status, {"protocol": wire.PROTOCOL, "error": wire.error_body(exc)}
+            status, out = exc.status, _error_response(exc)
         except Exception:
+            # includes a map value that cannot be encoded: no traceback or data leaves
             log.exception("unexpected failure while answering a request")
-            error = ServerError("internal server error (see the server's log)")
-            status, response = 500, {"protocol": wire.PROTOCOL, "error": wire.error_body(error)}
-        out = wire.pack(response)
+            status, out = 500, _error_response(ServerError("internal server error (see the server's log)"))
         with self._lock:
             self.traffic.requests += 1
             self.traffic.bytes_in += len(body)
@@ -177,6 +177,10 @@ class Server:
             located = type(exc)(exc.message, fragment=fragment, operation=task.signature)
             return {"error": wire.error_body(located)}
         return {"value": outcome}
+
+
+def _error_response(exc: ServerError) -> bytes:
+    return wire.pack({"protocol": wire.PROTOCOL, "error": wire.error_body(exc)})
 
 
 def _fragment_of(nodes: list[Node]) -> list[str | None]:
