@@ -57,7 +57,7 @@ def as_pandas(data: Any) -> Any:
         return data
     if isinstance(data, dict):
         if data and all(_is_column(v) for v in data.values()) and len({len(v) for v in data.values()}) == 1:
-            return pd.DataFrame({str(k): list(v) if not isinstance(v, np.ndarray) else v for k, v in data.items()})
+            return pd.DataFrame({str(k): v if isinstance(v, (np.ndarray, pd.Index)) else list(v) for k, v in data.items()})
         return {str(k): as_pandas(v) for k, v in data.items()}
     if _is_column(data):
         return pd.Series(data)
@@ -67,4 +67,4 @@ def as_pandas(data: Any) -> Any:
 
 
 def _is_column(value: Any) -> bool:
-    return isinstance(value, (list, tuple, np.ndarray, pd.Series)) and np.ndim(value) == 1
+    return isinstance(value, (list, tuple, np.ndarray, pd.Series, pd.Index)) and np.ndim(value) == 1
