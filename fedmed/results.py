@@ -38,6 +38,15 @@ class Comoments:
     cxy: float
 
 
+@dataclass(frozen=True, eq=False)
+class CoMatrix:
+    """Count, means and centred cross-product matrix of several columns (complete rows)."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+
 @dataclass(frozen=True)
 class Histogram:
     """Counts per bin, and the ``len(counts) + 1`` bin edges (as ``numpy.histogram``)."""

@@ -99,3 +99,8 @@ def astype(x: pd.Series, dtype: str) -> pd.Series:
     if dtype not in DTYPES:
         raise ValueError(f"astype accepts {sorted(DTYPES)}, not {dtype!r}")
     return x.astype(DTYPES[dtype])
+
+
+def dummy(x: pd.Series, level: Any) -> pd.Series:
+    """1.0 where the value equals ``level``, 0.0 elsewhere, missing where the value is missing."""
+    return (x == level).astype("float64").where(x.notna())

@@ -95,3 +95,62 @@ def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
     means = both.mean(axis=0)
     dx, dy = (both - means).T
     return [builtins.len(both), float(means[0]), float(means[1]), float(dx @ dx), float(dy @ dy), float(dx @ dy)]
+
+
+def comoment_matrix(*columns: pd.Series) -> list[Any]:
+    """``[n, means, M]`` of several columns over rows where all are present; ``M`` is the centred cross-product matrix.
+
+    Centring on the server keeps regression accurate when values are large
+    against their spread (the client merges with Chan et al.'s update).
+    """
+    rows = _complete_rows(columns)
+    if builtins.len(rows) == 0:
+        k = builtins.len(columns)
+        return [0, [0.0] * k, [[0.0] * k for _ in range(k)]]
+    means = rows.mean(axis=0)
+    centred = rows - means
+    return [builtins.len(rows), means.tolist(), (centred.T @ centred).tolist()]
+
+
+def count_below(x: pd.Series, thresholds: list[float]) -> list[int]:
+    """For each threshold, how many non-missing values are at most that threshold."""
+    values = np.sort(x.dropna().to_numpy(dtype=float))
+    return np.searchsorted(values, np.asarray(thresholds, dtype=float), side="right").tolist()
+
+
+def glm_step(y: pd.Series, family: str, intercept: bool, beta: list[float], *columns: pd.Series) -> list[Any]:
+    """One Newton step's ingredients at ``beta``: ``[n, gradient, Hessian, log-likelihood]``.
+
+    ``family`` is ``"binomial"`` (logit link) or ``"poisson"`` (log link);
+    rows missing any value are left out.
+    """
+    rows = _complete_rows((y, *columns))
+    target, design = rows[:, 0], rows[:, 1:]
+    if intercept:
+        design = np.column_stack([np.ones(builtins.len(rows)), design])
+    eta = design @ np.asarray(beta, dtype=float)
+    if family == "binomial":
+        mean = 0.5 * (1.0 + np.tanh(0.5 * eta))  # the logistic function, without overflow
+        weight = mean * (1.0 - mean)
+        loglik = float(np.sum(target * eta - np.logaddexp(0.0, eta)))
+    elif family == "poisson":
+        mean = np.exp(eta)
+        weight = mean
+        loglik = float(np.sum(target * eta - mean - _log_factorial(target)))
+    else:
+        raise ValueError(f"unknown family {family!r}: use 'binomial' or 'poisson'")
+    gradient = design.T @ (target - mean)
+    hessian = (design * weight[:, None]).T @ design
+    return [builtins.len(rows), gradient.tolist(), hessian.tolist(), loglik]
+
+
+def _complete_rows(columns: Any) -> np.ndarray:
+    """The rows where every column has a value, as a float matrix (one column per input)."""
+    frame = pd.DataFrame({i: c for i, c in enumerate(columns)})
+    return frame.dropna().to_numpy(dtype=float)
+
+
+def _log_factorial(values: np.ndarray) -> np.ndarray:
+    from scipy.special import gammaln
+
+    return gammaln(values + 1.0)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..results import Comoments, Histogram, Moments
+from ..results import CoMatrix, Comoments, Histogram, Moments
 
 
 def sum(parts: Sequence[Any]) -> Any:
@@ -107,3 +107,35 @@ def comoments(parts: Sequence[Sequence[Any]]) -> Comoments:
 def _sort_key(value: Any) -> tuple[str, Any]:
     # values of mixed types (numbers and text) still sort deterministically
     return (type(value).__name__, value)
+
+
+def comoment_matrix(parts: Sequence[Sequence[Any]]) -> CoMatrix:
+    """Merge ``[n, means, M]`` of each server with Chan et al.'s update, in matrix form."""
+    n, mean, m2 = 0, None, None
+    for nb, mean_b, m2_b in parts:
+        mean_b, m2_b = np.asarray(mean_b, dtype=float), np.asarray(m2_b, dtype=float)
+        if mean is None:
+            mean, m2 = np.zeros_like(mean_b), np.zeros_like(m2_b)
+        if nb == 0:
+            continue
+        total = n + nb
+        delta = mean_b - mean
+        mean = mean + delta * nb / total
+        m2 = m2 + m2_b + np.outer(delta, delta) * n * nb / total
+        n = total
+    return CoMatrix(n, mean, m2)
+
+
+def count_below(parts: Sequence[Sequence[int]]) -> list[int]:
+    """Counts added threshold by threshold."""
+    return np.sum(np.asarray(parts, dtype=np.int64), axis=0).tolist()
+
+
+def glm_step(parts: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """Gradients, Hessians and log-likelihoods added over servers."""
+    return {
+        "n": builtins.sum(p[0] for p in parts),
+        "gradient": np.sum([p[1] for p in parts], axis=0),
+        "hessian": np.sum([p[2] for p in parts], axis=0),
+        "loglik": math.fsum(p[3] for p in parts),
+    }
