@@ -26,7 +26,6 @@ from .expr.optimize import OptFlags
 from .expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map, Param
 
 _OPERATORS = ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "eq", "ne", "lt", "le", "gt", "ge", "and", "or")
-_DUNDER = {"and": "and_", "or": "or_"}
 
 
 class FedData:
@@ -247,10 +246,9 @@ def _install_operators() -> None:
     # One helper per class builds every operator, so the two classes cannot drift apart.
     for cls in (FedData, LazyResult):
         for op in _OPERATORS:
-            name = _DUNDER.get(op, op)
-            setattr(cls, f"__{name}__", lambda self, other, op=op: self._binop(op, other))
+            setattr(cls, f"__{op}__", lambda self, other, op=op: self._binop(op, other))
             if op not in ("eq", "ne", "lt", "le", "gt", "ge"):
-                setattr(cls, f"__r{name}__", lambda self, other, op=op: self._binop(op, other, True))
+                setattr(cls, f"__r{op}__", lambda self, other, op=op: self._binop(op, other, True))
 
 
 _install_operators()

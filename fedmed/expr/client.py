@@ -14,6 +14,7 @@ import numpy as np
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
+from ..ops.columns import apply_columns
 from .node import Node
 from .rowwise import INFIX, PREFIX, Map
 
@@ -112,7 +113,7 @@ class Call(Node):
     code = describe
 
     def evaluate(self, *values: Any) -> Any:
-        return self.fn(*values)
+        return apply_columns(self.fn, values)
 
 
 #: Node kinds evaluated on the client.

@@ -40,6 +40,37 @@ def reduce_columns(fn: Callable[[Sequence[Any]], Any], parts: Sequence[Any]) -> 
     if missing:
         raise ValueError(f"fragments disagree on their columns: {missing} missing on some servers")
     pooled = {k: reduce_columns(fn, [t[k] for t in tables]) for k in keys}
-    if all(np.ndim(v) == 0 and not isinstance(v, dict) for v in pooled.values()):
+    if all(_is_number(v) for v in pooled.values()):
         return pd.Series(pooled)
-    return pooled
+    return PerColumn(pooled)
+
+
+class PerColumn(dict):
+    """Pooled per-column results that are not plain numbers (moments, histograms, ...).
+
+    Client-side formulas applied to one are applied column by column
+    (:func:`apply_columns`), so ``fm.stats.mean(table)`` is a Series of
+    means, as ``DataFrame.mean()``.
+    """
+
+
+def apply_columns(fn: Callable[..., Any], values: Sequence[Any]) -> Any:
+    """``fn(*values)``, column by column where some values are ``PerColumn``."""
+    tables = [v for v in values if isinstance(v, PerColumn)]
+    if not tables:
+        return fn(*values)
+    keys = list(tables[0])
+    # a pooled Series of plain numbers over the same columns (min, max of the table) goes along
+    split = [
+        isinstance(v, PerColumn) or (isinstance(v, pd.Series) and list(v.index) == keys) for v in values
+    ]
+    results = {k: apply_columns(fn, [v[k] if s else v for v, s in zip(values, split)]) for k in keys}
+    if all(_is_number(r) for r in results.values()):
+        return pd.Series(results)
+    if all(isinstance(r, pd.Series) for r in results.values()):
+        return pd.DataFrame(results)  # describe() of a table: statistics as rows, as pandas
+    return PerColumn(results)
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or isinstance(value, (bool, int, float, np.number))

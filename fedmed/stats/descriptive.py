@@ -105,7 +105,9 @@ def corr(data: FedData, columns: Sequence[str]) -> LazyResult:
     columns = list(columns)
     pairs = [(i, j) for i in range(len(columns)) for j in range(i + 1, len(columns))]
     comoments = [aggregate(data[columns[i]], "comoments", data[columns[j]], needed_by="corr") for i, j in pairs]
-    return call(_corr_matrix, tuple(columns), *comoments)
+    # each column's own moments decide its diagonal: 1, or nan when constant or too short (as pandas)
+    moments = [aggregate(data[c], "moments", needed_by="corr") for c in columns]
+    return call(_corr_matrix, tuple(columns), len(pairs), *comoments, *moments)
 
 
 def _mean(m: Moments) -> float:
@@ -134,18 +136,25 @@ def _cov(c: Comoments, ddof: int) -> float:
     return c.cxy / (c.n - ddof) if c.n > ddof else math.nan
 
 
+def _constant(m2: float, n: int, mean: float) -> bool:
+    """True when the spread is within rounding of the mean: a constant column split over servers
+    merges to an M2 of about (eps * mean)^2 rather than exactly 0."""
+    return m2 <= n * (16 * np.finfo(float).eps * abs(mean)) ** 2
+
+
 def _pearson(c: Comoments) -> float:
-    denominator = math.sqrt(c.m2_x * c.m2_y)
-    if c.n < 2 or denominator == 0:
+    if c.n < 2 or _constant(c.m2_x, c.n, c.mean_x) or _constant(c.m2_y, c.n, c.mean_y):
         return math.nan
+    denominator = math.sqrt(c.m2_x * c.m2_y)
     # rounding can push |r| a hair past 1
     return max(-1.0, min(1.0, c.cxy / denominator))
 
 
-def _corr_matrix(columns: tuple[str, ...], *comoments: Comoments) -> pd.DataFrame:
+def _corr_matrix(columns: tuple[str, ...], n_pairs: int, *inputs: "Comoments | Moments") -> pd.DataFrame:
     k = len(columns)
-    matrix = np.eye(k)
-    pairs = iter(comoments)
+    own = inputs[n_pairs:]
+    matrix = np.diag([1.0 if m.n >= 2 and not _constant(m.m2, m.n, m.mean) else math.nan for m in own])  # type: ignore[union-attr]
+    pairs = iter(inputs[:n_pairs])
     for i in range(k):
         for j in range(i + 1, k):
             matrix[i, j] = matrix[j, i] = _pearson(next(pairs))

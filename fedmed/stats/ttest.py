@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from scipy import stats as sps
 
 from ..lazy import FedData, LazyResult
@@ -58,15 +59,18 @@ def _ttest_ind(ma: Moments, mb: Moments, equal_var: bool) -> TestResult:
     )
     if equal_var:
         df = ma.n + mb.n - 2.0
-    else:
-        va, vb = ma.var(1) / ma.n, mb.var(1) / mb.n
-        df = (va + vb) ** 2 / (va**2 / (ma.n - 1) + vb**2 / (mb.n - 1))
+    else:  # Welch–Satterthwaite; numpy arithmetic so degenerate samples give nan, as scipy
+        with np.errstate(all="ignore"):
+            va, vb = np.float64(ma.var(1)) / ma.n, np.float64(mb.var(1)) / mb.n
+            df = (va + vb) ** 2 / (va**2 / np.float64(ma.n - 1) + vb**2 / np.float64(mb.n - 1))
     return TestResult(float(result.statistic), float(result.pvalue), float(df), ma.n + mb.n)
 
 
 def _ttest_1samp(m: Moments, popmean: float) -> TestResult:
     df = m.n - 1.0
-    with_error = math.sqrt(m.var(1) / m.n) if m.n else math.nan
-    statistic = (m.mean - popmean) / with_error if with_error else math.copysign(math.inf, m.mean - popmean)
+    # numpy division, as scipy: constant data give ±inf (mean differs) or nan (it does not)
+    with np.errstate(all="ignore"):
+        standard_error = np.sqrt(np.float64(m.var(1)) / m.n) if m.n else np.float64(math.nan)
+        statistic = np.float64(m.mean - popmean) / standard_error
     pvalue = float(2 * sps.t.sf(abs(statistic), df)) if df > 0 else math.nan
     return TestResult(float(statistic), pvalue, df, m.n)
