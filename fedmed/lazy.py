@@ -130,7 +130,7 @@ class FedData:
             return value._node
         if isinstance(value, LazyResult):
             return Param(value.node)
-        if isinstance(value, (list, tuple)):
+        if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim == 1):
             return Literal([_plain(v) for v in value])
         if value is None or isinstance(value, (bool, int, float, str, np.generic)):
             return Literal(_plain(value))
