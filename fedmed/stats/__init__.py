@@ -10,10 +10,12 @@ from .descriptive import corr, cov, describe, mean, pearson, sem, std, var
 from .distribution import histogram, median, quantile, reconstruct
 from .rank import mannwhitneyu, wilcoxon
 from .regression import logit, ols, poisson
+from .survival import kaplan_meier, logrank
 from .ttest import ttest_1samp, ttest_ind, ttest_rel
 
 __all__ = [
     "mean", "var", "std", "sem", "describe", "cov", "pearson", "corr",
     "ttest_ind", "ttest_1samp", "ttest_rel", "chi2_contingency", "ols", "logit", "poisson",
     "quantile", "median", "histogram", "reconstruct", "mannwhitneyu", "wilcoxon",
+    "kaplan_meier", "logrank",
 ]
