@@ -4,7 +4,8 @@ from pathlib import Path
 
 import fedmed as fm
 
-CONFIG = Path(__file__).with_name("config.yaml")
+# toy arrays of 3 and 2 values: the privacy-aware config.yaml would suppress them
+CONFIG = Path(__file__).with_name("config-exact.yaml")
 
 sources = [
     fm.Remote(ip="http://127.0.0.1:5000", fragment="test array 1/2"),

@@ -22,6 +22,8 @@ from .errors import (
     ConfigError,
     FedMedError,
     OperationNotAllowed,
+    PrivacyError,
+    PrivacyWarning,
     ProtocolError,
     ServerError,
     ServerUnavailable,
@@ -30,7 +32,7 @@ from .errors import (
 )
 from .expr.optimize import OptFlags
 from .lazy import FedData, LazyResult, compute, explain
-from . import stats
+from . import privacy, stats
 from .server import Server
 
 try:
@@ -43,5 +45,5 @@ __all__ = [
     "Remote", "Local", "Simulation", "Server",
     "Config", "load_config",
     "FedMedError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",
-    "UnknownFragment", "OperationNotAllowed", "TaskFailed", "ServerUnavailable",
+    "UnknownFragment", "OperationNotAllowed", "TaskFailed", "ServerUnavailable", "PrivacyError", "PrivacyWarning",
 ]

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from .errors import ConfigError
+from .privacy.base import Scoped
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 
@@ -43,7 +44,7 @@ class Config:
 
     elementwise: Mapping[str, Callable[..., Any]]
     aggregates: Mapping[str, Aggregate]
-    privacy: tuple[Any, ...] = ()
+    privacy: tuple[Any, ...] = ()  # Scoped policies, in config order
     origin: str = "<dict>"
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -134,9 +135,16 @@ def _build_policies(entries: Any, origin: str) -> tuple[Any, ...]:
             raise ConfigError(f"{where}.params: must be a mapping")
         try:
             policy = cls(**params)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}.params: {exc}") from None
-        policies.append(policy)
+        patterns = {}
+        for key in ("filter", "reject"):
+            value = entry.get(key) or []
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}.{key}: expected a glob pattern or a list of them")
+            patterns[key] = value
+        policies.append(Scoped(policy, **patterns))
     return tuple(policies)
 
 

@@ -43,16 +43,24 @@ class ServerError(FedMedError):
         server: str | None = None,
         fragment: str | None = None,
         operation: str | None = None,
+        policy: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.server = server
         self.fragment = fragment
         self.operation = operation
+        self.policy = policy
 
-    def located(self, server: str) -> "ServerError":
-        """The same error, with the server it came from filled in."""
-        return type(self)(self.message, server=server, fragment=self.fragment, operation=self.operation)
+    def located(self, server: str | None = None, fragment: str | None = None, operation: str | None = None) -> "ServerError":
+        """The same error, with where it happened filled in (known fields are kept)."""
+        return type(self)(
+            self.message,
+            server=self.server or server,
+            fragment=self.fragment or fragment,
+            operation=self.operation or operation,
+            policy=self.policy,
+        )
 
     def __str__(self) -> str:
         where = [
@@ -61,6 +69,7 @@ class ServerError(FedMedError):
                 ("server", self.server),
                 ("fragment", self.fragment),
                 ("operation", self.operation),
+                ("policy", self.policy),
             )
             if value is not None
         ]
@@ -91,6 +100,16 @@ class TaskFailed(ServerError):
     status = 422
 
 
+class PrivacyError(ServerError):
+    """A server's privacy policy suppressed a result or refused a query; ``policy`` says which."""
+
+    status = 403
+
+
+class PrivacyWarning(UserWarning):
+    """A result was released with parts suppressed, or some servers' results were left out."""
+
+
 class ServerUnavailable(ServerError):
     """The server could not be reached, or did not answer within the timeout."""
 
@@ -99,5 +118,5 @@ class ServerUnavailable(ServerError):
 
 ERROR_TYPES: dict[str, type[ServerError]] = {
     cls.__name__: cls
-    for cls in (ServerError, BadRequest, UnknownFragment, OperationNotAllowed, TaskFailed, ServerUnavailable)
+    for cls in (ServerError, BadRequest, UnknownFragment, OperationNotAllowed, TaskFailed, PrivacyError, ServerUnavailable)
 }

@@ -9,13 +9,16 @@ only move bytes, so Local, Simulation and Remote behave the same.
 from __future__ import annotations
 
 import atexit
+import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
 from . import wire
-from .errors import ERROR_TYPES, FedMedError, ServerError
+from .backend.base import error_from_wire
+from .errors import FedMedError, PrivacyError, PrivacyWarning, ServerError
 from .expr.client import Apply, Call, Reduce, Scalar
-from .expr.node import Node, walk
+from .expr.node import Node, render_code, walk
 from .expr.optimize import OptFlags, Request, make_plan, plan_requests
 from .ops.columns import reduce_columns
 
@@ -33,64 +36,88 @@ def _fan_out() -> ThreadPoolExecutor:
     return _pool
 
 
-def execute(outputs: Sequence[Node], flags: OptFlags = OptFlags()) -> list[Any]:
-    """Compute the values of ``outputs`` (client nodes) in as few rounds as their dependencies allow."""
+ON_SUPPRESSED = ("raise", "skip")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A partial result a server's privacy policy withheld, left out of the pooling under ``on_suppressed="skip"``."""
+
+    error: PrivacyError
+
+
+def execute(outputs: Sequence[Node], flags: OptFlags = OptFlags(), on_suppressed: str = "raise") -> list[Any]:
+    """Compute the values of ``outputs`` (client nodes) in as few rounds as their dependencies allow.
+
+    ``on_suppressed="raise"`` (default) raises the ``PrivacyError`` of the
+    first suppressed task; ``"skip"`` pools the servers that answered, and
+    warns which were left out. Notes about withheld cells arrive as
+    ``PrivacyWarning``s.
+    """
+    if on_suppressed not in ON_SUPPRESSED:
+        raise ValueError(f"on_suppressed must be one of {ON_SUPPRESSED}, not {on_suppressed!r}")
     plan = make_plan(outputs, flags)
     identity = flags.identity()
     values: dict[Hashable, Any] = {}
     for reduces in plan.rounds:
         requests = plan_requests(reduces, flags, lambda node: _client_value(node, values, identity))
-        partials = _send_all(requests, flags)
+        partials = _send_all(requests, flags, on_suppressed == "skip")
         for reduce in reduces:
             parts = [partials[(id(reduce), source.token)] for source in reduce.sources]
             values[identity(reduce)] = _reduce(reduce, parts)
     return [_client_value(node, values, identity) for node in outputs]
 
 
-def _send_all(requests: list[Request], flags: OptFlags) -> dict[tuple[int, str], Any]:
+def _send_all(requests: list[Request], flags: OptFlags, skip: bool) -> dict[tuple[int, str], Any]:
     """Send every request of a round at once; the partial result of each (reduce, source)."""
-    if len(requests) == 1:
-        responses = [_send(requests[0], flags)]
-    else:
-        responses = list(_fan_out().map(lambda request: _send(request, flags), requests))
+    send = lambda request: _send(request, flags, skip)  # noqa: E731
+    responses = [send(requests[0])] if len(requests) == 1 else list(_fan_out().map(send, requests))
     partials: dict[tuple[int, str], Any] = {}
-    for request, results in zip(requests, responses):
+    for request, (results, notes) in zip(requests, responses):
+        for text in notes:  # warned here, in the caller's thread, so filters and pytest see them
+            warnings.warn(text, PrivacyWarning, stacklevel=4)
         for task, result in zip(request.tasks, results):
             partials[(id(task.reduce), task.source.token)] = result
     return partials
 
 
-def _send(request: Request, flags: OptFlags) -> list[Any]:
-    """One request: a node table of the tasks' maps; the value of each task, or its error raised."""
+def _send(request: Request, flags: OptFlags, skip: bool) -> tuple[list[Any], list[str]]:
+    """One request: the value of each task (or ``Skipped``), and the servers' notes; errors are raised."""
     table = wire.encode_table([task.map for task in request.tasks], dedupe=flags.dedupe)
+    server = request.link.name
     response = request.link.send(table.request())
     results = response["results"]
     if len(results) != len(request.tasks):
-        raise ServerError(
-            f"the server sent {len(results)} results for {len(request.tasks)} tasks", server=request.link.name
-        )
-    values = []
+        raise ServerError(f"the server sent {len(results)} results for {len(request.tasks)} tasks", server=server)
+    values, notes = [], []
     for task, result in zip(request.tasks, results):
         if not isinstance(result, dict) or ("value" not in result and "error" not in result):
-            raise ServerError("the server sent a malformed result", server=request.link.name)
+            raise ServerError("the server sent a malformed result", server=server)
         if "error" in result:
-            raise _task_error(result["error"], request.link.name, task)
+            error = error_from_wire(result["error"], server).located(fragment=task.source.fragment)
+            if not (skip and isinstance(error, PrivacyError)):
+                raise error
+            values.append(Skipped(error))
+            continue
         values.append(result["value"])
-    return values
-
-
-def _task_error(error: Any, server: str, task: Any) -> ServerError:
-    error = error if isinstance(error, dict) else {"message": str(error)}
-    cls = ERROR_TYPES.get(error.get("type"), ServerError)
-    return cls(
-        str(error.get("message", "unknown error")),
-        server=server,
-        fragment=error.get("fragment") or task.source.fragment,
-        operation=error.get("operation"),
-    )
+        if result.get("notes"):
+            where = f"{server} [{task.source.fragment!r}] {render_code(task.map)}"
+            notes += [f"{where}: {note}" for note in result["notes"]]
+    return values, notes
 
 
 def _reduce(reduce: Reduce, parts: list[Any]) -> Any:
+    skipped = [p for p in parts if isinstance(p, Skipped)]
+    if skipped:
+        if len(skipped) == len(parts):
+            raise skipped[0].error
+        left_out = "; ".join(f"{s.error.server} [{s.error.fragment!r}]: {s.error.message}" for s in skipped)
+        warnings.warn(
+            f"{reduce.op} pooled {len(parts) - len(skipped)} of {len(parts)} sources; left out: {left_out}",
+            PrivacyWarning,
+            stacklevel=4,
+        )
+        parts = [p for p in parts if not isinstance(p, Skipped)]
     try:
         return reduce_columns(reduce.fn, parts)
     except Exception as exc:

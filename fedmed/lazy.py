@@ -193,9 +193,9 @@ class LazyResult:
         """The client-side expression this result stands for."""
         return self._node
 
-    def compute(self) -> Any:
-        """Evaluate now and return the value."""
-        return execute([self._node], self._flags)[0]
+    def compute(self, on_suppressed: str = "raise") -> Any:
+        """Evaluate now and return the value (``on_suppressed`` as in :func:`compute`)."""
+        return execute([self._node], self._flags, on_suppressed)[0]
 
     def explain(self) -> str:
         """The plan: rounds, per server the map tasks, and the client reduce graph (nothing is sent)."""
@@ -270,8 +270,13 @@ def _positional(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str
     return tuple(bound.args[1:])
 
 
-def compute(*results: Any) -> tuple[Any, ...]:
+def compute(*results: Any, on_suppressed: str = "raise") -> tuple[Any, ...]:
     """Evaluate several results in one batch: shared work is done once, one request per server per round.
+
+    When a server's privacy policy suppresses a result, ``on_suppressed="raise"``
+    (the default) raises ``fm.PrivacyError`` naming the server, fragment,
+    operation and policy; ``"skip"`` pools only the servers that answered and
+    warns (``fm.PrivacyWarning``) which were left out.
 
     Examples
     --------
@@ -281,7 +286,7 @@ def compute(*results: Any) -> tuple[Any, ...]:
     (15, 5, 3.0)
     """
     nodes, flags = _outputs(results)
-    return tuple(execute(nodes, flags))
+    return tuple(execute(nodes, flags, on_suppressed))
 
 
 def explain(*results: Any) -> str:

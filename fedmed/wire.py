@@ -190,4 +190,5 @@ def error_body(exc: Exception) -> dict[str, Any]:
         "message": getattr(exc, "message", str(exc)),
         "fragment": getattr(exc, "fragment", None),
         "operation": getattr(exc, "operation", None),
+        "policy": getattr(exc, "policy", None),
     }

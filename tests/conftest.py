@@ -29,7 +29,7 @@ def serve() -> Iterator[Callable[..., BackgroundServer]]:
 @pytest.fixture
 def quickstart(serve: Callable[..., BackgroundServer]) -> tuple[list[fm.Server], list[fm.Remote]]:
     """The README's two servers ([1, 2, 3] and [4, 5]) running on loopback, with their sources."""
-    servers = [fm.Server(config="example/config.yaml"), fm.Server(config="example/config.yaml")]
+    servers = [fm.Server(config="example/config-exact.yaml"), fm.Server(config="example/config-exact.yaml")]
     servers[0]["test array 1/2"] = [1, 2, 3]
     servers[1]["test array 2/2"] = [4, 5]
     urls = [serve(s).url for s in servers]

@@ -13,12 +13,19 @@ from fedmed.config import DEFAULT_CONFIG, load_config
 SUM = {"map": "fedmed.ops.private.sum", "reduce": "fedmed.ops.public.sum"}
 
 
-def test_example_config_offers_exactly_the_default_operations():
-    example = yaml.safe_load(Path("example/config.yaml").read_text())
+@pytest.mark.parametrize("path", ["example/config.yaml", "example/config-exact.yaml"])
+def test_example_configs_offer_exactly_the_default_operations(path):
+    example = yaml.safe_load(Path(path).read_text())
     default = yaml.safe_load(DEFAULT_CONFIG.read_text())
     assert example["methods"] == default["methods"]
-    config = load_config("example/config.yaml")
+    config = load_config(path)
     assert "add" in config.elementwise and "sum" in config.aggregates
+
+
+def test_example_config_is_privacy_aware_and_the_exact_one_is_not():
+    names = [type(p.policy).__name__ for p in load_config("example/config.yaml").privacy]
+    assert names == ["CacheLimit", "ComplexityCap", "Anonymity", "Dominance"]
+    assert load_config("example/config-exact.yaml").privacy == ()
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,8 @@ def test_a_result_that_cannot_be_encoded_is_a_500_in_msgpack():
     status, answer = server.handle(wire.pack(task))
     assert status == 500
     assert wire.unpack(answer)["error"] == {
-        "type": "ServerError", "message": "internal server error (see the server's log)", "fragment": None, "operation": None
+        "type": "ServerError", "message": "internal server error (see the server's log)",
+        "fragment": None, "operation": None, "policy": None,
     }
 
 

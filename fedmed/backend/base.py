@@ -78,4 +78,5 @@ def error_from_wire(error: Any, server: str) -> ServerError:
         server=server,
         fragment=error.get("fragment"),
         operation=error.get("operation"),
+        policy=error.get("policy"),
     )

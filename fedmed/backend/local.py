@@ -58,6 +58,6 @@ class LocalLink(Link):
 
     def send(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self.server.evaluate(request)
+            return self.server.evaluate(request, client=self.name)
         except ServerError as exc:
             raise exc.located(self.name) from None

@@ -57,5 +57,5 @@ class ServerLink(Link):
     server: Server
 
     def send(self, request: dict[str, Any]) -> dict[str, Any]:
-        status, body = self.server.handle(wire.pack(request))
+        status, body = self.server.handle(wire.pack(request), client=self.name)
         return read_response(status, body, self.name)

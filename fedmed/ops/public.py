@@ -55,8 +55,10 @@ def histogram(parts: Sequence[dict[str, Any]]) -> Histogram:
     edges = parts[0]["edges"]
     if any(part["edges"] != edges for part in parts):
         raise ValueError("servers used different histogram edges")
-    counts = np.sum([part["counts"] for part in parts], axis=0)
-    return Histogram(np.asarray(counts, dtype=np.int64), np.asarray(edges, dtype=float))
+    # a cell a server suppressed (None) makes the pooled cell unknown: nan, never a silent 0
+    counts = np.sum(np.asarray([part["counts"] for part in parts], dtype=float), axis=0)
+    exact = not np.isnan(counts).any()
+    return Histogram(counts.astype(np.int64) if exact else counts, np.asarray(edges, dtype=float))
 
 
 def crosstab(parts: Sequence[Sequence[Sequence[Any]]]) -> pd.DataFrame:
@@ -126,9 +128,9 @@ def comoment_matrix(parts: Sequence[Sequence[Any]]) -> CoMatrix:
     return CoMatrix(n, mean, m2)
 
 
-def count_below(parts: Sequence[Sequence[int]]) -> list[int]:
-    """Counts added threshold by threshold."""
-    return np.sum(np.asarray(parts, dtype=np.int64), axis=0).tolist()
+def count_below(parts: Sequence[Sequence[int | None]]) -> list[float]:
+    """Counts added threshold by threshold (nan where a server suppressed its count)."""
+    return np.sum(np.asarray(parts, dtype=float), axis=0).tolist()
 
 
 def glm_step(parts: Sequence[Sequence[Any]]) -> dict[str, Any]:

@@ -15,13 +15,17 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
+import pandas as pd
+
 from .. import wire
 from ..config import Config, load_config
 from ..errors import BadRequest, OperationNotAllowed, ProtocolError, ServerError, UnknownFragment
 from ..expr.node import Node
 from ..expr.rowwise import Elementwise, Fragment as FragmentNode, Map
-from ..privacy import Task
-from .evaluate import Failure
+from ..privacy.base import MISSING, Task
+from ..privacy.pipeline import Pipeline
+from ..privacy.snapshot import Snapshot
+from .evaluate import Evaluated, Failure
 from .fragments import Fragment, InMemory
 from .http import create_app
 
@@ -60,7 +64,9 @@ class Server:
 
     def __init__(self, config: "str | Mapping[str, Any] | Config | None" = None) -> None:
         self.config = load_config(config)
+        self.pipeline = Pipeline(self.config.privacy)
         self._fragments: dict[str, tuple[Fragment, int]] = {}
+        self._pending: dict[str, Fragment] = {}
         self._lock = threading.Lock()
         self.traffic = Traffic()
         self.started = time.time()
@@ -68,10 +74,28 @@ class Server:
 
     # -- fragments -------------------------------------------------------
     def __setitem__(self, name: str, data: Any) -> None:
+        """Add or replace a fragment. Under a ``Snapshot`` policy the new data is published
+        only once enough rows differ from the published version; until then clients see that."""
         fragment = data if isinstance(data, Fragment) else InMemory(data)
+        snapshot = self._snapshot_policy()
         with self._lock:
-            _, version = self._fragments.get(name, (None, 0))
+            published, version = self._fragments.get(name, (None, 0))
+            if published is not None and snapshot is not None:
+                if not snapshot.should_publish(_rows_of(published), _rows_of(fragment)):
+                    self._pending[name] = fragment
+                    return
+            self._pending.pop(name, None)
             self._fragments[name] = (fragment, version + 1)
+
+    def append(self, name: str, rows: Any) -> None:
+        """Add rows to an in-memory fragment (to its pending version under ``Snapshot``)."""
+        with self._lock:
+            current = self._pending.get(name) or self._fragments[name][0]
+        new = InMemory(rows).data
+        self[name] = pd.concat([_rows_of(current), new], ignore_index=True)
+
+    def _snapshot_policy(self) -> Snapshot | None:
+        return next((p.policy for p in self.config.privacy if isinstance(p.policy, Snapshot)), None)
 
     def __getitem__(self, name: str) -> Fragment:
         return self._fragments[name][0]
@@ -102,10 +126,10 @@ class Server:
         }
 
     # -- protocol --------------------------------------------------------
-    def handle(self, body: bytes) -> tuple[int, bytes]:
-        """Answer one protocol request: ``(HTTP status, msgpack body)``; never raises."""
+    def handle(self, body: bytes, client: str = "unknown") -> tuple[int, bytes]:
+        """Answer one protocol request from ``client``: ``(HTTP status, msgpack body)``; never raises."""
         try:
-            status, response = 200, self.evaluate(wire.unpack(body))
+            status, response = 200, self.evaluate(wire.unpack(body), client)
             out = wire.pack(response)
         except ProtocolError as exc:
             status, out = 400, _error_response(BadRequest(str(exc)))
@@ -121,25 +145,41 @@ class Server:
             self.traffic.bytes_out += len(out)
         return status, out
 
-    def evaluate(self, request: Any) -> dict[str, Any]:
-        """Evaluate a decoded request; raises ``ServerError`` for faults of the whole request."""
+    def evaluate(self, request: Any, client: str = "unknown") -> dict[str, Any]:
+        """Evaluate a decoded request for ``client``; raises ``ServerError`` for faults of the whole request.
+
+        Each task is screened by the privacy policies first (a refused or
+        cached task is not computed), then evaluated with the other tasks
+        of its fragment, then released through the policies.
+        """
         nodes, outputs = wire.decode_table(request)
         owner = _fragment_of(nodes)
         self._check_operations(nodes, owner)
-        snapshot = self._snapshot({owner[o] for o in outputs if owner[o] is not None})
-        by_fragment: dict[str, list[int]] = defaultdict(list)
         for o in outputs:
             if owner[o] is None:
                 raise BadRequest(f"output {o} does not read any fragment")
-            by_fragment[owner[o]].append(o)
-        released: dict[int, dict[str, Any]] = {}
-        for name, outs in by_fragment.items():
+        snapshot = self._snapshot({owner[o] for o in outputs})  # type: ignore[misc]
+        tasks = {o: Task(owner[o], snapshot[owner[o]][1], nodes[o], client) for o in outputs}  # type: ignore[index, arg-type]
+        results: dict[int, dict[str, Any]] = {}
+        active: dict[int, list[Any]] = {}
+        pending: dict[str, list[int]] = defaultdict(list)
+        for o, task in tasks.items():
+            try:
+                active[o], answer = self.pipeline.screen(task)
+            except ServerError as exc:
+                results[o] = _task_error(task, exc)
+                continue
+            if answer is MISSING:
+                pending[task.fragment].append(o)
+            else:
+                results[o] = _task_value(task, answer)
+        for name, outs in pending.items():
             fragment, _ = snapshot[name]
-            for o, outcome in zip(outs, fragment.evaluate(nodes, outs, self.config)):
-                released[o] = self._release(name, nodes[o], outcome)
+            for o, evaluated in zip(outs, fragment.evaluate(nodes, outs, self.config)):
+                results[o] = self._release(tasks[o], evaluated, active[o])
         return {
             "protocol": wire.PROTOCOL,
-            "results": [released[o] for o in outputs],
+            "results": [results[o] for o in outputs],
             "versions": {name: version for name, (_, version) in snapshot.items()},
         }
 
@@ -166,17 +206,28 @@ class Server:
                     operation=node.op,  # type: ignore[attr-defined]
                 )
 
-    def _release(self, fragment: str, node: Node, outcome: Any) -> dict[str, Any]:
-        task = Task(fragment=fragment, node=node)
+    def _release(self, task: Task, evaluated: Evaluated, active: list[Any]) -> dict[str, Any]:
+        task.disclosure = evaluated.disclosure
         try:
-            if isinstance(outcome, Failure):
-                raise outcome.error
-            for policy in self.config.privacy:
-                outcome = policy.apply(task, outcome)
+            if isinstance(evaluated.value, Failure):
+                raise evaluated.value.error
+            return _task_value(task, self.pipeline.release(task, evaluated.value, active))
         except ServerError as exc:
-            located = type(exc)(exc.message, fragment=fragment, operation=task.signature)
-            return {"error": wire.error_body(located)}
-        return {"value": outcome}
+            return _task_error(task, exc)
+
+
+def _task_value(task: Task, value: Any) -> dict[str, Any]:
+    return {"value": value, "notes": task.notes} if task.notes else {"value": value}
+
+
+def _task_error(task: Task, exc: ServerError) -> dict[str, Any]:
+    return {"error": wire.error_body(exc.located(fragment=task.fragment, operation=task.signature))}
+
+
+def _rows_of(fragment: Fragment) -> Any:
+    if not isinstance(fragment, InMemory) or not isinstance(fragment.data, (pd.DataFrame, pd.Series)):
+        raise TypeError("appending and snapshots need an in-memory table or column")
+    return fragment.data
 
 
 def _error_response(exc: ServerError) -> bytes:

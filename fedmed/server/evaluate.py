@@ -17,6 +17,7 @@ from ..config import Config
 from ..errors import ServerError, TaskFailed
 from ..expr.node import Node
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map
+from .disclosure import Disclosure
 from ..ops.columns import map_columns
 
 
@@ -27,11 +28,15 @@ class Failure:
     error: ServerError
 
 
-#: What a fragment returns per output: the map's value, or a Failure.
-Outcome = Any
+@dataclass(frozen=True)
+class Evaluated:
+    """What a fragment returns per output: the map's value (or a Failure), and the rows behind it."""
+
+    value: Any
+    disclosure: Disclosure | None = None
 
 
-def evaluate_pandas(nodes: Sequence[Node], outputs: Sequence[int], data: Any, config: Config) -> list[Outcome]:
+def evaluate_pandas(nodes: Sequence[Node], outputs: Sequence[int], data: Any, config: Config) -> list[Evaluated]:
     """Evaluate the map nodes at ``outputs`` over ``data`` (pandas objects)."""
     position = {id(node): i for i, node in enumerate(nodes)}
     values: dict[int, Any] = {}
@@ -40,7 +45,21 @@ def evaluate_pandas(nodes: Sequence[Node], outputs: Sequence[int], data: Any, co
         args = [values[position[id(child)]] for child in node.children]
         failed = next((a for a in args if isinstance(a, Failure)), None)
         values[i] = failed if failed is not None else _visit(node, args, data, config)
-    return [values[o] for o in outputs]
+    by_node = {id(nodes[i]): value for i, value in values.items()}
+    index = row_index(data)
+    return [
+        Evaluated(values[o], Disclosure(nodes[o], by_node, index) if index is not None else None)  # type: ignore[arg-type]
+        for o in outputs
+    ]
+
+
+def row_index(data: Any) -> pd.Index | None:
+    """The fragment's row labels (of its first table, for a nested dict)."""
+    if isinstance(data, (pd.DataFrame, pd.Series)):
+        return data.index
+    if isinstance(data, dict):
+        return next((i for i in map(row_index, data.values()) if i is not None), None)
+    return None
 
 
 def _needed(nodes: Sequence[Node], outputs: Sequence[int], position: dict[int, int]) -> set[int]:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..config import Config
 from ..expr.node import Node
-from .evaluate import Outcome, evaluate_pandas
+from .evaluate import Evaluated, evaluate_pandas
 
 
 class Fragment(ABC):
@@ -29,8 +29,11 @@ class Fragment(ABC):
         return None
 
     @abstractmethod
-    def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Outcome]:
-        """Values (or ``Failure``s) of the map nodes at ``outputs``; ``nodes`` is in wire order."""
+    def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Evaluated]:
+        """Values (or ``Failure``s) of the map nodes at ``outputs``, with the rows behind each.
+
+        ``nodes`` is the request's table, in wire order.
+        """
 
 
 class InMemory(Fragment):
@@ -47,14 +50,15 @@ class InMemory(Fragment):
     def rows(self) -> int | None:
         return len(self.data) if isinstance(self.data, (pd.DataFrame, pd.Series)) else None
 
-    def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Outcome]:
+    def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Evaluated]:
         return evaluate_pandas(nodes, outputs, self.data, config)
 
 
 def as_pandas(data: Any) -> Any:
     """Turn user data into the pandas objects the evaluator works on."""
     if isinstance(data, (pd.DataFrame, pd.Series)):
-        return data
+        # unique row labels: privacy policies follow rows through filters by label
+        return data if data.index.is_unique else data.reset_index(drop=True)
     if isinstance(data, dict):
         if data and all(_is_column(v) for v in data.values()) and len({len(v) for v in data.values()}) == 1:
             return pd.DataFrame({str(k): v if isinstance(v, (np.ndarray, pd.Index)) else list(v) for k, v in data.items()})

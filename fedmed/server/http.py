@@ -18,7 +18,7 @@ def create_app(server: "Server") -> Flask:
 
     @app.post(wire.ENDPOINT)
     def evaluate() -> Response:
-        status, body = server.handle(request.get_data(cache=False))
+        status, body = server.handle(request.get_data(cache=False), client=request.remote_addr or "unknown")
         return Response(body, status=status, content_type=wire.CONTENT_TYPE)
 
     @app.get(f"/v{wire.PROTOCOL}/info")

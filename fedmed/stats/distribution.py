@@ -77,9 +77,18 @@ def _start(n: int, counts: list[int], qs: tuple[float, ...]) -> dict[str, Any]:
     return {"n": n, "qs": qs, "ranks": ranks, "brackets": brackets}
 
 
-def _bracket(edges: list[float], counts: list[int], rank: int) -> tuple[float, float]:
-    """(lo, hi] with count(<= lo) < rank <= count(<= hi)."""
-    i = next(i for i, c in enumerate(counts) if c >= rank)
+def _bracket(edges: list[float], counts: list[float], rank: int) -> tuple[float, float]:
+    """(lo, hi] with count(<= lo) < rank <= count(<= hi).
+
+    A count a server suppressed (nan: too few rows on one side) is harmless
+    away from the bracket; inside it, the quantile cannot be located.
+    """
+    i = next(i for i, c in enumerate(counts) if not math.isnan(c) and c >= rank)
+    if math.isnan(counts[i - 1]):
+        raise FedMedError(
+            "quantile: a server's privacy policy suppressed the counts around this quantile "
+            "(too few rows below or above it); report a coarser summary such as a histogram"
+        )
     return edges[i - 1], edges[i]
 
 

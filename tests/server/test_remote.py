@@ -17,7 +17,7 @@ def requests_per_server(servers: list[fm.Server]) -> list[int]:
 
 def test_quickstart_mean_is_exact_with_one_request_per_server(quickstart):
     servers, sources = quickstart
-    data = fm.FedData(sources, config="example/config.yaml")
+    data = fm.FedData(sources, config="example/config-exact.yaml")
     mean = data.sum() / data.len()
     assert requests_per_server(servers) == [0, 0]  # lazy: nothing sent yet
     assert mean.compute() == 3.0

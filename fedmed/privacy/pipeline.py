@@ -1,0 +1,46 @@
+"""How a server runs one task through its policies: screen before evaluation, release after."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .base import MISSING, Scoped, Task
+
+
+class Pipeline:
+    """The configured policies of a server, applied in config order."""
+
+    def __init__(self, policies: Sequence[Scoped]) -> None:
+        self.policies = tuple(policies)
+
+    def screen(self, task: Task) -> tuple[list[Scoped], Any]:
+        """The policies that apply to ``task``, and a recalled answer (or ``MISSING``).
+
+        Raises ``PrivacyError`` when a policy refuses the query. A recalled
+        answer was released before and is not admitted or charged again.
+        """
+        active = [p for p in self.policies if p.applies(task)]
+        task.epsilon = sum(float(getattr(p.policy, "epsilon", 0.0) or 0.0) for p in active)
+        for policy in active:
+            recall = policy.hook("recall")
+            answer = recall(task) if recall else MISSING
+            if answer is not MISSING:
+                return active, answer
+        for policy in active:
+            admit = policy.hook("admit")
+            if admit:
+                admit(task)
+        return active, MISSING
+
+    def release(self, task: Task, value: Any, active: Sequence[Scoped]) -> Any:
+        """``value`` after every active policy's ``apply``; raises ``PrivacyError`` to suppress it."""
+        for policy in active:
+            apply = policy.hook("apply")
+            if apply:
+                value = apply(task, value)
+            policy.applied += 1
+        for policy in active:
+            released = policy.hook("released")
+            if released:
+                released(task, value)
+        return value
