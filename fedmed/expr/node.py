@@ -21,6 +21,7 @@ from functools import cached_property
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
 import msgpack
+import numpy as np
 
 _CHILD = "Node"
 _CHILDREN = "tuple[Node, ...]"
@@ -114,9 +115,12 @@ def canonical(value: Any) -> Any:
         return ["source", token]
     if callable(value):
         return ["fn", f"{value.__module__}.{value.__qualname__}"]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return value.item()  # numpy scalar
-    return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str, bytes, dict)):
+        return value
+    # any other client-side constant (a computed DataFrame...): identity only, never merged
+    return ["object", type(value).__qualname__, id(value)]
 
 
 def _digest(node: Node) -> str:

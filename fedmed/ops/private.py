@@ -40,12 +40,14 @@ def sqsum(x: pd.Series) -> Any:
 
 def min(x: pd.Series) -> Any:
     """Smallest non-missing value, or None if there is none."""
-    return None if x.count() == 0 else _plain(x.min())
+    present = x.dropna()  # pandas skips missing text values only with its own string type
+    return None if present.empty else _plain(present.min())
 
 
 def max(x: pd.Series) -> Any:
     """Largest non-missing value, or None if there is none."""
-    return None if x.count() == 0 else _plain(x.max())
+    present = x.dropna()
+    return None if present.empty else _plain(present.max())
 
 
 def set(x: pd.Series) -> list[Any]:

@@ -66,11 +66,12 @@ class Disclosure:
             kids = [c for c in node.children if not isinstance(c, Literal)]
             sel = _all(everything, [selected[id(c)] for c in kids])
             pres = _all(everything, [present[id(c)] for c in kids])
-            # raw values: a selected column, or a fragment that is itself one column
+            # raw values: a selected column, or a fragment that is itself one column; rows a
+            # filter already removed count as present (conservative: they join the complement)
             if (isinstance(node, Column) and isinstance(value, (pd.Series, pd.DataFrame))) or (
                 isinstance(node, Fragment) and isinstance(value, pd.Series)
             ):
-                pres = pres & self._align(_notna(value))
+                pres = pres & _notna(value).reindex(self.index, fill_value=True).astype(bool)
             elif isinstance(node, Filter):
                 sel = sel & self._align(_truthy(self._values[id(node.mask)]))
             elif isinstance(node, Elementwise) and node.op in MASKING_OPS:
