@@ -27,7 +27,9 @@ from .errors import (
     ProtocolError,
     ServerError,
     ServerUnavailable,
+    ServerWarning,
     TaskFailed,
+    Unauthorized,
     UnknownFragment,
 )
 from .expr.optimize import OptFlags
@@ -46,4 +48,5 @@ __all__ = [
     "Config", "load_config",
     "FedMedError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",
     "UnknownFragment", "OperationNotAllowed", "TaskFailed", "ServerUnavailable", "PrivacyError", "PrivacyWarning",
+    "ServerWarning", "Unauthorized",
 ]

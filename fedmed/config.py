@@ -16,6 +16,7 @@ Every problem is reported at load time with the key that is wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,12 @@ import yaml
 
 from .errors import ConfigError
 from .privacy.base import Scoped
+from .auth import load_auth
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
+
+#: Request limits a server enforces, and their defaults.
+LIMITS = {"max_body_bytes": 4 * 1024 * 1024, "max_nodes": 20_000}
 
 
 @dataclass(frozen=True)
@@ -46,11 +51,13 @@ class Config:
     aggregates: Mapping[str, Aggregate]
     privacy: tuple[Any, ...] = ()  # Scoped policies, in config order
     origin: str = "<dict>"
+    auth: Any = None  # an Authenticator, or None: no authentication
+    limits: Mapping[str, int] = field(default_factory=lambda: dict(LIMITS))
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def without_privacy(self) -> "Config":
         """The same operations with no privacy policies (for exact, in-process use)."""
-        return Config(self.elementwise, self.aggregates, (), self.origin, self.raw)
+        return dataclasses.replace(self, privacy=(), auth=None)
 
 
 def load_config(config: "str | Path | Mapping[str, Any] | Config | None" = None) -> Config:
@@ -113,7 +120,22 @@ def _build(raw: Any, origin: str) -> Config:
                 f"{where}: expected an import path (elementwise) or {{map: path, reduce: path}} (aggregate)"
             )
     privacy = _build_policies(raw.get("privacy", []), origin)
-    return Config(elementwise, aggregates, privacy, origin, raw)
+    return Config(
+        elementwise, aggregates, privacy, origin=origin, raw=raw,
+        auth=load_auth(raw.get("auth"), origin), limits=_limits(raw.get("limits"), origin),
+    )
+
+
+def _limits(raw: Any, origin: str) -> dict[str, int]:
+    raw = raw or {}
+    if not isinstance(raw, Mapping) or not set(raw) <= set(LIMITS):
+        raise ConfigError(f"{origin}: limits: expected a mapping with keys among {sorted(LIMITS)}")
+    out = dict(LIMITS)
+    for key, value in raw.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{origin}: limits.{key}: expected a positive integer")
+        out[key] = value
+    return out
 
 
 def _build_policies(entries: Any, origin: str) -> tuple[Any, ...]:

@@ -82,6 +82,18 @@ class BadRequest(ServerError):
     status = 400
 
 
+class Unauthorized(ServerError):
+    """The server requires a valid bearer token (``fm.Remote(..., token=...)``)."""
+
+    status = 401
+
+
+class RequestTooLarge(BadRequest):
+    """The request body exceeds the server's ``limits.max_body_bytes``."""
+
+    status = 413
+
+
 class UnknownFragment(ServerError):
     """The server holds no fragment of that name."""
 
@@ -110,6 +122,10 @@ class PrivacyWarning(UserWarning):
     """A result was released with parts suppressed, or some servers' results were left out."""
 
 
+class ServerWarning(UserWarning):
+    """Some servers failed and were left out of a result (``on_error="skip"``)."""
+
+
 class ServerUnavailable(ServerError):
     """The server could not be reached, or did not answer within the timeout."""
 
@@ -118,5 +134,8 @@ class ServerUnavailable(ServerError):
 
 ERROR_TYPES: dict[str, type[ServerError]] = {
     cls.__name__: cls
-    for cls in (ServerError, BadRequest, UnknownFragment, OperationNotAllowed, TaskFailed, PrivacyError, ServerUnavailable)
+    for cls in (
+        ServerError, BadRequest, RequestTooLarge, Unauthorized, UnknownFragment,
+        OperationNotAllowed, TaskFailed, PrivacyError, ServerUnavailable,
+    )
 }

@@ -16,7 +16,7 @@ from typing import Any, Hashable, Sequence
 
 from . import wire
 from .backend.base import error_from_wire
-from .errors import FedMedError, PrivacyError, PrivacyWarning, ServerError
+from .errors import FedMedError, PrivacyError, PrivacyWarning, ServerError, ServerWarning
 from .expr.client import Apply, Call, Reduce, Scalar
 from .expr.node import Node, render_code, walk
 from .expr.optimize import OptFlags, Request, make_plan, plan_requests
@@ -36,48 +36,63 @@ def _fan_out() -> ThreadPoolExecutor:
     return _pool
 
 
-ON_SUPPRESSED = ("raise", "skip")
+CHOICES = ("raise", "skip")
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """A partial result a server's privacy policy withheld, left out of the pooling under ``on_suppressed="skip"``."""
+    """A partial result left out of the pooling: its server failed or its policy withheld it."""
 
-    error: PrivacyError
+    error: ServerError
 
 
-def execute(outputs: Sequence[Node], flags: OptFlags = OptFlags(), on_suppressed: str = "raise") -> list[Any]:
+def execute(
+    outputs: Sequence[Node], flags: OptFlags = OptFlags(), on_suppressed: str = "raise", on_error: str = "raise"
+) -> list[Any]:
     """Compute the values of ``outputs`` (client nodes) in as few rounds as their dependencies allow.
 
     ``on_suppressed="raise"`` (default) raises the ``PrivacyError`` of the
-    first suppressed task; ``"skip"`` pools the servers that answered, and
-    warns which were left out. Notes about withheld cells arrive as
+    first suppressed task; ``on_error="raise"`` the error of the first
+    failing server. ``"skip"`` pools the servers that answered and warns
+    (``PrivacyWarning`` / ``ServerWarning``) which were left out; a result
+    no server answered still raises. Notes about withheld cells arrive as
     ``PrivacyWarning``s.
     """
-    if on_suppressed not in ON_SUPPRESSED:
-        raise ValueError(f"on_suppressed must be one of {ON_SUPPRESSED}, not {on_suppressed!r}")
+    for name, choice in (("on_suppressed", on_suppressed), ("on_error", on_error)):
+        if choice not in CHOICES:
+            raise ValueError(f"{name} must be one of {CHOICES}, not {choice!r}")
     plan = make_plan(outputs, flags)
     identity = flags.identity()
     values: dict[Hashable, Any] = {}
     for reduces in plan.rounds:
         requests = plan_requests(reduces, flags, lambda node: _client_value(node, values, identity))
-        partials = _send_all(requests, flags, on_suppressed == "skip")
+        partials = _send_all(requests, flags, on_suppressed == "skip", on_error == "skip")
         for reduce in reduces:
-            parts = [partials[(id(reduce), source.token)] for source in reduce.sources]
+            parts = [partials[(id(reduce), source.uid)] for source in reduce.sources]
             values[identity(reduce)] = _reduce(reduce, parts)
     return [_client_value(node, values, identity) for node in outputs]
 
 
-def _send_all(requests: list[Request], flags: OptFlags, skip: bool) -> dict[tuple[int, str], Any]:
+def _send_all(
+    requests: list[Request], flags: OptFlags, skip_suppressed: bool, skip_failed: bool
+) -> dict[tuple[int, str], Any]:
     """Send every request of a round at once; the partial result of each (reduce, source)."""
-    send = lambda request: _send(request, flags, skip)  # noqa: E731
+
+    def send(request: Request) -> tuple[list[Any], list[str]]:
+        try:
+            return _send(request, flags, skip_suppressed)
+        except ServerError as exc:
+            if not skip_failed or isinstance(exc, PrivacyError):
+                raise
+            return [Skipped(exc.located(server=request.link.name))] * len(request.tasks), []
+
     responses = [send(requests[0])] if len(requests) == 1 else list(_fan_out().map(send, requests))
     partials: dict[tuple[int, str], Any] = {}
     for request, (results, notes) in zip(requests, responses):
         for text in notes:  # warned here, in the caller's thread, so filters and pytest see them
             warnings.warn(text, PrivacyWarning, stacklevel=4)
         for task, result in zip(request.tasks, results):
-            partials[(id(task.reduce), task.source.token)] = result
+            partials[(id(task.reduce), task.source.uid)] = result
     return partials
 
 
@@ -112,9 +127,10 @@ def _reduce(reduce: Reduce, parts: list[Any]) -> Any:
         if len(skipped) == len(parts):
             raise skipped[0].error
         left_out = "; ".join(f"{s.error.server} [{s.error.fragment!r}]: {s.error.message}" for s in skipped)
+        kind = PrivacyWarning if all(isinstance(s.error, PrivacyError) for s in skipped) else ServerWarning
         warnings.warn(
             f"{reduce.op} pooled {len(parts) - len(skipped)} of {len(parts)} sources; left out: {left_out}",
-            PrivacyWarning,
+            kind,
             stacklevel=4,
         )
         parts = [p for p in parts if not isinstance(p, Skipped)]

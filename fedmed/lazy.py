@@ -193,9 +193,9 @@ class LazyResult:
         """The client-side expression this result stands for."""
         return self._node
 
-    def compute(self, on_suppressed: str = "raise") -> Any:
-        """Evaluate now and return the value (``on_suppressed`` as in :func:`compute`)."""
-        return execute([self._node], self._flags, on_suppressed)[0]
+    def compute(self, on_suppressed: str = "raise", on_error: str = "raise") -> Any:
+        """Evaluate now and return the value (``on_suppressed`` and ``on_error`` as in :func:`compute`)."""
+        return execute([self._node], self._flags, on_suppressed, on_error)[0]
 
     def explain(self) -> str:
         """The plan: rounds, per server the map tasks, and the client reduce graph (nothing is sent)."""
@@ -270,13 +270,16 @@ def _positional(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str
     return tuple(bound.args[1:])
 
 
-def compute(*results: Any, on_suppressed: str = "raise") -> tuple[Any, ...]:
+def compute(*results: Any, on_suppressed: str = "raise", on_error: str = "raise") -> tuple[Any, ...]:
     """Evaluate several results in one batch: shared work is done once, one request per server per round.
 
     When a server's privacy policy suppresses a result, ``on_suppressed="raise"``
     (the default) raises ``fm.PrivacyError`` naming the server, fragment,
     operation and policy; ``"skip"`` pools only the servers that answered and
-    warns (``fm.PrivacyWarning``) which were left out.
+    warns (``fm.PrivacyWarning``) which were left out. Likewise a server that
+    fails or cannot be reached raises by default (``fm.ServerUnavailable``...),
+    and ``on_error="skip"`` pools the others with an ``fm.ServerWarning``. A
+    result that no server answered always raises.
 
     Examples
     --------
@@ -286,7 +289,7 @@ def compute(*results: Any, on_suppressed: str = "raise") -> tuple[Any, ...]:
     (15, 5, 3.0)
     """
     nodes, flags = _outputs(results)
-    return tuple(execute(nodes, flags, on_suppressed))
+    return tuple(execute(nodes, flags, on_suppressed, on_error))
 
 
 def explain(*results: Any) -> str:

@@ -32,21 +32,21 @@ class Local(Source):
     def __init__(self, data: Any, config: "str | Mapping[str, Any] | Config | None" = None) -> None:
         self._server = Server(load_config(config).without_privacy())
         self._server[self.fragment] = data
-        self._token = f"local:{next(_ids)}"
+        self._uid = f"local:{next(_ids)}"
 
     @property
-    def token(self) -> str:
-        return self._token
+    def uid(self) -> str:
+        return self._uid
 
     @property
     def link_key(self) -> Hashable:
-        return ("local", self._token)
+        return ("local", self._uid)
 
     def link(self) -> "LocalLink":
-        return LocalLink(self._token, self._server)
+        return LocalLink(self._uid, self._server)
 
     def __repr__(self) -> str:
-        return f"Local({self._token})"
+        return f"Local({self._uid})"
 
 
 class LocalLink(Link):

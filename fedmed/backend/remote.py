@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Hashable
 
 import requests
@@ -40,6 +41,14 @@ class Remote(Source):
         The name of the fragment on that server.
     timeout : float
         Seconds to wait for the connection and for the answer of each request.
+    token : str, optional
+        Bearer token for a server with authentication on (sent as
+        ``Authorization: Bearer ...``; use HTTPS through a reverse proxy so it
+        never travels in clear).
+    retries : int
+        Extra attempts after a failed connection, waiting ``backoff``,
+        ``2 * backoff``, ... seconds. Requests are idempotent, so retrying is
+        safe; a timed-out answer is not retried (the server may be busy).
 
     Examples
     --------
@@ -52,6 +61,9 @@ class Remote(Source):
     ip: str
     fragment: str
     timeout: float = 30.0
+    token: str | None = field(default=None, repr=False)
+    retries: int = 2
+    backoff: float = 0.2
 
     def __post_init__(self) -> None:
         base = self.ip.rstrip("/")
@@ -60,15 +72,15 @@ class Remote(Source):
         object.__setattr__(self, "ip", base)
 
     @property
-    def token(self) -> str:
+    def uid(self) -> str:
         return f"remote:{self.ip}|{self.fragment}"
 
     @property
     def link_key(self) -> Hashable:
-        return ("remote", self.ip, self.timeout)
+        return ("remote", self.ip, self.timeout, self.token, self.retries, self.backoff)
 
     def link(self) -> "HttpLink":
-        return HttpLink(self.ip, self.timeout)
+        return HttpLink(self.ip, self.timeout, self.token, self.retries, self.backoff)
 
 
 @dataclass(frozen=True)
@@ -77,19 +89,26 @@ class HttpLink(Link):
 
     name: str
     timeout: float
+    token: str | None = field(default=None, repr=False)
+    retries: int = 2
+    backoff: float = 0.2
 
     def send(self, request: dict[str, Any]) -> dict[str, Any]:
-        try:
-            reply = _session().post(
-                self.name + wire.ENDPOINT,
-                data=wire.pack(request),
-                headers={"Content-Type": wire.CONTENT_TYPE, "Accept": wire.CONTENT_TYPE},
-                timeout=self.timeout,
-            )
-        except requests.Timeout:
-            raise ServerUnavailable(f"no answer within {self.timeout:g} s", server=self.name) from None
-        except requests.ConnectionError as exc:
-            raise ServerUnavailable(f"cannot connect ({_reason(exc)})", server=self.name) from None
+        headers = {"Content-Type": wire.CONTENT_TYPE, "Accept": wire.CONTENT_TYPE}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        body = wire.pack(request)
+        for attempt in range(self.retries + 1):
+            try:
+                reply = _session().post(self.name + wire.ENDPOINT, data=body, headers=headers, timeout=self.timeout)
+                break
+            except requests.Timeout:
+                raise ServerUnavailable(f"no answer within {self.timeout:g} s", server=self.name) from None
+            except requests.ConnectionError as exc:
+                if attempt == self.retries:
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    raise ServerUnavailable(f"cannot connect ({_reason(exc)}){tries}", server=self.name) from None
+                time.sleep(self.backoff * 2**attempt)
         return read_response(reply.status_code, reply.content, self.name)
 
 

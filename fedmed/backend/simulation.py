@@ -34,7 +34,7 @@ class Simulation(Source):
     name: str = "simulation"
 
     @property
-    def token(self) -> str:
+    def uid(self) -> str:
         return f"simulation:{id(self.server_object):x}|{self.fragment}"
 
     @property

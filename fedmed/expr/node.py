@@ -110,9 +110,9 @@ def canonical(value: Any) -> Any:
     """A parameter as plain msgpack data, for hashing and for the wire."""
     if isinstance(value, (tuple, list)):
         return [canonical(v) for v in value]
-    token = getattr(value, "token", None)  # sources name themselves
-    if isinstance(token, str):
-        return ["source", token]
+    uid = getattr(value, "uid", None)  # sources name themselves
+    if isinstance(uid, str):
+        return ["source", uid]
     if callable(value):
         return ["fn", f"{value.__module__}.{value.__qualname__}"]
     if isinstance(value, np.generic):

@@ -55,6 +55,10 @@ def set(x: pd.Series) -> list[Any]:
     return sorted(_plain(v) for v in pd.unique(x.dropna()))
 
 
+#: Largest histogram a server computes (memory is allocated per bin).
+MAX_BINS = 100_000
+
+
 def value_counts(x: pd.Series) -> list[list[Any]]:
     """``[value, count]`` for each distinct non-missing value."""
     return [[_plain(value), int(count)] for value, count in x.value_counts(dropna=True).items()]
@@ -68,6 +72,8 @@ def histogram(x: pd.Series, bins: Any, range: Any = None) -> dict[str, list[Any]
     """
     if isinstance(bins, int) and range is None:
         raise ValueError("a histogram with a bin count needs range=(lo, hi), the same on every server")
+    if (bins if isinstance(bins, int) else builtins.len(bins)) > MAX_BINS:
+        raise ValueError(f"at most {MAX_BINS} bins")
     counts, edges = np.histogram(x.dropna().to_numpy(dtype=float), bins=bins, range=range)
     return {"counts": counts.tolist(), "edges": edges.tolist()}
 

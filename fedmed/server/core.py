@@ -8,6 +8,7 @@ in-process ``Simulation`` backend both call it, so they behave identically.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ import pandas as pd
 
 from .. import wire
 from ..config import Config, load_config
-from ..errors import BadRequest, OperationNotAllowed, ProtocolError, ServerError, UnknownFragment
+from ..errors import ERROR_TYPES, BadRequest, OperationNotAllowed, ProtocolError, ServerError, UnknownFragment
 from ..expr.node import Node
 from ..expr.rowwise import Elementwise, Fragment as FragmentNode, Map
 from ..privacy.base import MISSING, Task
@@ -127,9 +128,18 @@ class Server:
 
     # -- protocol --------------------------------------------------------
     def handle(self, body: bytes, client: str = "unknown") -> tuple[int, bytes]:
-        """Answer one protocol request from ``client``: ``(HTTP status, msgpack body)``; never raises."""
+        """Answer one protocol request from ``client``: ``(HTTP status, msgpack body)``; never raises.
+
+        Logs one JSON line per request on the ``fedmed.server`` logger: who
+        asked, which fragments and operations, rows touched, what each
+        policy did, the status and the duration. Never a data value.
+        """
+        started = time.perf_counter()
+        record: dict[str, Any] = {"client": client}
         try:
-            status, response = 200, self.evaluate(wire.unpack(body), client)
+            request = wire.unpack(body, max_bytes=self.config.limits["max_body_bytes"])
+            response = self.evaluate(request, client, record)
+            status = _status_of(response["results"])
             out = wire.pack(response)
         except ProtocolError as exc:
             status, out = 400, _error_response(BadRequest(str(exc)))
@@ -143,16 +153,18 @@ class Server:
             self.traffic.requests += 1
             self.traffic.bytes_in += len(body)
             self.traffic.bytes_out += len(out)
+        record.update(status=status, ms=round(1000 * (time.perf_counter() - started), 2))
+        log.info(json.dumps(record, default=str))
         return status, out
 
-    def evaluate(self, request: Any, client: str = "unknown") -> dict[str, Any]:
+    def evaluate(self, request: Any, client: str = "unknown", record: dict[str, Any] | None = None) -> dict[str, Any]:
         """Evaluate a decoded request for ``client``; raises ``ServerError`` for faults of the whole request.
 
         Each task is screened by the privacy policies first (a refused or
         cached task is not computed), then evaluated with the other tasks
         of its fragment, then released through the policies.
         """
-        nodes, outputs = wire.decode_table(request)
+        nodes, outputs = wire.decode_table(request, max_nodes=self.config.limits["max_nodes"])
         owner = _fragment_of(nodes)
         self._check_operations(nodes, owner)
         for o in outputs:
@@ -177,6 +189,8 @@ class Server:
             fragment, _ = snapshot[name]
             for o, evaluated in zip(outs, fragment.evaluate(nodes, outs, self.config)):
                 results[o] = self._release(tasks[o], evaluated, active[o])
+        if record is not None:
+            record.update(_summary(tasks, results, snapshot))
         return {
             "protocol": wire.PROTOCOL,
             "results": [results[o] for o in outputs],
@@ -214,6 +228,29 @@ class Server:
             return _task_value(task, self.pipeline.release(task, evaluated.value, active))
         except ServerError as exc:
             return _task_error(task, exc)
+
+
+def _status_of(results: list[dict[str, Any]]) -> int:
+    """200, unless every task failed the same way: then that error's status (403 when all were refused)."""
+    kinds = {r["error"]["type"] if "error" in r else None for r in results}
+    if len(kinds) == 1 and None not in kinds:
+        return ERROR_TYPES.get(kinds.pop(), ServerError).status  # type: ignore[arg-type]
+    return 200
+
+
+def _summary(tasks: dict[int, Task], results: dict[int, dict[str, Any]], snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The log fields of one request: no values, only what was asked and what happened."""
+    outcomes: dict[str, int] = defaultdict(int)
+    for result in results.values():
+        error = result.get("error")
+        label = "ok" if error is None else f"{error['type']}:{error.get('policy') or ''}".rstrip(":")
+        outcomes[label] += 1
+    return {
+        "fragments": {name: version for name, (_, version) in snapshot.items()},
+        "operations": sorted({t.op for t in tasks.values()}),
+        "rows": sum(fragment.rows or 0 for fragment, _ in snapshot.values()),
+        "outcomes": dict(outcomes),
+    }
 
 
 def _task_value(task: Task, value: Any) -> dict[str, Any]:

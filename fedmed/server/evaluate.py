@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import pandas as pd
 
 from ..config import Config
@@ -99,9 +100,36 @@ def visit_literal(node: Literal, args: list[Any], data: Any, config: Config) -> 
     return node.value
 
 
+#: Operations whose cost grows with the size of a value rather than the number of rows.
+_REPEATING = {"mul", "pow", "mod", "floordiv"}
+
+
 # The server checked every operation name against its config before evaluating.
 def visit_elementwise(node: Elementwise, args: list[Any], data: Any, config: Config) -> Any:
-    return config.elementwise[node.op](*args)
+    return config.elementwise[node.op](*_bounded(node.op, args))
+
+
+def _bounded(op: str, args: list[Any]) -> list[Any]:
+    """Arguments that cannot make one operation hang or exhaust memory.
+
+    Constants combined only with constants follow numpy, not Python: a
+    request's ``10 ** 10**18`` overflows at once instead of computing an
+    integer with a quintillion digits. Text cannot be repeated or formatted
+    (``"x" * 10**9`` per row).
+    """
+    if op in _REPEATING and any(_is_text(a) for a in args):
+        raise TaskFailed(f"{op} is not defined for text values")
+    if not any(isinstance(a, (pd.Series, pd.DataFrame)) for a in args):
+        return [np.asarray(a) if isinstance(a, (int, float)) and not isinstance(a, bool) else a for a in args]
+    return args
+
+
+def _is_text(value: Any) -> bool:
+    if isinstance(value, str):
+        return True
+    if isinstance(value, pd.Series):
+        return value.dtype == object or str(value.dtype).startswith(("string", "str"))
+    return False
 
 
 def visit_filter(node: Filter, args: list[Any], data: Any, config: Config) -> Any:

@@ -1,4 +1,8 @@
-"""The Flask app a ``Server`` exposes: routes only; the work is ``Server.handle``."""
+"""The Flask app a ``Server`` exposes: routes, authentication and body limits; the work is ``Server.handle``.
+
+Every answer, errors included, is msgpack (the status page of a later
+issue is the one HTML exception), so a client always gets a typed error.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,58 @@ from typing import TYPE_CHECKING
 from flask import Flask, Response, request
 
 from .. import wire
+from ..errors import RequestTooLarge, ServerError, Unauthorized
 
 if TYPE_CHECKING:
     from .core import Server
 
 
 def create_app(server: "Server") -> Flask:
-    """A WSGI app serving ``server`` (protocol endpoint plus a small info endpoint)."""
+    """A WSGI app serving ``server``: ``POST /v1/evaluate`` and ``GET /v1/info``."""
     app = Flask("fedmed.server")
+    limit = server.config.limits["max_body_bytes"]
+
+    def identify() -> str:
+        """The client's identity: its token's name when auth is on, else its address."""
+        auth = server.config.auth
+        if auth is None:
+            return request.remote_addr or "unknown"
+        name = auth.identify(request.headers.get("Authorization"))
+        if name is None:
+            raise Unauthorized("a valid bearer token is required (fm.Remote(..., token=...))")
+        return name
 
     @app.post(wire.ENDPOINT)
     def evaluate() -> Response:
-        status, body = server.handle(request.get_data(cache=False), client=request.remote_addr or "unknown")
-        return Response(body, status=status, content_type=wire.CONTENT_TYPE)
+        client = identify()
+        if (request.content_length or 0) > limit:
+            raise RequestTooLarge(f"the request has {request.content_length} bytes; this server accepts {limit}")
+        body = request.stream.read(limit + 1)  # bounded even when no length was declared
+        if len(body) > limit:
+            raise RequestTooLarge(f"the request exceeds {limit} bytes")
+        status, answer = server.handle(body, client=client)
+        return Response(answer, status=status, content_type=wire.CONTENT_TYPE)
 
     @app.get(f"/v{wire.PROTOCOL}/info")
     def info() -> Response:
+        identify()
         return Response(wire.pack(server.info()), content_type=wire.CONTENT_TYPE)
 
+    @app.errorhandler(ServerError)
+    def typed_error(exc: ServerError) -> Response:
+        return _msgpack_error(exc)
+
+    @app.errorhandler(404)
+    @app.errorhandler(405)
+    def routing_error(exc: Exception) -> Response:
+        code = getattr(exc, "code", 404)
+        error = ServerError(f"no such endpoint: {request.method} {request.path}")
+        error.status = code
+        return _msgpack_error(error)
+
     return app
+
+
+def _msgpack_error(exc: ServerError) -> Response:
+    body = wire.pack({"protocol": wire.PROTOCOL, "error": wire.error_body(exc)})
+    return Response(body, status=exc.status, content_type=wire.CONTENT_TYPE)
