@@ -34,6 +34,7 @@ from .errors import (
 )
 from .expr.optimize import OptFlags
 from .lazy import FedData, LazyResult, compute, explain
+from .options import options
 from . import privacy, stats
 from .server import Server
 
@@ -43,7 +44,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "FedData", "LazyResult", "compute", "explain", "OptFlags", "stats",
+    "FedData", "LazyResult", "compute", "explain", "OptFlags", "stats", "privacy", "options",
     "Remote", "Local", "Simulation", "Server",
     "Config", "load_config",
     "FedMedError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",

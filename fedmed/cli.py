@@ -1,10 +1,22 @@
-"""The ``fedmed`` command line."""
+"""The ``fedmed`` command line: serve files, check a config, run the demo.
+
+    fedmed serve --config config.yaml --data "cohort=cohort.csv" --port 5000
+    fedmed check-config config.yaml
+    fedmed demo
+"""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+import yaml
+
+READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".json": pd.read_json}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -12,12 +24,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="fedmed",
-        description="Privacy-aware federated statistics: servers hold private data, clients get aggregates.",
+        description="Privacy-aware federated statistics: servers keep their rows, clients get aggregates.",
     )
     parser.add_argument("--version", action="version", version=f"fedmed {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="serve data files as fragments (CSV, Parquet, JSON)",
+        description="Load data files with pandas and serve them as fragments with waitress until Ctrl-C.",
+    )
+    serve.add_argument("--config", required=True, help="the server's config (operations and privacy policies)")
+    serve.add_argument("--data", action="append", default=[], metavar="NAME=FILE",
+                       help="a fragment: its name and a .csv, .parquet or .json file (repeatable)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+    serve.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
+
+    check = commands.add_parser("check-config", help="validate a config; list its operations and policies")
+    check.add_argument("path", help="the YAML config to check")
+
     commands.add_parser("demo", help="start two loopback servers, run a short analysis, print it and its plan")
+
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve_files(args)
+    if args.command == "check-config":
+        return check_config(args.path)
     if args.command == "demo":
         from .demo import run
 
@@ -25,6 +57,115 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser.print_help()
     return 0
+
+
+def serve_files(args: argparse.Namespace) -> int:
+    """Load each ``NAME=FILE`` into a server and serve it until interrupted."""
+    from waitress.server import create_server
+
+    from .errors import ConfigError
+    from .server import Server
+
+    try:
+        server = Server(config=args.config)
+        for spec in args.data:
+            name, data = load_fragment(spec)
+            server[name] = data
+    except (ConfigError, ValueError, OSError, ImportError) as exc:
+        print(f"fedmed serve: {exc}", file=sys.stderr)
+        return 2
+    waitress = create_server(server.app, host=args.host, port=args.port, threads=args.threads)
+    print(f"FedMed server on http://{args.host}:{waitress.effective_port}")  # type: ignore[union-attr]
+    for name in server:
+        fragment = server[name]
+        print(f"  fragment {name!r}: {fragment.rows} rows")
+    policies = [p.describe() for p in server.config.privacy] or ["none: results are exact"]
+    print("  privacy: " + "; ".join(policies))
+    print("  auth: " + ("bearer tokens" if server.config.auth else "off (bind to 127.0.0.1 or put a proxy in front)"))
+    print("Ctrl-C stops.", flush=True)
+    try:
+        waitress.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        waitress.close()
+    print("stopped.")
+    return 0
+
+
+def load_fragment(spec: str) -> tuple[str, pd.DataFrame]:
+    """``"name=path/to/file.csv"`` -> (name, DataFrame)."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise ValueError(f"--data expects NAME=FILE, got {spec!r}")
+    reader = READERS.get(Path(path).suffix.lower())
+    if reader is None:
+        raise ValueError(f"{path}: unsupported file type; use {', '.join(READERS)}")
+    try:
+        return name, reader(path)
+    except ImportError as exc:  # Parquet without pyarrow
+        raise ImportError(f"{path}: {exc}") from None
+
+
+def check_config(path: str) -> int:
+    """Print the config's operations and policies, or its first error with the line it is on."""
+    from .config import load_config
+    from .errors import ConfigError
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        line = _line_of(path, str(exc))
+        print(f"{path}:{line}: {exc}" if line else str(exc), file=sys.stderr)
+        return 1
+    print(f"{path}: OK")
+    print(f"  elementwise ({len(config.elementwise)}): {', '.join(sorted(config.elementwise))}")
+    print(f"  aggregates ({len(config.aggregates)}): {', '.join(sorted(config.aggregates))}")
+    for policy in config.privacy or ():
+        print(f"  policy: {policy.describe()}" + _scope(policy))
+    if not config.privacy:
+        print("  privacy: none (exact results; only for synthetic data)")
+    print(f"  auth: {'bearer tokens' if config.auth else 'off'}; limits: {dict(config.limits)}")
+    return 0
+
+
+def _scope(policy: Any) -> str:
+    parts = [f"filter {list(policy.filter)}" if policy.filter else "", f"reject {list(policy.reject)}" if policy.reject else ""]
+    text = ", ".join(p for p in parts if p)
+    return f" ({text})" if text else ""
+
+
+_KEY = re.compile(r": ((?:methods|privacy|auth|limits)[\w\[\].]*):")
+
+
+def _line_of(path: str, message: str) -> int | None:
+    """The line of the key a config error names (``methods.add``, ``privacy[1].params``), or of a YAML error."""
+    found = re.search(r"line (\d+)", message)
+    if found:  # YAML syntax errors carry their own position
+        return int(found.group(1))
+    match = _KEY.search(message)
+    if not match:
+        return None
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", match.group(1)):
+        if isinstance(node, yaml.SequenceNode) and part.startswith("["):
+            index = int(part[1:-1])
+            if index >= len(node.value):
+                break
+            node = node.value[index]
+            line = node.start_mark.line + 1
+        elif isinstance(node, yaml.MappingNode):
+            entry = next(((k, v) for k, v in node.value if k.value == part), None)
+            if entry is None:
+                break
+            line, node = entry[0].start_mark.line + 1, entry[1]
+        else:
+            break
+    return line
 
 
 if __name__ == "__main__":

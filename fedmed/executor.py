@@ -14,13 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
+from tqdm import tqdm
+
 from . import wire
 from .backend.base import error_from_wire
 from .errors import FedMedError, PrivacyError, PrivacyWarning, ServerError, ServerWarning
 from .expr.client import Apply, Call, Reduce, Scalar
 from .expr.node import Node, render_code, walk
-from .expr.optimize import OptFlags, Request, make_plan, plan_requests
+from .expr.optimize import OptFlags, Plan, Request, make_plan, plan_requests
 from .ops.columns import reduce_columns
+from .options import options
 
 #: Bounded fan-out: enough for hundreds of servers without a thread each.
 MAX_PARALLEL_REQUESTS = 32
@@ -64,17 +67,30 @@ def execute(
     plan = make_plan(outputs, flags)
     identity = flags.identity()
     values: dict[Hashable, Any] = {}
-    for reduces in plan.rounds:
-        requests = plan_requests(reduces, flags, lambda node: _client_value(node, values, identity))
-        partials = _send_all(requests, flags, on_suppressed == "skip", on_error == "skip")
-        for reduce in reduces:
-            parts = [partials[(id(reduce), source.uid)] for source in reduce.sources]
-            values[identity(reduce)] = _reduce(reduce, parts)
+    with _progress(plan) as bar:
+        for number, reduces in enumerate(plan.rounds, start=1):
+            requests = plan_requests(reduces, flags, lambda node: _client_value(node, values, identity))
+            bar.set_postfix_str(f"round {number}/{len(plan.rounds)}, {len(requests)} requests", refresh=False)
+            partials = _send_all(requests, flags, on_suppressed == "skip", on_error == "skip", bar)
+            for reduce in reduces:
+                parts = [partials[(id(reduce), source.uid)] for source in reduce.sources]
+                values[identity(reduce)] = _reduce(reduce, parts)
     return [_client_value(node, values, identity) for node in outputs]
 
 
+#: A bar appears for plans of more than one round or more than this many servers.
+PROGRESS_SERVERS = 8
+
+
+def _progress(plan: Plan) -> tqdm:
+    servers = {s.link_key for reduces in plan.rounds for r in reduces for s in r.sources}
+    wanted = options.progress and (len(plan.rounds) > 1 or len(servers) > PROGRESS_SERVERS)
+    # disable=None: tqdm stays silent when stderr is not a terminal (scripts, CI, notebooks' logs)
+    return tqdm(total=None, desc="fedmed", unit="answer", disable=None if wanted else True, leave=False)
+
+
 def _send_all(
-    requests: list[Request], flags: OptFlags, skip_suppressed: bool, skip_failed: bool
+    requests: list[Request], flags: OptFlags, skip_suppressed: bool, skip_failed: bool, bar: tqdm
 ) -> dict[tuple[int, str], Any]:
     """Send every request of a round at once; the partial result of each (reduce, source)."""
 
@@ -85,6 +101,8 @@ def _send_all(
             if not skip_failed or isinstance(exc, PrivacyError):
                 raise
             return [Skipped(exc.located(server=request.link.name))] * len(request.tasks), []
+        finally:
+            bar.update(1)
 
     responses = [send(requests[0])] if len(requests) == 1 else list(_fan_out().map(send, requests))
     partials: dict[tuple[int, str], Any] = {}

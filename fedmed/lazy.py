@@ -10,10 +10,12 @@ evaluates on ``compute()``, ``float()``, ``int()``, ``bool()``, ``str()`` or
 
 from __future__ import annotations
 
+import html
 import inspect
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from .backend.base import Source
 from .config import Config, load_config
@@ -21,7 +23,7 @@ from .errors import FedMedError, OperationNotAllowed
 from .executor import execute
 from .expr.client import Apply, Reduce, Scalar
 from .expr.explain import explain_plan
-from .expr.node import Node
+from .expr.node import Node, render_code
 from .expr.optimize import OptFlags
 from .expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map, Param
 
@@ -162,10 +164,19 @@ class FedData:
         )
 
     def __repr__(self) -> str:
-        from .expr.node import render_code
-
         servers = ", ".join(dict.fromkeys(s.server for s in self._sources))
         return f"FedData({render_code(self._node)} over {len(self._sources)} sources: {servers})"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(s.server)}</td><td><code>{html.escape(s.fragment)}</code></td></tr>"
+            for s in self._sources
+        )
+        return (
+            f"<div><b>FedData</b> <code>{html.escape(render_code(self._node))}</code> "
+            f"(rows stay on the servers; columns are known only to them)"
+            f"<table><tr><th>server</th><th>fragment</th></tr>{rows}</table></div>"
+        )
 
 
 class LazyResult:
@@ -187,6 +198,7 @@ class LazyResult:
     def __init__(self, node: Node, flags: OptFlags = OptFlags()) -> None:
         self._node = node
         self._flags = flags
+        self._last: tuple[Any, ...] = ()  # (value,) once computed: shown by notebooks
 
     @property
     def node(self) -> Node:
@@ -195,7 +207,9 @@ class LazyResult:
 
     def compute(self, on_suppressed: str = "raise", on_error: str = "raise") -> Any:
         """Evaluate now and return the value (``on_suppressed`` and ``on_error`` as in :func:`compute`)."""
-        return execute([self._node], self._flags, on_suppressed, on_error)[0]
+        value = execute([self._node], self._flags, on_suppressed, on_error)[0]
+        self._last = (value,)
+        return value
 
     def explain(self) -> str:
         """The plan: rounds, per server the map tasks, and the client reduce graph (nothing is sent)."""
@@ -240,6 +254,17 @@ class LazyResult:
 
     def __format__(self, spec: str) -> str:
         return format(self.compute(), spec)
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the value once computed (tables as tables), else the plan, without sending anything."""
+        plan = self.explain()._repr_html_()
+        if not self._last:
+            return f"<div><b>not computed yet</b>: call <code>.compute()</code>. Plan:{plan}</div>"
+        value = self._last[0]
+        if isinstance(value, pd.Series):
+            value = value.to_frame(name="value")  # a Series has no HTML form of its own
+        shown = value._repr_html_() if hasattr(value, "_repr_html_") else f"<pre>{html.escape(repr(value))}</pre>"
+        return f"<div>{shown}<details><summary>plan</summary>{plan}</details></div>"
 
 
 def _install_operators() -> None:

@@ -58,6 +58,12 @@ class Histogram:
     def n(self) -> int:
         return int(self.counts.sum())
 
+    def plot(self, ax: Any = None, **style: Any) -> Any:
+        """Draw the histogram with matplotlib (``pip install 'fedmed[plot]'``); returns the axes."""
+        from .plot import histogram
+
+        return histogram(self.counts, self.edges, ax, **style)
+
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, Histogram)
@@ -93,3 +99,17 @@ class Chi2Result:
         return isinstance(other, Chi2Result) and (self.statistic, self.pvalue, self.dof, self.n) == (
             other.statistic, other.pvalue, other.dof, other.n
         ) and self.observed.equals(other.observed)
+
+
+class SurvivalTable(pd.DataFrame):
+    """A Kaplan–Meier table (time, at risk, events, censored, survival, CI) that can plot itself."""
+
+    @property
+    def _constructor(self) -> type:
+        return SurvivalTable
+
+    def plot(self, ax: Any = None, label: str | None = None, **style: Any) -> Any:  # type: ignore[override]
+        """Draw the survival curve with its confidence band (``pip install 'fedmed[plot]'``)."""
+        from .plot import survival
+
+        return survival(self, ax, label, **style)

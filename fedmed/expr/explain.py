@@ -9,6 +9,7 @@ reduce graph.
 
 from __future__ import annotations
 
+import html
 from typing import Hashable, Sequence
 
 from .client import Reduce
@@ -17,7 +18,14 @@ from .optimize import OptFlags, make_plan, plan_requests
 from .rowwise import Param
 
 
-def explain_plan(outputs: Sequence[Node], flags: OptFlags = OptFlags()) -> str:
+class PlanText(str):
+    """The text of a plan; notebooks show it preformatted."""
+
+    def _repr_html_(self) -> str:
+        return f"<pre style='font-size:12.5px;line-height:1.35'>{html.escape(self)}</pre>"
+
+
+def explain_plan(outputs: Sequence[Node], flags: OptFlags = OptFlags()) -> PlanText:
     """Render the plan that ``compute(*outputs)`` would run."""
     plan = make_plan(outputs, flags)
     identity = flags.identity()
@@ -56,7 +64,7 @@ def explain_plan(outputs: Sequence[Node], flags: OptFlags = OptFlags()) -> str:
         )
         lines.append(f"  {client_names[identity(node)]} := {node.describe(refs)}")
     lines.append(f"  return {', '.join(client_names[identity(o)] for o in outputs)}")
-    return "\n".join(lines)
+    return PlanText("\n".join(lines))
 
 
 def _n(count: int, word: str) -> str:

@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -31,6 +31,9 @@ from .fragments import Fragment, InMemory
 from .http import create_app
 
 log = logging.getLogger("fedmed.server")
+
+#: How many recent requests the status page lists.
+RECENT = 25
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Server:
         self._lock = threading.Lock()
         self.traffic = Traffic()
         self.started = time.time()
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)  # for the status page: no values
         self.app = create_app(self)
 
     # -- fragments -------------------------------------------------------
@@ -155,6 +159,9 @@ class Server:
             self.traffic.bytes_out += len(out)
         record.update(status=status, ms=round(1000 * (time.perf_counter() - started), 2))
         log.info(json.dumps(record, default=str))
+        self.recent.append(
+            {"time": time.time(), "client": client, "status": status, "signatures": record.get("signatures", [])}
+        )
         return status, out
 
     def evaluate(self, request: Any, client: str = "unknown", record: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -248,6 +255,7 @@ def _summary(tasks: dict[int, Task], results: dict[int, dict[str, Any]], snapsho
     return {
         "fragments": {name: version for name, (_, version) in snapshot.items()},
         "operations": sorted({t.op for t in tasks.values()}),
+        "signatures": [t.signature[:200] for t in tasks.values()],
         "rows": sum(fragment.rows or 0 for fragment, _ in snapshot.values()),
         "outcomes": dict(outcomes),
     }

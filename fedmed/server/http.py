@@ -1,7 +1,7 @@
 """The Flask app a ``Server`` exposes: routes, authentication and body limits; the work is ``Server.handle``.
 
-Every answer, errors included, is msgpack (the status page of a later
-issue is the one HTML exception), so a client always gets a typed error.
+Every protocol answer, errors included, is msgpack, so a client always
+gets a typed error; the status page at ``/`` is the one HTML page.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from flask import Flask, Response, request
 
 from .. import wire
 from ..errors import RequestTooLarge, ServerError, Unauthorized
+from .status import render_status
 
 if TYPE_CHECKING:
     from .core import Server
@@ -42,6 +43,11 @@ def create_app(server: "Server") -> Flask:
             raise RequestTooLarge(f"the request exceeds {limit} bytes")
         status, answer = server.handle(body, client=client)
         return Response(answer, status=status, content_type=wire.CONTENT_TYPE)
+
+    @app.get("/")
+    def status() -> Response:
+        identify()
+        return Response(render_status(server), content_type="text/html; charset=utf-8")
 
     @app.get(f"/v{wire.PROTOCOL}/info")
     def info() -> Response:

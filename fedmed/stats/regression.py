@@ -17,10 +17,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from ..errors import FedMedError
 from ..lazy import FedData, LazyResult, compute
+from ..options import options
 from ..results import CoMatrix
 from .lazy_call import aggregate, call
 
@@ -176,7 +177,8 @@ class GLMFit:
     def compute(self) -> RegressionResult:
         beta = np.zeros(len(self.names))
         converged, iterations = False, 0
-        with tqdm(total=self.max_iter, desc=f"{self.family} IRLS", unit="round", disable=None, leave=False) as bar:
+        quiet = None if options.progress else True  # None: only on a terminal
+        with tqdm(total=self.max_iter, desc=f"{self.family} IRLS", unit="round", disable=quiet, leave=False) as bar:
             for iterations in range(1, self.max_iter + 1):
                 step = self._step(beta).compute()
                 change = np.linalg.solve(step["hessian"], step["gradient"])

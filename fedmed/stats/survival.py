@@ -37,7 +37,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from ..lazy import FedData, LazyResult
-from ..results import TestResult
+from ..results import SurvivalTable, TestResult
 from .lazy_call import aggregate, call
 
 #: Columns of the Kaplan-Meier table, in order.
@@ -242,7 +242,7 @@ def _kaplan_meier(table: pd.DataFrame) -> pd.DataFrame:
     lower = np.where(survival == 1.0, 1.0, np.where(survival == 0.0, np.nan, lower))
     upper = np.where(survival == 1.0, 1.0, np.where(survival == 0.0, np.nan, upper))
     columns = [table.index.to_numpy(), at_risk, events, censored, survival, lower, upper]
-    return pd.DataFrame(dict(zip(KM_COLUMNS, columns)), columns=KM_COLUMNS)
+    return SurvivalTable(dict(zip(KM_COLUMNS, columns)), columns=KM_COLUMNS)
 
 
 def _logrank(events: pd.DataFrame, censored: pd.DataFrame, codes: pd.DataFrame) -> LogrankResult:
