@@ -67,15 +67,34 @@ def execute(
     plan = make_plan(outputs, flags)
     identity = flags.identity()
     values: dict[Hashable, Any] = {}
+    left_out: dict[str, ServerError] = {}  # source uid -> why it is out of this whole computation
     with _progress(plan) as bar:
         for number, reduces in enumerate(plan.rounds, start=1):
             requests = plan_requests(reduces, flags, lambda node: _client_value(node, values, identity))
             bar.set_postfix_str(f"round {number}/{len(plan.rounds)}, {len(requests)} requests", refresh=False)
             partials = _send_all(requests, flags, on_suppressed == "skip", on_error == "skip", bar)
+            _leave_out(partials, left_out, first_round=number == 1)
             for reduce in reduces:
-                parts = [partials[(id(reduce), source.uid)] for source in reduce.sources]
+                parts = [_part(partials[(id(reduce), source.uid)], source.uid, left_out) for source in reduce.sources]
                 values[identity(reduce)] = _reduce(reduce, parts)
     return [_client_value(node, values, identity) for node in outputs]
+
+
+def _leave_out(partials: dict[tuple[int, str], Any], left_out: dict[str, ServerError], first_round: bool) -> None:
+    """A source skipped for one task is skipped for every task: a mean never divides a sum
+    over two servers by a count over three."""
+    for (_, uid), part in partials.items():
+        if isinstance(part, Skipped) and uid not in left_out:
+            if not first_round:
+                raise FedMedError(
+                    f"{part.error.server} was left out in a later round, after earlier rounds had pooled it; "
+                    f"no consistent result without it: {part.error}"
+                ) from part.error
+            left_out[uid] = part.error
+
+
+def _part(part: Any, uid: str, left_out: dict[str, ServerError]) -> Any:
+    return Skipped(left_out[uid]) if uid in left_out else part
 
 
 #: A bar appears for plans of more than one round or more than this many servers.

@@ -40,14 +40,15 @@ def union(parts: Sequence[Sequence[Any]]) -> list[Any]:
 
 def value_counts(parts: Sequence[Sequence[Sequence[Any]]]) -> pd.Series:
     """Pooled counts per value, most frequent first (ties by value), as ``Series.value_counts``."""
-    totals: dict[Any, int] = {}
+    totals: dict[Any, float] = {}
     for part in parts:
         for value, count in part:
-            totals[value] = totals.get(value, 0) + count
-    ordered = sorted(totals.items(), key=lambda item: (-item[1], _sort_key(item[0])))
-    return pd.Series(
-        [count for _, count in ordered], index=[value for value, _ in ordered], name="count", dtype="int64"
-    )
+            # a count a server suppressed (None) makes the pooled count unknown
+            totals[value] = totals.get(value, 0) + (math.nan if count is None else count)
+    ordered = sorted(totals.items(), key=lambda item: (-_rank(item[1]), _sort_key(item[0])))
+    counts = [count for _, count in ordered]
+    exact = not any(math.isnan(c) for c in counts)
+    return pd.Series(counts, index=[value for value, _ in ordered], name="count", dtype="int64" if exact else "float64")
 
 
 def histogram(parts: Sequence[dict[str, Any]]) -> Histogram:
@@ -64,9 +65,10 @@ def histogram(parts: Sequence[dict[str, Any]]) -> Histogram:
 def crosstab(parts: Sequence[Sequence[Sequence[Any]]]) -> pd.DataFrame:
     """The pooled contingency table, rows and columns sorted, absent combinations 0."""
     cells = pd.DataFrame([cell for part in parts for cell in part], columns=["a", "b", "n"])
-    table = cells.groupby(["a", "b"])["n"].sum().unstack(fill_value=0)
+    cells["n"] = cells["n"].astype(float)  # None (suppressed) -> nan, kept through the sum
+    table = cells.groupby(["a", "b"])["n"].sum(min_count=1).unstack(fill_value=0)
     table.index.name, table.columns.name = None, None
-    return table.astype("int64")
+    return table.astype("int64") if not table.isna().any().any() else table
 
 
 def moments(parts: Sequence[Sequence[Any]]) -> Moments:
@@ -104,6 +106,10 @@ def comoments(parts: Sequence[Sequence[Any]]) -> Comoments:
         n = total
     nan = math.nan
     return Comoments(n, mx if n else nan, my if n else nan, m2x, m2y, cxy)
+
+
+def _rank(count: float) -> float:
+    return -1.0 if math.isnan(count) else count
 
 
 def _sort_key(value: Any) -> tuple[str, Any]:

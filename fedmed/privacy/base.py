@@ -27,9 +27,9 @@ Config entries may narrow a policy to some tasks with ``filter`` and
 
 from __future__ import annotations
 
-import fnmatch
+import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Sequence
 
 from ..errors import PrivacyError
@@ -102,8 +102,8 @@ class Task:
 class Policy:
     """Base class of privacy policies: every hook does nothing until overridden."""
 
-    #: Differential-privacy cost of applying this policy once (``Noise`` sets it).
-    epsilon: float = 0.0
+    #: Differential-privacy epsilon one release through this policy costs (``Noise`` sets it).
+    cost: float = 0.0
 
     def recall(self, task: Task) -> Any:
         return MISSING
@@ -123,6 +123,13 @@ class Policy:
         return f"{type(self).__name__}({params})"
 
 
+@lru_cache(maxsize=256)
+def _glob(pattern: str) -> re.Pattern[str]:
+    """``*`` matches anything, ``?`` one character; everything else literally (``[`` too: signatures
+    are full of brackets, and a character class would make ``data['age'].sum()`` match nothing)."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.DOTALL)
+
+
 class Scoped:
     """A configured policy with the ``filter``/``reject`` patterns that choose its tasks."""
 
@@ -134,9 +141,9 @@ class Scoped:
 
     def applies(self, task: Task) -> bool:
         signature = task.signature
-        if self.filter and not any(fnmatch.fnmatchcase(signature, p) for p in self.filter):
+        if self.filter and not any(_glob(p).fullmatch(signature) for p in self.filter):
             return False
-        return not any(fnmatch.fnmatchcase(signature, p) for p in self.reject)
+        return not any(_glob(p).fullmatch(signature) for p in self.reject)
 
     def hook(self, name: str) -> Any:
         """The policy's hook ``name``, or None when a custom policy does not define it."""

@@ -34,7 +34,10 @@ from .base import Policy, Task
 from .shapes import map_numbers
 
 COUNTS = {"len", "count"}
-CELLS = {"value_counts", "histogram", "crosstab"}
+#: Tables whose labels are fixed by the query (bins): their counts can be noised.
+CELLS = {"histogram"}
+#: Tables whose labels are the data's own values: noise on the counts would not hide them.
+LABELLED = {"value_counts", "crosstab", "set", "unique"}
 BOUNDED_SUMS = {"sum", "sqsum"}
 
 
@@ -66,6 +69,7 @@ class Noise(Policy):
             raise ValueError("mode 'simple' needs a noise scale 'value' >= 0")
         self.mode, self.delta, self.bounds, self.value, self.type = mode, delta, bounds, value, type
         self.epsilon = float(epsilon) if mode != "simple" else 0.0  # type: ignore[arg-type]
+        self.cost = self.epsilon  # what Budget charges per release
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
 
@@ -73,6 +77,9 @@ class Noise(Policy):
         if self.mode == "simple":
             return self._perturb(task, value, self.value)  # type: ignore[arg-type]
         op = task.op
+        if op in LABELLED:
+            raise task.refuse(self, f"{op} releases the data's own values as labels, which noise cannot hide; "
+                              "use a histogram with fixed bins")
         if op in COUNTS or op in CELLS:
             return self._perturb(task, value, self._scale(1.0))
         if op in BOUNDED_SUMS:

@@ -20,7 +20,7 @@ class Pipeline:
         answer was released before and is not admitted or charged again.
         """
         active = [p for p in self.policies if p.applies(task)]
-        task.epsilon = sum(float(getattr(p.policy, "epsilon", 0.0) or 0.0) for p in active)
+        task.epsilon = sum(float(getattr(p.policy, "cost", 0.0) or 0.0) for p in active)
         for policy in active:
             recall = policy.hook("recall")
             answer = recall(task) if recall else MISSING

@@ -30,14 +30,15 @@ class Snapshot(Policy):
 
 
 def rows_changed(old: Any, new: Any) -> int:
-    """Size of the multiset difference between the rows of two tables (or columns)."""
-    old_rows, new_rows = _row_hashes(old), _row_hashes(new)
-    both = pd.concat([old_rows.rename("old"), new_rows.rename("new")], axis=1).fillna(0)
-    return int((both["old"] - both["new"]).abs().sum())
+    """Size of the multiset difference between the rows of two tables (or columns).
 
-
-def _row_hashes(data: Any) -> pd.Series:
-    if not isinstance(data, (pd.DataFrame, pd.Series)):
+    Both are hashed after one concatenation, so a column whose type changed
+    (an int column that became float with a missing value) compares by
+    value, and one new row stays one changed row.
+    """
+    if not isinstance(old, (pd.DataFrame, pd.Series)) or not isinstance(new, (pd.DataFrame, pd.Series)):
         raise TypeError("Snapshot compares tables or columns")
-    hashes = pd.util.hash_pandas_object(data, index=False)
-    return hashes.value_counts()
+    hashes = pd.util.hash_pandas_object(pd.concat([old, new], ignore_index=True), index=False)
+    before, after = hashes.iloc[: len(old)].value_counts(), hashes.iloc[len(old):].value_counts()
+    both = pd.concat([before.rename("old"), after.rename("new")], axis=1).fillna(0)
+    return int((both["old"] - both["new"]).abs().sum())

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..ops.columns import COLUMNS
 from .base import Policy, Task
+from .shapes import CELL_OPS
 
 #: Aggregates where a zero term adds nothing: a row with x = 0 does not contribute to sum(x).
 ADDITIVE = {"sum", "sqsum"}
@@ -50,34 +51,36 @@ class Anonymity(Policy):
         self.k = int(k)
 
     def apply(self, task: Task, value: Any) -> Any:
-        if task.op in ("value_counts", "crosstab", "histogram", "set", "unique", "count_below"):
-            return self._cells(task, value)
         disclosure = task.disclosure
         if disclosure is None:
             raise task.refuse(self, "this fragment cannot report the rows behind a result")
-        rows = disclosure.contributing(additive=task.op in ADDITIVE)
-        if 0 < rows < self.k:
-            raise task.refuse(
-                self, f"computed from {rows} row{'s' if rows > 1 else ''}; "
-                f"this server releases aggregates of at least {self.k} rows"
-            )
-        left_out = disclosure.complement
+        cells = task.op in CELL_OPS
+        if not cells:
+            rows = disclosure.contributing(additive=task.op in ADDITIVE)
+            if 0 < rows < self.k:
+                raise task.refuse(
+                    self, f"computed from {rows} row{'s' if rows > 1 else ''}; "
+                    f"this server releases aggregates of at least {self.k} rows"
+                )
+        left_out = disclosure.complement(terms=not cells)
         if 0 < left_out < self.k:
             raise task.refuse(
                 self, f"the query leaves {left_out} row{'s' if left_out > 1 else ''} out of its subset; "
                 f"this server requires at least {self.k} on each side"
             )
-        return value
+        return self._cells(task, value) if cells else value
 
     def _cells(self, task: Task, value: Any) -> Any:
         if isinstance(value, dict) and COLUMNS in value:
             return {COLUMNS: {c: self._cells(task, v) for c, v in value[COLUMNS].items()}}
         small = lambda n: n is not None and 0 < n < self.k  # noqa: E731
         op = task.op
+        # a suppressed cell keeps its label with an unknown count: the pooled
+        # table shows NaN there, never a wrong 0
         if op == "value_counts":
-            kept = [[v, n] for v, n in value if not small(n)]
+            kept = [[v, None if small(n) else n] for v, n in value]
         elif op == "crosstab":
-            kept = [[a, b, n] for a, b, n in value if not small(n)]
+            kept = [[a, b, None if small(n) else n] for a, b, n in value]
         elif op == "histogram":
             kept = {**value, "counts": [None if small(n) else n for n in value["counts"]]}
         elif op == "count_below":
@@ -93,11 +96,10 @@ class Anonymity(Policy):
 
 
 def _removed(before: Any, after: Any, op: str) -> int:
-    if op == "histogram":
-        return sum(1 for a, b in zip(before["counts"], after["counts"]) if a is not None and b is None)
-    if op == "count_below":
-        return sum(1 for a, b in zip(before, after) if a is not None and b is None)
-    return len(before) - len(after)
+    if op in ("set", "unique"):
+        return len(before) - len(after)
+    counts = {"histogram": lambda v: v["counts"], "count_below": lambda v: v}.get(op, lambda v: [c[-1] for c in v])
+    return sum(1 for a, b in zip(counts(before), counts(after)) if a is not None and b is None)
 
 
 class Dominance(Policy):

@@ -1,0 +1,345 @@
+"""Red team: extracting one person's value under the example config's threshold policies.
+
+The server runs example/config.yaml (CacheLimit, ComplexityCap 200,
+Anonymity k=5, Dominance 1/0.9) over a 200-row cohort; the attacker wants
+the age (77) or the rare diagnosis of the person with ``id == 17``.
+Every attack must end in an ``fm.PrivacyError`` naming the policy, the
+server, the fragment and the operation, while honest statistics on the same
+server still come out exact.
+
+Tests that FAIL here are attacks that succeed against the current code (see
+each docstring); ``test_general_tracker_defeats_thresholds`` is the one test
+that asserts an attack works: thresholds cannot stop a tracker.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import fedmed as fm
+
+_spec = importlib.util.spec_from_file_location("redteam_support", Path(__file__).with_name("redteam_support.py"))
+rt = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+_spec.loader.exec_module(rt)  # type: ignore[union-attr]
+
+T = rt.TARGET_ID
+
+
+@pytest.fixture
+def example():
+    frame = rt.cohort()
+    server, data = rt.serve(rt.EXAMPLE_CONFIG, frame)
+    return server, data, frame
+
+
+# -- 1. a filter down to one person ----------------------------------------------------------
+
+
+def test_single_person_filter_is_suppressed_and_honest_statistics_still_work(example):
+    server, data, frame = example
+    err = rt.suppressed(lambda: data[data["id"] == T]["age"].sum().compute(), "Anonymity", data)
+    assert "1 row" in err.message
+    assert err.operation == "data[(data['id'] == 17)]['age'].sum()"
+    assert "Anonymity(k=5)" in str(err) and err.server in str(err)
+    rt.quietly(lambda: rt.check_honest(data, frame))
+
+
+@pytest.mark.parametrize("aggregate", ["sum", "len", "count", "mean", "max"])
+def test_single_person_filter_is_suppressed_for_every_aggregate(example, aggregate):
+    _, data, _ = example
+    person = data[data["id"] == T]["age"]
+    run = {
+        "sum": lambda: person.sum(), "len": lambda: person.len(), "count": lambda: person.count(),
+        "mean": lambda: fm.stats.mean(person), "max": lambda: person.max(),
+    }[aggregate]
+    rt.suppressed(lambda: run().compute(), "Anonymity", data)
+
+
+# -- 2. differencing through the complement -----------------------------------------------------
+
+COMPLEMENTS = {
+    "filter": lambda d: d[d["id"] != T]["age"].sum(),
+    "mask": lambda d: (d["age"] * (d["id"] != T)).sum(),
+    "mask astype float": lambda d: (d["age"] * (d["id"] != T).astype("float")).sum(),
+    "nan mask": lambda d: (d["age"] * (d["id"] != T) / (d["id"] != T)).sum(),
+    "filter moments": lambda d: d[d["id"] != T]["age"].moments(),
+}
+
+
+@pytest.mark.parametrize("form", COMPLEMENTS)
+def test_differencing_with_the_complement_is_suppressed(example, form):
+    _, data, frame = example
+    assert data["age"].sum().compute() == frame["age"].sum()  # sum(all) is released ...
+    err = rt.suppressed(lambda: COMPLEMENTS[form](data).compute(), "Anonymity", data)  # ... sum(all but 17) is not
+    assert "leaves 1 row out" in err.message
+    rt.quietly(lambda: rt.check_honest(data, frame))
+
+
+def test_numeric_anti_mask_differencing_is_suppressed(example):
+    """FAILS today: the complement rule only recognises *boolean* masks.
+
+    ``(id != 17) ** 1`` is the same 0/1 multiplier as integers; Disclosure does
+    not treat it as a mask, and a zero term "contributes nothing" rather than
+    being left out, so ``sum(age * ((id != 17) ** 1))`` = sum of all but 17
+    is released and ``sum(age) - it`` is person 17's age.
+    """
+    _, data, _ = example
+
+    def attack() -> float:
+        total = data["age"].sum().compute()
+        return total - (data["age"] * ((data["id"] != T) ** 1)).sum().compute()
+
+    rt.suppressed(attack, ("Anonymity", "Dominance"), data)
+
+
+# -- 3. one-hot multiplication ------------------------------------------------------------------
+
+ONE_HOTS = {
+    "mask": lambda d: (d["age"] * (d["id"] == T)).sum(),
+    "mask astype float": lambda d: (d["age"] * (d["id"] == T).astype("float")).sum(),
+    "padded": lambda d: (d["age"] * (d["id"] == T) + 1e-9 * d["y"]).sum(),
+    "padded constant": lambda d: (d["age"] * (d["id"] == T) + 1000).sum(),
+    "moments": lambda d: (d["age"] * (d["id"] == T)).moments(),
+    "padded moments": lambda d: (d["age"] * (d["id"] == T) + 1e-9 * d["y"]).moments(),
+}
+
+
+@pytest.mark.parametrize("form", ONE_HOTS)
+def test_one_hot_multiplication_is_suppressed(example, form):
+    _, data, frame = example
+    err = rt.suppressed(lambda: ONE_HOTS[form](data).compute(), "Anonymity", data)
+    assert "1 row" in err.message
+    rt.quietly(lambda: rt.check_honest(data, frame))
+
+
+DOMINATED = {
+    "padded mask": lambda d: (d["age"] * (d["id"] == T) + 1e-9 * d["y"]),
+    "padded 0/1 integers": lambda d: (d["age"] * ((d["id"] == T) ** 1) + 1e-9 * d["y"]),
+}
+
+
+@pytest.mark.parametrize("form", DOMINATED)
+@pytest.mark.parametrize("aggregate", ["sum", "moments"])
+def test_dominance_alone_suppresses_a_padded_one_hot(form, aggregate):
+    frame = rt.cohort()
+    _, data = rt.serve(rt.config(rt.policy("Dominance", n=1, p=0.9)), frame)
+    expr = DOMINATED[form](data)
+    err = rt.suppressed(lambda: getattr(expr, aggregate)().compute(), "Dominance", data)
+    assert "90%" in err.message
+    # honest sums, where no one dominates, pass exactly
+    assert data["age"].sum().compute() == frame["age"].sum()
+    assert data["y"].sum().compute() == pytest.approx(frame["y"].sum(), rel=1e-12)
+    rt.check_honest(data, frame)
+
+
+NUMERIC_ONE_HOTS = {
+    "(id == 17) ** 1": lambda d: (d["id"] == T) ** 1,
+    "1 - clip(|id - 17|, 0, 1)": lambda d: 1 - abs(d["id"] - T).clip(0, 1),
+    "client literal vector": lambda d: d["id"] * 0 + [1.0 if i == T else 0.0 for i in range(rt.N)],
+}
+
+
+@pytest.mark.parametrize("aggregate", ["sum", "moments"])
+@pytest.mark.parametrize("form", NUMERIC_ONE_HOTS)
+def test_numeric_one_hot_padded_by_a_constant_is_suppressed(example, form, aggregate):
+    """FAILS today: a 0/1 multiplier that is not of boolean dtype is not seen as a mask.
+
+    ``age * onehot + 1000`` has 200 non-zero terms (Anonymity counts 200
+    contributing rows, complement 0) and no dominant term (1077 of 200077),
+    so it is released; subtracting ``1000 * n`` gives person 17's age exactly.
+    The disclosure docs promise "a zero factor is a filter in disguise".
+    """
+    _, data, _ = example
+    padded = data["age"] * NUMERIC_ONE_HOTS[form](data) + 1000
+
+    def attack() -> float:
+        if aggregate == "sum":
+            return padded.sum().compute() - 1000 * rt.N
+        m = padded.moments().compute()
+        return m.mean * m.n - 1000 * m.n
+
+    rt.suppressed(attack, ("Anonymity", "Dominance"), data)
+
+
+# -- 4. the rare category ------------------------------------------------------------------------
+
+
+def test_rare_category_is_absent_from_unique(example):
+    _, data, _ = example
+    with pytest.warns(fm.PrivacyWarning, match="1 cell of fewer than 5 rows suppressed"):
+        levels = data["dx"].unique().compute()
+    assert levels == list(rt.COMMON)
+
+
+def test_rare_category_count_is_unknown_in_value_counts(example):
+    """The rare cell keeps its label with an unknown (NaN) count: the table is never silently wrong."""
+    _, data, frame = example
+    with pytest.warns(fm.PrivacyWarning, match=r"value_counts\(\): 1 cell of fewer than 5 rows suppressed"):
+        counts = data["dx"].value_counts().compute()
+    assert np.isnan(counts[rt.RARE])
+    truth = frame["dx"].value_counts()
+    assert {level: int(counts[level]) for level in rt.COMMON} == {level: int(truth[level]) for level in rt.COMMON}
+
+
+def test_rare_category_bin_of_a_histogram_is_nan(example):
+    _, data, frame = example
+    with pytest.warns(fm.PrivacyWarning, match="1 cell of fewer than 5 rows suppressed"):
+        hist = (data["dx"] == rt.RARE).astype("float").histogram([-0.5, 0.5, 1.5]).compute()
+    assert hist.counts[0] == rt.N - 1
+    assert math.isnan(hist.counts[1])
+    # a histogram of common values is exact
+    edges = [0, 40, 60, 130]
+    exact = data["age"].histogram(edges).compute()
+    assert exact.counts.tolist() == np.histogram(frame["age"], bins=edges)[0].tolist()
+
+
+CROSSTABS = {
+    # dx is categorical: pandas' groupby also yields the empty (RARE, False) cell
+    "categorical dx by age > 50": (lambda d: d["dx"], lambda d: d["age"] > 50, lambda f: (f["dx"], f["age"] > 50)),
+    # 4 patients with dx A are 84 or older (suppressed), 5 with B and 8 with C (released)
+    "dx as text by age >= 84": (
+        lambda d: d["dx"].astype("str"), lambda d: d["age"] >= 84, lambda f: (f["dx"].astype(str), f["age"] >= 84)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CROSSTABS)
+def test_suppressed_crosstab_cells_are_absent_or_nan(example, case):
+    """FAILS today: the crosstab reduce fills suppressed cells with 0.
+
+    A suppressed cell must be unknown (absent, or NaN as the histogram does),
+    never a 0: 0 is a wrong count, and with a categorical column it
+    publishes the rare level with an explicit "nobody aged <= 50 has RARE".
+    """
+    _, data, frame = example
+    rows, cols, ref = CROSSTABS[case]
+    with pytest.warns(fm.PrivacyWarning, match="suppressed"):
+        table = rows(data).crosstab(cols(data)).compute()
+    a, b = ref(frame)
+    truth = pd.crosstab(a, b)
+    wrong = {}
+    for r in truth.index:
+        for c in truth.columns:
+            n = int(truth.loc[r, c])
+            shown = table.loc[r, c] if (r in table.index and c in table.columns) else None
+            if n >= 5:
+                assert shown == n, (r, c, shown, n)  # common cells exact
+            elif n > 0 and shown is not None and not (isinstance(shown, float) and math.isnan(shown)):
+                wrong[(str(r), bool(c))] = {"true": n, "released": shown.item() if hasattr(shown, "item") else shown}
+    assert not wrong, f"suppressed cells released as numbers: {wrong}"
+
+
+def test_known_limit_a_suppressed_cell_is_recovered_from_the_margins(example):
+    """KNOWN LIMIT (docs/privacy.md): there is no secondary suppression.
+
+    The rare cell is withheld from ``crosstab(dx, age > 50)``, but the margin
+    ``value_counts(age > 50)`` is released in full, so margin minus the
+    shown cells recovers the withheld ones: the RARE patient is over 50.
+    This test asserts that the attack works under thresholds alone; only
+    Noise with a Budget bounds it (test_noise_budget.py).
+    """
+    _, data, frame = example
+
+    def attack() -> dict[bool, int]:
+        table = rt.quietly(lambda: data["dx"].astype("str").crosstab(data["age"] > 50).compute())
+        margin = (data["age"] > 50).value_counts().compute()
+        return {flag: int(margin[flag] - table[flag].sum()) for flag in (False, True)}
+
+    truth = {False: 0, True: 1}  # the RARE patient (77) is over 50
+    assert attack() == truth
+
+
+# -- other single-query extractions under the example config ----------------------------------
+
+
+def test_known_limit_max_over_a_padded_subset_releases_one_value(example):
+    """KNOWN LIMIT (docs/privacy.md): min and max are one row's exact value by definition.
+
+    The subset "age < 30, or id 17" has 27 rows (and 173 left out), so it
+    passes Anonymity; Dominance does not look at max. Its max is person 17's
+    age. A server that must not release single values removes min and max
+    from its config (describe then needs them removed too).
+    """
+    _, data, frame = example
+    assert int(((frame["age"] < 30) | (frame["id"] == T)).sum()) >= 5
+    assert data[(data["age"] < 30) | (data["id"] == T)]["age"].max().compute() == frame.loc[frame["id"] == T, "age"].item()
+
+
+def test_cell_tables_apply_the_complement_rule(example):
+    """FAILS today: the "leaves 1 to k-1 rows out" rule is skipped for value_counts,
+    histogram, crosstab, count_below and unique.
+
+    ``(age >= t).value_counts()`` over everyone and over ``id != 17`` differ by one
+    in the True cell exactly when person 17 is at least ``t``; every cell has
+    dozens of rows, so nothing is suppressed, and a bisection over ``t`` (8
+    pairs of queries) gives the exact age.
+    """
+    _, data, _ = example
+    others = data[data["id"] != T]
+
+    def at_least(t: int) -> bool:
+        everyone = (data["age"] >= t).value_counts().compute()
+        without = (others["age"] >= t).value_counts().compute()
+        return int(everyone.get(True, 0)) - int(without.get(True, 0)) == 1
+
+    def attack() -> int:
+        low, high = 0, 130
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (mid, high) if at_least(mid) else (low, mid)
+        return low
+
+    rt.suppressed(attack, "Anonymity", data)
+
+
+# -- 9. the tracker: what thresholds cannot stop ------------------------------------------------
+
+
+def test_general_tracker_defeats_thresholds(example):
+    """This test asserts that the attack WORKS: thresholds alone do not stop a tracker.
+
+    Denning's general tracker: with a padding predicate T (here ``id`` even,
+    100 rows) and the target's characteristic C (``id == 17``),
+    ``q(C) = q(C or T) + q(C or not T) - q(all)``. Each query covers about
+    half the cohort and leaves about half out, so Anonymity (k=5, both
+    sides), Dominance and the ComplexityCap all pass it, and the three exact
+    answers give person 17's age. Only noise with a budget
+    (test_noise_budget.py) limits what a tracker learns.
+    """
+    _, data, _ = example
+    age, ids = data["age"], data["id"]
+    target, padding = ids == T, ids % 2 == 0
+    with_even, with_odd, everyone = fm.compute(
+        data[target | padding]["age"].sum(), data[target | ~padding]["age"].sum(), age.sum()
+    )
+    assert with_even + with_odd - everyone == rt.TARGET_AGE
+    # the simplest tracker too: a large subset with and without the target
+    first = data[ids < 100]["age"].sum().compute()
+    second = data[(ids < 100) & (ids != T)]["age"].sum().compute()
+    assert first - second == rt.TARGET_AGE
+
+
+# -- over a real waitress server ----------------------------------------------------------------
+
+
+def test_suppression_over_http_arrives_as_privacy_error_naming_the_url(serve):
+    frame = rt.cohort()
+    server = fm.Server(config=rt.EXAMPLE_CONFIG)
+    server["cohort"] = frame
+    url = serve(server).url
+    data = fm.FedData([fm.Remote(ip=url, fragment="cohort")], config=rt.EXAMPLE_CONFIG)
+    with pytest.raises(fm.PrivacyError) as info:
+        data[data["id"] == T]["age"].sum().compute()
+    err = info.value
+    assert err.server == url
+    assert err.fragment == "cohort"
+    assert err.operation == "data[(data['id'] == 17)]['age'].sum()"
+    assert err.policy == "Anonymity(k=5)"
+    assert url in str(err) and "Anonymity(k=5)" in str(err)
+    rt.quietly(lambda: rt.check_honest(data, frame))
