@@ -326,5 +326,9 @@ def explain(*results: Any) -> str:
 def _outputs(results: Sequence[Any]) -> tuple[list[Node], OptFlags]:
     if any(isinstance(r, FedData) for r in results):
         raise TypeError("FedData has no value on the client; compute an aggregate of it, e.g. data.sum()")
+    for r in results:
+        if not isinstance(r, LazyResult) and callable(getattr(r, "compute", None)):
+            # an iterative model (logit, poisson) runs its own rounds
+            raise TypeError(f"{type(r).__name__} cannot join a batch: call its .compute()")
     flags = next((r._flags for r in results if isinstance(r, LazyResult)), OptFlags())
     return [r.node if isinstance(r, LazyResult) else Scalar(_plain(r)) for r in results], flags

@@ -23,7 +23,13 @@ class Moments:
     m2: float
 
     def var(self, ddof: int = 1) -> float:
-        return self.m2 / (self.n - ddof) if self.n > ddof else math.nan
+        if self.n <= ddof:
+            return math.nan
+        # a constant split over servers merges to an M2 of rounding size, not 0: call it 0, as
+        # numpy does for the pooled values, so tests on constant data give inf/nan like scipy
+        if self.m2 <= self.n * (16 * np.finfo(float).eps * abs(self.mean)) ** 2:
+            return 0.0
+        return self.m2 / (self.n - ddof)
 
 
 @dataclass(frozen=True)

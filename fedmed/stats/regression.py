@@ -11,6 +11,7 @@ coefficients.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -26,6 +27,10 @@ from ..results import CoMatrix
 from .lazy_call import aggregate, call
 
 INTERCEPT = "Intercept"
+
+
+class ConvergenceWarning(UserWarning):
+    """Newton–Raphson stopped at ``max_iter`` before its tolerance was met."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +98,9 @@ def ols(
     [0.96, 1.03]
     """
     levels = _levels(data, categorical)
+    for name, known in levels.items():
+        # rows whose level is not in the list are left out, never counted as the reference level
+        data = data[data[name].isin(list(known))]
     names, columns = [], []
     for name in X:
         if name in levels:
@@ -187,6 +195,11 @@ class GLMFit:
                 if np.max(np.abs(change)) < self.tol * (1.0 + np.max(np.abs(beta))):
                     converged = True
                     break
+        if not converged:
+            warnings.warn(
+                f"{self.family} regression did not converge in {self.max_iter} iterations; "
+                "estimates are from the last one", ConvergenceWarning, stacklevel=2,
+            )
         # The last Hessian was taken one step (smaller than tol) before the
         # estimate: its standard errors agree far below any reported digit,
         # and a whole round is saved.

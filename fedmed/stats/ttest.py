@@ -54,6 +54,8 @@ def ttest_rel(a: FedData, b: FedData) -> LazyResult:
 
 
 def _ttest_ind(ma: Moments, mb: Moments, equal_var: bool) -> TestResult:
+    if ma.n == 0 or mb.n == 0:  # scipy on an empty sample: nan, not an exception
+        return TestResult(math.nan, math.nan, math.nan, ma.n + mb.n)
     result = sps.ttest_ind_from_stats(
         ma.mean, math.sqrt(ma.var(1)), ma.n, mb.mean, math.sqrt(mb.var(1)), mb.n, equal_var=equal_var
     )
@@ -67,7 +69,7 @@ def _ttest_ind(ma: Moments, mb: Moments, equal_var: bool) -> TestResult:
 
 
 def _ttest_1samp(m: Moments, popmean: float) -> TestResult:
-    df = m.n - 1.0
+    df = m.n - 1.0 if m.n else math.nan
     # numpy division, as scipy: constant data give ±inf (mean differs) or nan (it does not)
     with np.errstate(all="ignore"):
         standard_error = np.sqrt(np.float64(m.var(1)) / m.n) if m.n else np.float64(math.nan)

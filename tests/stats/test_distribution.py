@@ -83,3 +83,12 @@ def test_reconstruct_is_synthetic_with_the_same_histogram():
     assert not np.isin(sample, values).any()  # no real value comes back
     again = fm.stats.reconstruct(data, bins=20, seed=5).compute()
     np.testing.assert_array_equal(sample, again)
+
+
+def test_t_tests_on_empty_or_constant_samples_follow_scipy():
+    data = fm.FedData([fm.Local({"x": [0.1, 0.1, 0.1], "g": [0, 0, 0]}), fm.Local({"x": [0.1, 0.1], "g": [0, 0]})])
+    empty = fm.stats.ttest_ind(data["x"][data["g"] == 1], data["x"]).compute()
+    assert np.isnan(empty.statistic) and np.isnan(empty.pvalue)
+    # a constant split over servers merges to an M2 of rounding size: treated as 0, as scipy does
+    shifted = fm.stats.ttest_1samp(data["x"], 0.0).compute()
+    assert np.isinf(shifted.statistic) and shifted.pvalue == 0.0

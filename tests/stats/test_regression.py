@@ -8,6 +8,7 @@ import pytest
 import statsmodels.api as sm
 
 import fedmed as fm
+from fedmed.stats.regression import ConvergenceWarning
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -106,8 +107,24 @@ def test_glm_equals_statsmodels(cohort, family, column):
 
 def test_glm_stops_at_max_iter_and_says_so(cohort):
     _, data = split(cohort)
-    fit = fm.stats.logit(data, y="b", X=["x1", "x2"], max_iter=2).compute()
+    with pytest.warns(ConvergenceWarning, match="did not converge in 2 iterations"):
+        fit = fm.stats.logit(data, y="b", X=["x1", "x2"], max_iter=2).compute()
     assert fit.iterations == 2 and not fit.converged
+
+
+def test_a_model_cannot_join_a_batch_silently(cohort):
+    _, data = split(cohort)
+    with pytest.raises(TypeError, match="GLMFit cannot join a batch"):
+        fm.compute(fm.stats.logit(data, y="b", X=["x1"]), data["x1"].sum())
+
+
+def test_levels_not_listed_are_left_out_not_taken_as_reference(cohort):
+    _, data = split(cohort)
+    fit = fm.stats.ols(data, y="y", X=["x1", "sex"], categorical={"sex": ["F", "M"]}).compute()
+    rows = cohort[cohort.sex.isin(["F", "M"])][["y", "x1", "sex"]].dropna()
+    ref = sm.OLS.from_formula("y ~ x1 + C(sex)", rows).fit()
+    assert fit.nobs == ref.nobs
+    close(fit.params, ref.params.rename(lambda name: name.replace("C(sex)", "sex"))[fit.params.index], 1e-8)
 
 
 def test_glm_explain_shows_one_iteration(cohort):
