@@ -61,9 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def serve_files(args: argparse.Namespace) -> int:
     """Load each ``NAME=FILE`` into a server and serve it until interrupted."""
+    import logging
+
     from waitress.server import create_server
 
     from .errors import ConfigError
+
+    # the request log: one JSON line per request on stderr
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from .server import Server
 
     try:

@@ -17,6 +17,7 @@ Every problem is reported at load time with the key that is wrong.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,7 @@ def load_config(config: "str | Path | Mapping[str, Any] | Config | None" = None)
     if isinstance(config, Config):
         return config
     if config is None:
-        config = DEFAULT_CONFIG
+        return _default()
     if isinstance(config, (str, Path)):
         origin = str(config)
         raw = _read_yaml(Path(config))
@@ -81,6 +82,12 @@ def load_config(config: "str | Path | Mapping[str, Any] | Config | None" = None)
     else:
         raise ConfigError(f"config must be a path, a dict or None, not {type(config).__name__}")
     return _build(raw, origin)
+
+
+@functools.lru_cache(maxsize=1)
+def _default() -> Config:
+    # parsed once per process: every FedData() without a config would re-read it
+    return _build(_read_yaml(DEFAULT_CONFIG), str(DEFAULT_CONFIG))
 
 
 def _read_yaml(path: Path) -> Any:

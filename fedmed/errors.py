@@ -17,6 +17,10 @@ class ConfigError(FedMedError):
     """A config file or dict is missing, malformed, or names something that does not exist."""
 
 
+class OperationError(ValueError):
+    """Raised by an operation on bad arguments; its message names no data value and is sent to the client."""
+
+
 class ProtocolError(FedMedError):
     """A request or response does not follow the wire protocol (or its version differs)."""
 

@@ -119,7 +119,7 @@ def _send_all(
         except ServerError as exc:
             if not skip_failed or isinstance(exc, PrivacyError):
                 raise
-            return [Skipped(exc.located(server=request.link.name))] * len(request.tasks), []
+            return [Skipped(exc.located(server=request.link.name, fragment=t.source.fragment)) for t in request.tasks], []
         finally:
             bar.update(1)
 

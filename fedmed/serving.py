@@ -28,7 +28,12 @@ class BackgroundServer:
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = 4) -> None:
         # port 0: the OS picks a free port, so parallel test runs never collide
-        self._server = create_server(app, host=host, port=port, threads=threads, asyncore_loop_timeout=0.05)
+        # an integer loop timeout (waitress truncates 0.05 to 0: a busy poll eating a core) and
+        # poll() instead of select(), which breaks past 1024 open files
+        self._server = create_server(
+            app, host=host, port=port, threads=threads, asyncore_loop_timeout=1, asyncore_use_poll=True
+        )
+        self._stopped = False
         self.host = host
         self.port = int(self._server.effective_port)  # type: ignore[union-attr]
         self._thread = threading.Thread(target=self._server.run, name=f"waitress:{self.port}", daemon=True)
@@ -39,12 +44,18 @@ class BackgroundServer:
         return f"http://{self.host}:{self.port}"
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Close the listening socket and every connection; wait for the threads to end."""
+        """Close the listening socket and every connection; wait for the threads to end (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
         server = self._server
         # Closing sockets from this thread would race the event loop; the
         # trigger runs the close inside the loop, which then finds its map
         # empty and returns.
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # type: ignore[union-attr]
+        try:
+            server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # type: ignore[union-attr]
+        except OSError:  # the loop already closed its trigger: nothing left to stop
+            pass
         self._thread.join(timeout)
         server.task_dispatcher.shutdown(timeout=timeout)  # type: ignore[union-attr]
 

@@ -35,6 +35,7 @@ CONTENT_TYPE = "application/msgpack"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_NODES = 20_000
 MAX_DEPTH = 32
+MAX_CHILDREN = 64
 
 
 def pack(obj: Any) -> bytes:
@@ -151,6 +152,10 @@ def _build(cls: type[Node], params: list[Any], kids: list[Node]) -> Node:
     variadic = len(child_fields) > len(fixed)
     if len(kids) < len(fixed) or (not variadic and len(kids) != len(fixed)):
         raise ValueError(f"expected {len(fixed)}{'+' if variadic else ''} children, got {len(kids)}")
+    if variadic and not kids:
+        raise ValueError("an operation needs at least one operand")
+    if len(kids) > MAX_CHILDREN:  # a map over 20,000 copies of a column answers in gigabytes
+        raise ValueError(f"at most {MAX_CHILDREN} operands")
     for f, value in zip(cls.param_fields(), params):
         if f.name in ("op", "name") and not isinstance(value, str):
             raise ValueError(f"parameter {f.name!r} must be a string")

@@ -169,10 +169,24 @@ def rewrite(root: Node, fn: Callable[[Node], Node | None], stop: Callable[[Node]
     return done[id(root)]
 
 
-def render_code(root: Node, stop: Callable[[Node], bool] | None = None) -> str:
-    """The expression below ``root`` as readable user code (``data["age"].sum()``)."""
+#: Longest rendering of any subexpression: a DAG that reuses a node at every level
+#: (x = x + x, 30 times) would otherwise render to gigabytes.
+MAX_CODE = 400
+
+
+def render_code(root: Node, stop: Callable[[Node], bool] | None = None, literals: bool = True) -> str:
+    """The expression below ``root`` as readable user code (``data["age"].sum()``).
+
+    Long subexpressions are cut (``…``); with ``literals=False`` constants
+    show as ``?`` (for logs and the status page: a constant may be a result
+    computed from data in an earlier round).
+    """
     text: dict[int, str] = {}
     for node in walk([root], stop):
+        if not literals and node.kind == "literal":
+            text[id(node)] = "?"
+            continue
         args = [] if stop is not None and stop(node) else [text[id(c)] for c in node.children]
-        text[id(node)] = node.code(args)
+        code = node.code(args)
+        text[id(node)] = code if len(code) <= MAX_CODE else code[: MAX_CODE - 1] + "…"
     return text[id(root)]

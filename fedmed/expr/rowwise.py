@@ -84,7 +84,7 @@ class Elementwise(Node):
             return f"({args[0]} {INFIX[self.op]} {args[1]})"
         if self.op in PREFIX and len(args) == 1:
             return f"{PREFIX[self.op]}{args[0]}"
-        return f"{args[0]}.{self.op}({', '.join(args[1:])})"
+        return f"{args[0]}.{self.op}({', '.join(args[1:])})" if args else f"{self.op}()"
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,7 +113,7 @@ class Map(Node):
         return f"{self.op}({', '.join(refs)})"
 
     def code(self, args: list[str]) -> str:
-        return f"{args[0]}.{self.op}({', '.join(args[1:])})"
+        return f"{args[0]}.{self.op}({', '.join(args[1:])})" if args else f"{self.op}()"
 
 
 @dataclass(frozen=True, eq=False)

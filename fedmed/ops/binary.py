@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import OperationError
+
 add = operator.add
 sub = operator.sub
 mul = operator.mul
@@ -97,7 +99,7 @@ DTYPES = {"float": "float64", "int": "Int64", "bool": "boolean", "str": "string"
 def astype(x: pd.Series, dtype: str) -> pd.Series:
     """Values converted to ``"float"``, ``"int"``, ``"bool"`` or ``"str"``."""
     if dtype not in DTYPES:
-        raise ValueError(f"astype accepts {sorted(DTYPES)}, not {dtype!r}")
+        raise OperationError(f"astype accepts {sorted(DTYPES)}, not {dtype!r}")
     return x.astype(DTYPES[dtype])
 
 

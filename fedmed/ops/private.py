@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import OperationError
+
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
@@ -27,15 +29,22 @@ def count(x: pd.Series) -> int:
     return int(x.count())
 
 
+def _numbers(x: pd.Series, op: str) -> pd.Series:
+    # pandas "sums" text by joining it: that would send the whole column
+    if x.dtype.kind not in "fiub" and str(x.dtype) not in ("boolean", "Int64", "Float64"):
+        raise OperationError(f"{op} needs numbers, not {x.dtype} values")
+    return x
+
+
 def sum(x: pd.Series) -> Any:
     """Sum of the non-missing values (0 for none)."""
-    return _plain(x.sum())
+    return _plain(_numbers(x, "sum").sum())
 
 
 def sqsum(x: pd.Series) -> Any:
     """Sum of squares of the non-missing values."""
-    values = x.dropna().to_numpy()
-    return _plain(np.dot(values, values)) if values.dtype.kind in "fiub" else _plain((x * x).sum())
+    values = _numbers(x, "sqsum").dropna().to_numpy(dtype=float)
+    return float(np.square(values).sum())  # elementwise: no BLAS threads fighting over the cores
 
 
 def min(x: pd.Series) -> Any:
@@ -71,9 +80,9 @@ def histogram(x: pd.Series, bins: Any, range: Any = None) -> dict[str, list[Any]
     which cannot be pooled (and would reveal its min and max), so it is refused.
     """
     if isinstance(bins, int) and range is None:
-        raise ValueError("a histogram with a bin count needs range=(lo, hi), the same on every server")
+        raise OperationError("a histogram with a bin count needs range=(lo, hi), the same on every server")
     if (bins if isinstance(bins, int) else builtins.len(bins)) > MAX_BINS:
-        raise ValueError(f"at most {MAX_BINS} bins")
+        raise OperationError(f"at most {MAX_BINS} bins")
     counts, edges = np.histogram(x.dropna().to_numpy(dtype=float), bins=bins, range=range)
     return {"counts": counts.tolist(), "edges": edges.tolist()}
 
@@ -91,8 +100,7 @@ def moments(x: pd.Series) -> list[Any]:
     if builtins.len(values) == 0:
         return [0, 0.0, 0.0]
     mean = values.mean()
-    deviations = values - mean
-    return [builtins.len(values), float(mean), float(np.dot(deviations, deviations))]
+    return [builtins.len(values), float(mean), float(np.square(values - mean).sum())]
 
 
 def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
@@ -102,7 +110,8 @@ def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
         return [0, 0.0, 0.0, 0.0, 0.0, 0.0]
     means = both.mean(axis=0)
     dx, dy = (both - means).T
-    return [builtins.len(both), float(means[0]), float(means[1]), float(dx @ dx), float(dy @ dy), float(dx @ dy)]
+    return [builtins.len(both), float(means[0]), float(means[1]),
+            float((dx * dx).sum()), float((dy * dy).sum()), float((dx * dy).sum())]
 
 
 def comoment_matrix(*columns: pd.Series) -> list[Any]:
@@ -146,7 +155,7 @@ def glm_step(y: pd.Series, family: str, intercept: bool, beta: list[float], *col
         weight = mean
         loglik = float(np.sum(target * eta - mean - _log_factorial(target)))
     else:
-        raise ValueError(f"unknown family {family!r}: use 'binomial' or 'poisson'")
+        raise OperationError(f"unknown family {family!r}: use 'binomial' or 'poisson'")
     gradient = design.T @ (target - mean)
     hessian = (design * weight[:, None]).T @ design
     return [builtins.len(rows), gradient.tolist(), hessian.tolist(), loglik]

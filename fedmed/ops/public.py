@@ -66,7 +66,8 @@ def crosstab(parts: Sequence[Sequence[Sequence[Any]]]) -> pd.DataFrame:
     """The pooled contingency table, rows and columns sorted, absent combinations 0."""
     cells = pd.DataFrame([cell for part in parts for cell in part], columns=["a", "b", "n"])
     cells["n"] = cells["n"].astype(float)  # None (suppressed) -> nan, kept through the sum
-    table = cells.groupby(["a", "b"])["n"].sum(min_count=1).unstack(fill_value=0)
+    # a cell any server suppressed stays unknown (nan) in the pool, never a partial sum
+    table = cells.groupby(["a", "b"])["n"].agg(lambda n: n.sum() if n.notna().all() else np.nan).unstack(fill_value=0)
     table.index.name, table.columns.name = None, None
     return table.astype("int64") if not table.isna().any().any() else table
 

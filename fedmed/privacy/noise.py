@@ -31,6 +31,7 @@ import pandas as pd
 
 from ..expr.rowwise import Column
 from .base import Policy, Task
+from ..ops.columns import COLUMNS
 from .shapes import map_numbers
 
 COUNTS = {"len", "count"}
@@ -77,6 +78,8 @@ class Noise(Policy):
         if self.mode == "simple":
             return self._perturb(task, value, self.value)  # type: ignore[arg-type]
         op = task.op
+        if isinstance(value, dict) and COLUMNS in value:
+            raise task.refuse(self, "noise on a whole table would spend one epsilon per column; ask column by column")
         if op in LABELLED:
             raise task.refuse(self, f"{op} releases the data's own values as labels, which noise cannot hide; "
                               "use a histogram with fixed bins")

@@ -126,7 +126,7 @@ class Dominance(Policy):
         total = float(terms.sum())
         if total > 0 and float(terms[: self.n].sum()) > self.p * total:
             raise task.refuse(
-                self, f"the largest {self.n} contribution{'s' if self.n > 1 else ''} make up more than "
+                self, f"the largest {self.n} contribution{'s make' if self.n > 1 else ' makes'} up more than "
                 f"{self.p:.0%} of the total"
             )
         return value

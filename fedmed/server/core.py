@@ -21,7 +21,7 @@ import pandas as pd
 from .. import wire
 from ..config import Config, load_config
 from ..errors import ERROR_TYPES, BadRequest, OperationNotAllowed, ProtocolError, ServerError, UnknownFragment
-from ..expr.node import Node
+from ..expr.node import Node, render_code
 from ..expr.rowwise import Elementwise, Fragment as FragmentNode, Map
 from ..privacy.base import MISSING, Task
 from ..privacy.pipeline import Pipeline
@@ -255,7 +255,7 @@ def _summary(tasks: dict[int, Task], results: dict[int, dict[str, Any]], snapsho
     return {
         "fragments": {name: version for name, (_, version) in snapshot.items()},
         "operations": sorted({t.op for t in tasks.values()}),
-        "signatures": [t.signature[:200] for t in tasks.values()],
+        "signatures": [render_code(t.node, literals=False)[:200] for t in tasks.values()],
         "rows": sum(fragment.rows or 0 for fragment, _ in snapshot.values()),
         "outcomes": dict(outcomes),
     }

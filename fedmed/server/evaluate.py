@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
-from ..errors import ServerError, TaskFailed
+from ..errors import OperationError, ServerError, TaskFailed
 from ..expr.node import Node
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map
 from .disclosure import Disclosure
@@ -79,8 +79,12 @@ def _visit(node: Node, args: list[Any], data: Any, config: Config) -> Any:
         return VISITORS[type(node)](node, args, data, config)
     except ServerError as exc:
         return Failure(exc)
-    except Exception as exc:  # an operation's own error becomes a typed, data-free message
-        return Failure(TaskFailed(f"{node.kind} {getattr(node, 'op', '')} failed: {type(exc).__name__}: {exc}"[:300]))
+    except OperationError as exc:  # raised by FedMed's operations: its text holds no data
+        return Failure(TaskFailed(f"{node.kind} {getattr(node, 'op', '')} failed: {exc}"[:300]))
+    except Exception as exc:
+        # pandas and numpy quote data in their messages ("could not convert string to float: 'f'"):
+        # only the kind of error leaves the server
+        return Failure(TaskFailed(f"{node.kind} {getattr(node, 'op', '')} failed: {type(exc).__name__}"))
 
 
 def visit_fragment(node: Fragment, args: list[Any], data: Any, config: Config) -> Any:
@@ -101,7 +105,7 @@ def visit_literal(node: Literal, args: list[Any], data: Any, config: Config) -> 
 
 
 #: Operations whose cost grows with the size of a value rather than the number of rows.
-_REPEATING = {"mul", "pow", "mod", "floordiv"}
+_REPEATING = {"mul", "pow", "mod", "floordiv", "add"}
 
 
 # The server checked every operation name against its config before evaluating.
@@ -114,13 +118,15 @@ def _bounded(op: str, args: list[Any]) -> list[Any]:
 
     Constants combined only with constants follow numpy, not Python: a
     request's ``10 ** 10**18`` overflows at once instead of computing an
-    integer with a quintillion digits. Text cannot be repeated or formatted
-    (``"x" * 10**9`` per row).
+    integer with a quintillion digits. Text cannot be repeated, formatted or
+    concatenated (``"x" * 10**9`` per row, or ``x + x`` doubling at every
+    level); lists of constants combine elementwise as arrays, never by
+    concatenation.
     """
     if op in _REPEATING and any(_is_text(a) for a in args):
         raise TaskFailed(f"{op} is not defined for text values")
     if not any(isinstance(a, (pd.Series, pd.DataFrame)) for a in args):
-        return [np.asarray(a) if isinstance(a, (int, float)) and not isinstance(a, bool) else a for a in args]
+        return [np.asarray(a) if isinstance(a, (int, float, list)) and not isinstance(a, bool) else a for a in args]
     return args
 
 

@@ -6,6 +6,8 @@ gets a typed error; the status page at ``/`` is the one HTML page.
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import TYPE_CHECKING
 
 from flask import Flask, Response, request
@@ -16,6 +18,8 @@ from .status import render_status
 
 if TYPE_CHECKING:
     from .core import Server
+
+log = logging.getLogger("fedmed.server")
 
 
 def create_app(server: "Server") -> Flask:
@@ -56,6 +60,9 @@ def create_app(server: "Server") -> Flask:
 
     @app.errorhandler(ServerError)
     def typed_error(exc: ServerError) -> Response:
+        # refused before Server.handle (401, 413): logged here, so failed token attempts leave a trace
+        log.info(json.dumps({"client": request.remote_addr, "path": request.path, "status": exc.status,
+                             "error": type(exc).__name__}))
         return _msgpack_error(exc)
 
     @app.errorhandler(404)
