@@ -35,7 +35,7 @@ from .errors import (
 from .expr.optimize import OptFlags
 from .lazy import FedData, LazyResult, compute, explain
 from .options import options
-from . import privacy, stats
+from . import fragments, privacy, stats
 from .server import Server
 
 try:

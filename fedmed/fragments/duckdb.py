@@ -1,0 +1,232 @@
+"""Out-of-core fragments: Parquet files, CSV files or a DuckDB table, queried in place by DuckDB.
+
+A server holds them like any fragment::
+
+    server["registry"] = fm.fragments.Parquet("data/*.parquet")
+    server["visits"] = fm.fragments.CSV("exports/visits-*.csv")
+    server["cohort"] = fm.fragments.DuckDB("registry.duckdb", table="cohort")
+
+Each ``evaluate`` compiles the request's node table (``fedmed.fragments.sql``)
+into one SQL query and runs it: the data is scanned where it lies and never
+loaded into the server's memory; only the aggregates come back. What the
+compiler cannot express fails that output with ``TaskFailed``.
+
+The files (or the database) are read at query time. The fragment's column
+names and types are read once, when it is created: after changing the files,
+store a new fragment under the same name (``server[name] = ...``), which also
+gives it a new version.
+
+DuckDB is an optional dependency: ``pip install 'fedmed[duckdb]'``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..config import Config
+from ..errors import TaskFailed
+from ..expr.node import Node
+from ..server.evaluate import Evaluated, Failure
+from ..server.fragments import Fragment
+from .sql import MARKER, Program, SourceColumn, compile_request, quote_identifier, quote_string
+
+INSTALL = "pip install 'fedmed[duckdb]'"
+
+
+#: The oldest DuckDB with what the compiler uses (``max(x, n)``, ``histogram(x, boundaries)``,
+#: ``histogram`` of structs).
+MINIMUM_VERSION = (1, 1)
+
+
+def require_duckdb() -> Any:
+    """The ``duckdb`` module, or an ImportError that says how to install it."""
+    try:
+        import duckdb
+    except ImportError as exc:
+        raise ImportError(f"DuckDB-backed fragments need the duckdb package: {INSTALL}") from exc
+    version = tuple(int(p) for p in duckdb.__version__.split(".")[:2] if p.isdigit())
+    if version < MINIMUM_VERSION:
+        raise ImportError(f"DuckDB-backed fragments need duckdb 1.1 or later (found {duckdb.__version__}): {INSTALL}")
+    return duckdb
+
+
+class SQLFragment(Fragment):
+    """Base class of the DuckDB-backed fragments: a ``FROM`` clause DuckDB can scan.
+
+    Parameters
+    ----------
+    source : the SQL ``FROM`` item (``read_parquet(...)``, a quoted table name).
+    database : DuckDB database to connect to (``":memory:"`` for files).
+    read_only : open ``database`` read-only.
+    settings : DuckDB settings for the connection, e.g. ``{"threads": 4, "memory_limit": "2GB"}``.
+    count_rows : count the rows when created (cheap for Parquet and tables, a full scan for CSV).
+    """
+
+    def __init__(self, source: str, *, database: str = ":memory:", read_only: bool = False,
+                 settings: Mapping[str, Any] | None = None, count_rows: bool = True) -> None:
+        duckdb = require_duckdb()
+        self._error = duckdb.Error
+        self.source = source
+        self._connection = duckdb.connect(database, read_only=read_only, config=dict(settings or {}))
+        self._lock = threading.Lock()
+        described = self._connection.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+        self.columns = [SourceColumn(str(name), str(sql_type), f"s{i}")
+                        for i, (name, sql_type, *_) in enumerate(described)]
+        self._rows: int | None = None
+        if count_rows:
+            self._rows = int(self._connection.execute(f"SELECT count(*) FROM {source}").fetchone()[0])
+
+    @property
+    def rows(self) -> int | None:
+        """Rows of the fragment (None for CSV until a query has counted them)."""
+        return self._rows
+
+    @property
+    def dtypes(self) -> dict[str, str]:
+        """Column names and DuckDB types, as read when the fragment was created."""
+        return {c.name: c.type for c in self.columns}
+
+    def connect(self) -> Any:
+        """A DuckDB connection for one query (a connection is not shared between threads)."""
+        with self._lock:
+            return self._connection.cursor()
+
+    def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Evaluated]:
+        mode, top = disclosure_needs(config)
+        program = self._compile(nodes, outputs, config, mode, top)
+        try:
+            row = self._run(program)
+            answers = {o: program.read(o, row) for o in program.outputs}
+        except self._error as exc:
+            if sum(not isinstance(v, Failure) for v in program.outputs.values()) == 1:
+                answers = {o: (Failure(_query_failed(exc)), None) for o in program.outputs}
+            else:  # one task's runtime error (an overflow, a bad cast) must not spoil the others
+                answers = {}
+                for o in program.outputs:
+                    single = self._compile(nodes, [o], config, mode, top)
+                    try:
+                        answers[o] = single.read(o, self._run(single))
+                    except self._error as inner:
+                        answers[o] = (Failure(_query_failed(inner)), None)
+        return [Evaluated(*answers[o]) for o in outputs]
+
+    def _compile(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config, mode: str, top: int) -> Program:
+        return compile_request(nodes, outputs, config, source=self.source, columns=self.columns,
+                               disclosure=mode, top=top)
+
+    def _run(self, program: Program) -> tuple | None:
+        if program.sql is None:
+            return None
+        connection = self.connect()
+        try:
+            row = connection.execute(program.sql).fetchone()
+        finally:
+            connection.close()
+        self._rows = int(row[0])
+        return row
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.source})"
+
+
+class Parquet(SQLFragment):
+    """Parquet files: a path, a glob such as ``"data/*.parquet"``, or a list of them.
+
+    ``options`` go to DuckDB's ``read_parquet`` (e.g. ``union_by_name=True``).
+    """
+
+    def __init__(self, path: "str | Path | Sequence[str | Path]", *, settings: Mapping[str, Any] | None = None,
+                 **options: Any) -> None:
+        self.path = path
+        super().__init__(f"read_parquet({_paths(path)}{_options(options)})", settings=settings)
+
+
+class CSV(SQLFragment):
+    """CSV files: a path, a glob such as ``"data/*.csv"``, or a list of them.
+
+    ``options`` go to DuckDB's ``read_csv`` (e.g. ``delim=";"``, ``nullstr="NA"``);
+    by default DuckDB detects the dialect, the header and the column types.
+    """
+
+    def __init__(self, path: "str | Path | Sequence[str | Path]", *, settings: Mapping[str, Any] | None = None,
+                 **options: Any) -> None:
+        self.path = path
+        super().__init__(f"read_csv({_paths(path)}{_options(options)})", settings=settings, count_rows=False)
+
+
+class DuckDB(SQLFragment):
+    """A table of a DuckDB database file, opened read-only: ``DuckDB("registry.duckdb", table="registry")``."""
+
+    def __init__(self, path: "str | Path", table: str, *, schema: str | None = None,
+                 settings: Mapping[str, Any] | None = None) -> None:
+        self.path, self.table = path, table
+        name = quote_identifier(table) if schema is None else f"{quote_identifier(schema)}.{quote_identifier(table)}"
+        super().__init__(name, database=str(path), read_only=True, settings=settings)
+
+
+def disclosure_needs(config: Config) -> tuple[str, int]:
+    """Whether the config's policies ask about the rows behind results, and how many top contributions.
+
+    Policies that only look at queries or numbers (caches, caps, budgets,
+    rounding) need nothing; anything else (Anonymity, Dominance, Noise, a
+    custom policy) gets the full disclosure.
+    """
+    from ..privacy.limits import CacheLimit, ComplexityCap
+    from ..privacy.noise import Budget
+    from ..privacy.release import Coarsening, Saturation
+    from ..privacy.snapshot import Snapshot
+    from ..privacy.threshold import Dominance
+
+    quiet = (CacheLimit, ComplexityCap, Budget, Coarsening, Saturation, Snapshot)
+    policies = [getattr(p, "policy", p) for p in config.privacy]
+    mode = "full" if any(not isinstance(p, quiet) for p in policies) else "none"
+    top = max([10, *(p.n for p in policies if isinstance(p, Dominance))])
+    return mode, top
+
+
+def _query_failed(exc: Exception) -> TaskFailed:
+    """A data-free message: DuckDB's own messages may quote values, ours (``error(...)``) do not."""
+    text = str(exc)
+    if MARKER in text:
+        return TaskFailed(text[text.index(MARKER) + len(MARKER):].split("\n")[0][:300])
+    kind = type(exc).__name__
+    hint = ("the expression is too large or too deep for DuckDB" if kind in ("BinderException", "ParserException")
+            else "for example an integer overflow or a value that cannot be converted")
+    return TaskFailed(f"the query failed in DuckDB ({kind}): {hint}")
+
+
+def _paths(path: "str | Path | Sequence[str | Path]") -> str:
+    if isinstance(path, (str, Path)):
+        return quote_string(str(path))
+    paths = [str(p) for p in path]
+    if not paths:
+        raise ValueError("no files given")
+    return "[" + ", ".join(quote_string(p) for p in paths) + "]"
+
+
+def _options(options: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in options.items():
+        if not key.isidentifier():
+            raise ValueError(f"not an option name: {key!r}")
+        parts.append(f", {key} = {_option_value(value)}")
+    return "".join(parts)
+
+
+def _option_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return quote_string(str(value))
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{quote_string(str(k))}: {_option_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_option_value(v) for v in value) + "]"
+    raise ValueError(f"cannot pass a {type(value).__name__} as a DuckDB option")
+
+
+__all__ = ["SQLFragment", "Parquet", "CSV", "DuckDB", "require_duckdb", "disclosure_needs"]

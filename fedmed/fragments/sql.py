@@ -1,0 +1,1598 @@
+"""Compile a request's node table into ONE DuckDB SQL query, with pandas semantics.
+
+The pandas evaluator (``fedmed/server/evaluate.py``) computes each node as a
+pandas object; this compiler writes each node as SQL over the fragment's
+rows instead, so that DuckDB can scan Parquet, CSV or a database table out
+of core in a single pass:
+
+- a *table* (the fragment, a filtered fragment, an elementwise result over a
+  table) is a set of columns over a subset of rows;
+- a *column* is one SQL expression over the base rows, plus the subset of rows
+  it has (pandas' index): ``Rows`` is a boolean SQL condition and the
+  ``lineage`` of filter conditions ANDed into it, so that the compiler can
+  tell when one subset contains another (pandas' alignment by row label);
+- a *constant* is a Python value (a ``literal`` node).
+
+Every elementwise node is written once, as a named column of a chain of CTEs
+(``t0`` reads the source, ``t1, t2, ...`` add the columns whose inputs exist
+in the layer below), so a shared subexpression is computed once per row.
+Every aggregate is one or a few aggregate expressions of the final ``SELECT``
+with a ``FILTER (WHERE <rows>)`` clause; all outputs of a request share that
+``SELECT`` and therefore one scan. Missing values are SQL NULLs everywhere:
+NaN read from the source or produced by arithmetic (``0 / 0``) is turned into
+NULL as pandas treats NaN as missing, while infinities stay values.
+
+What a privacy policy asks about a result (``fedmed/server/disclosure.py``:
+rows contributing, rows left out, largest contributions) is computed by
+further aggregates in the same ``SELECT``; see ``SQLDisclosure``.
+
+A node the compiler cannot express raises ``TaskFailed`` naming it; the
+output becomes a ``Failure`` and nothing is ever loaded into memory instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..config import Config
+from ..errors import ServerError, TaskFailed
+from ..expr.node import Node
+from ..expr.rowwise import Column, Elementwise, Filter, Fragment as FragmentNode, Literal, Map
+from ..ops import binary, private
+from ..ops.columns import COLUMNS
+from ..server.evaluate import Failure, _bounded
+
+# -- kinds of values -----------------------------------------------------------------------
+
+INT, FLOAT, BOOL, STR, OTHER = "int", "float", "bool", "str", "other"
+NUMERIC = {INT, FLOAT, BOOL}
+#: Kinds of constants that are not column kinds.
+NULL, LIST = "null", "list"
+
+#: Prefix of the messages the query itself raises with ``error(...)``; only those reach the client.
+MARKER = "fedmed: "
+
+#: Most thresholds of one ``count_below`` (and bins of one histogram): the pandas path's ``MAX_BINS``.
+MAX_THRESHOLDS = private.MAX_BINS
+#: Most columns of one ``comoment_matrix`` or ``glm_step`` (the answer grows with their square).
+MAX_COLUMNS = 200
+#: Largest constant (characters of text, elements of a list) made from constants in a request.
+MAX_CONSTANT = 100_000
+
+#: Most indicator factors (``x * mask``) whose 0/1-ness an output's disclosure may depend on;
+#: each doubles the number of disclosure aggregates.
+MAX_FLAGS = 4
+
+FLOAT_NAN = "CAST(NULL AS DOUBLE)"
+FLOAT_INF = "CAST('inf' AS DOUBLE)"
+FLOAT_NINF = "CAST('-inf' AS DOUBLE)"
+FLOAT_ONE = "CAST(1 AS DOUBLE)"
+FLOAT_ZERO = "CAST(0 AS DOUBLE)"
+FLOAT_HALF = "CAST(0.5 AS DOUBLE)"
+NAN_LITERAL = "CAST('nan' AS DOUBLE)"
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def quote_string(text: str) -> str:
+    if "\x00" in text:
+        raise TaskFailed("text values may not contain NUL characters")
+    return "'" + text.replace("'", "''") + "'"
+
+
+def float_literal(value: float) -> str:
+    if math.isnan(value):
+        return FLOAT_NAN  # pandas: NaN is missing
+    return f"CAST('{float(value)!r}' AS DOUBLE)"  # parsed from text: exact, never a DECIMAL
+
+
+def literal(value: Any) -> str:
+    """A Python constant as SQL (NaN as NULL: pandas treats it as missing)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, (bool, np.bool_)):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, np.integer)):
+        value = int(value)
+        if not -(2**63) <= value < 2**63:
+            raise TaskFailed("integer constants must fit in 64 bits")
+        return f"CAST({value} AS BIGINT)"
+    if isinstance(value, (float, np.floating)):
+        return float_literal(float(value))
+    if isinstance(value, str):
+        return quote_string(value)
+    raise TaskFailed(f"a constant of type {type(value).__name__} is not supported by this fragment")
+
+
+def constant_kind(value: Any) -> str:
+    if value is None:
+        return NULL
+    if isinstance(value, (bool, np.bool_)):
+        return BOOL
+    if isinstance(value, (int, np.integer)):
+        return INT
+    if isinstance(value, (float, np.floating)):
+        return FLOAT
+    if isinstance(value, str):
+        return STR
+    if isinstance(value, (list, tuple)):
+        return LIST
+    return OTHER
+
+
+def kind_of_type(sql_type: str) -> str:
+    """The kind of a DuckDB column type (as ``DESCRIBE`` writes it)."""
+    t = sql_type.upper()
+    if t == "BOOLEAN":
+        return BOOL
+    if t in ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+             "UBIGINT", "UHUGEINT"):
+        return INT
+    if t in ("FLOAT", "REAL", "DOUBLE", "NULL", '"NULL"') or t.startswith("DECIMAL"):
+        return FLOAT  # a column of nothing but missing values (type NULL) behaves as missing floats
+    if t == "VARCHAR" or t.startswith("ENUM"):
+        return STR
+    return OTHER
+
+
+def read_expression(name: str, sql_type: str) -> str:
+    """How layer ``t0`` reads a source column: NaN as NULL, small integers widened, categories as text."""
+    column = quote_identifier(name)
+    t = sql_type.upper()
+    kind = kind_of_type(sql_type)
+    if kind == FLOAT:
+        return f"nullif(CAST({column} AS DOUBLE), {NAN_LITERAL})"
+    if kind == INT and t not in ("HUGEINT", "UBIGINT", "UHUGEINT"):
+        return f"CAST({column} AS BIGINT)"
+    if t.startswith("ENUM"):
+        return f"CAST({column} AS VARCHAR)"
+    return column
+
+
+@dataclass(frozen=True)
+class SourceColumn:
+    """A column of the fragment's source: its name, DuckDB type, alias in ``t0`` and kind."""
+
+    name: str
+    type: str
+    alias: str
+
+    @property
+    def kind(self) -> str:
+        return kind_of_type(self.type)
+
+    @property
+    def untyped(self) -> bool:
+        return self.type.upper().strip('"') == "NULL"
+
+    @property
+    def expression(self) -> str:
+        return read_expression(self.name, self.type)
+
+
+# -- values of nodes --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A subset of the fragment's rows: ``cond`` holds for them; ``lineage`` names the filters behind it.
+
+    A subset whose lineage is contained in another's lineage contains that
+    subset's rows: this is how the compiler follows pandas' row labels.
+    """
+
+    cond: str
+    level: int = 0
+    lineage: frozenset = frozenset()
+
+    def contains(self, other: "Rows") -> bool:
+        return self.lineage <= other.lineage
+
+
+ALL = Rows("TRUE")
+
+
+@dataclass(frozen=True)
+class Col:
+    """A column: ``sql`` (valid from CTE layer ``level`` on) over the rows ``rows``.
+
+    ``nullable`` marks pandas' extension dtypes (``Int64``, ``boolean``,
+    ``string``, made by ``astype``): comparisons keep their missing values missing.
+    """
+
+    sql: str
+    level: int
+    rows: Rows
+    kind: str
+    nullable: bool = False
+    untyped: bool = False  # a source column of type NULL (nothing but missing values)
+
+    @property
+    def depth(self) -> int:
+        """The layer from which both the value and its rows condition exist."""
+        return max(self.level, self.rows.level)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Named columns over one subset of rows."""
+
+    columns: Mapping[str, Col]
+    rows: Rows
+
+    def with_rows(self, rows: Rows) -> "Table":
+        return Table({n: replace(c, rows=rows) for n, c in self.columns.items()}, rows)
+
+
+@dataclass(frozen=True)
+class Const:
+    """A constant (a ``literal`` node, or elementwise work on constants only)."""
+
+    value: Any
+
+    @property
+    def kind(self) -> str:
+        return constant_kind(self.value)
+
+
+Value = Any  # Col | Table | Const | Failure
+
+
+def _and(*parts: str) -> str:
+    kept = [p for p in dict.fromkeys(parts) if p != "TRUE"]
+    if "FALSE" in kept:
+        return "FALSE"
+    if not kept:
+        return "TRUE"
+    return kept[0] if len(kept) == 1 else "(" + " AND ".join(kept) + ")"
+
+
+def _or(*parts: str) -> str:
+    kept = [p for p in dict.fromkeys(parts) if p != "FALSE"]
+    if "TRUE" in kept:
+        return "TRUE"
+    if not kept:
+        return "FALSE"
+    return kept[0] if len(kept) == 1 else "(" + " OR ".join(kept) + ")"
+
+
+def _not(part: str) -> str:
+    return {"TRUE": "FALSE", "FALSE": "TRUE"}.get(part, f"(NOT {part})")
+
+
+def _filter(cond: str) -> str:
+    return "" if cond == "TRUE" else f" FILTER (WHERE {cond})"
+
+
+def _nan_null(expr: str) -> str:
+    return f"nullif({expr}, {NAN_LITERAL})"
+
+
+#: A column name the compiler made (``s3``, ``n12``...); found in expressions to know which
+#: columns a layer must pass on (a name inside a text literal only keeps a column a little longer).
+ALIAS = re.compile(r"\b[a-z][0-9]+\b")
+
+
+# -- the query under construction -------------------------------------------------------------
+
+
+class Query:
+    """CTE layers of named columns and the aggregate expressions of the final ``SELECT``."""
+
+    def __init__(self, source: str, columns: Sequence[SourceColumn]) -> None:
+        self.source = source
+        self.columns = list(columns)
+        self.layers: list[list[tuple[str, str]]] = [[]]
+        self._named: dict[str, tuple[str, int]] = {}
+        self.selects: list[str] = []
+        self._selected: dict[str, int] = {}
+
+    def name(self, expr: str, level: int, prefix: str = "n") -> tuple[str, int]:
+        """``expr`` (reading columns of layers up to ``level``) as a named column of layer ``level + 1``."""
+        if expr in ("TRUE", "FALSE", "NULL"):
+            return expr, 0
+        known = self._named.get(expr)
+        if known is not None:
+            return known
+        alias = f"{prefix}{sum(len(layer) for layer in self.layers)}"
+        while len(self.layers) <= level + 1:
+            self.layers.append([])
+        self.layers[level + 1].append((alias, expr))
+        self._named[expr] = (alias, level + 1)
+        return alias, level + 1
+
+    def select(self, expr: str) -> int:
+        """Index of the aggregate ``expr`` in the result row (equal expressions are computed once)."""
+        if expr not in self._selected:
+            self._selected[expr] = len(self.selects)
+            self.selects.append(expr)
+        return self._selected[expr]
+
+    def sql(self) -> str:
+        """The query. Each layer passes on only the columns used further up, so that a deep
+        expression costs DuckDB linear work (``SELECT *`` at every layer would be quadratic)."""
+        final = len(self.layers)
+        last_use: dict[str, int] = {}
+        for level, layer in enumerate(self.layers):
+            for _, expr in layer:
+                for alias in ALIAS.findall(expr):
+                    last_use[alias] = level
+        for expr in self.selects:
+            for alias in ALIAS.findall(expr):
+                last_use[alias] = final
+        defined = [(c.alias, 0) for c in self.columns]
+        read = ", ".join(f"{c.expression} AS {c.alias}" for c in self.columns) or "1 AS _row"
+        ctes = [f"t0 AS (SELECT {read} FROM {self.source})"]
+        previous = "t0"
+        for level, layer in enumerate(self.layers[1:], 1):
+            if not layer:
+                continue
+            kept = [alias for alias, at in defined if last_use.get(alias, -1) > level]
+            columns = kept + [f"{expr} AS {alias}" for alias, expr in layer]
+            ctes.append(f"t{level} AS (SELECT {', '.join(columns)} FROM {previous})")
+            defined = [(alias, at) for alias, at in defined if last_use.get(alias, -1) > level]
+            defined += [(alias, level) for alias, _ in layer]
+            previous = f"t{level}"
+        return f"WITH {', '.join(ctes)}\nSELECT {', '.join(self.selects)} FROM {previous}"
+
+
+# -- elementwise operations ----------------------------------------------------------------------
+
+#: The built-in elementwise functions this compiler writes in SQL, by identity of the
+#: function the server's config names (a custom function under a built-in name is refused).
+ELEMENTWISE: dict[Any, str] = {
+    binary.add: "add", binary.sub: "sub", binary.mul: "mul", binary.truediv: "truediv",
+    binary.floordiv: "floordiv", binary.mod: "mod", binary.pow: "pow", binary.neg: "neg",
+    binary.abs: "abs", binary.eq: "eq", binary.ne: "ne", binary.lt: "lt", binary.le: "le",
+    binary.gt: "gt", binary.ge: "ge", binary.and_: "and", binary.or_: "or", binary.invert: "invert",
+    binary.isna: "isna", binary.notna: "notna", binary.fillna: "fillna", binary.isin: "isin",
+    binary.clip: "clip", binary.log: "log", binary.exp: "exp", binary.sqrt: "sqrt",
+    binary.round: "round", binary.astype: "astype", binary.dummy: "dummy",
+}
+
+#: Number of operands each operation takes (min, max).
+ARITY = {
+    **{op: (2, 2) for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "eq", "ne", "lt", "le",
+                             "gt", "ge", "and", "or", "fillna", "isin", "astype", "dummy")},
+    **{op: (1, 1) for op in ("neg", "abs", "invert", "isna", "notna", "log", "exp", "sqrt")},
+    "clip": (1, 3), "round": (1, 2),
+}
+
+SYMBOL = {"add": "+", "sub": "-", "mul": "*", "eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+PYTHON_SYMBOL = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+COMPARISONS = {"eq", "ne", "lt", "le", "gt", "ge"}
+
+#: The built-in aggregates this compiler writes in SQL, by identity of their map function.
+AGGREGATES: dict[Any, str] = {
+    private.len: "len", private.count: "count", private.sum: "sum", private.sqsum: "sqsum",
+    private.min: "min", private.max: "max", private.set: "set", private.value_counts: "value_counts",
+    private.histogram: "histogram", private.crosstab: "crosstab", private.moments: "moments",
+    private.comoments: "comoments", private.comoment_matrix: "comoment_matrix",
+    private.count_below: "count_below", private.glm_step: "glm_step",
+}
+
+
+#: Arguments after the value that each aggregate takes (min, max).
+EXTRA_ARGUMENTS = {"histogram": (1, 2), "count_below": (1, 1), "crosstab": (1, 1), "comoments": (1, 1),
+                   "comoment_matrix": (0, 10_000), "glm_step": (3, 10_000)}
+
+
+@dataclass(frozen=True)
+class Operand:
+    """One operand of an elementwise operation, aligned to the result's rows."""
+
+    sql: str
+    kind: str
+    nullable: bool = False
+    const: Any = None
+    is_const: bool = False
+
+    @property
+    def double(self) -> str:
+        return self.sql if self.kind == FLOAT else f"CAST({self.sql} AS DOUBLE)"
+
+    @property
+    def bigint(self) -> str:
+        return f"CAST({self.sql} AS BIGINT)" if self.kind == BOOL else self.sql
+
+
+def _describe_kind(kind: str) -> str:
+    return {INT: "int", FLOAT: "float", BOOL: "bool", STR: "str", NULL: "NoneType", LIST: "list"}.get(kind, kind)
+
+
+# -- what a policy learns about a result --------------------------------------------------------
+
+
+class ValueCounts:
+    """Stands for a map's input where a policy asks only for its counts per value (``set``/``unique``)."""
+
+    def __init__(self, counts: Mapping[Any, int]) -> None:
+        self._counts = dict(counts)
+
+    def value_counts(self) -> dict[Any, int]:
+        return dict(self._counts)
+
+
+class Contributions:
+    """The largest absolute contributions of the used rows (largest first) and totals over all of them.
+
+    Answers what the dominance rule does with ``Disclosure.contributions()``:
+    ``terms[:n].sum()``, ``terms.sum()`` and ``terms ** 2``.
+    """
+
+    def __init__(self, top: Sequence[float], total: float, squares: float | None, count: int) -> None:
+        self.top = np.asarray(sorted((float(v) for v in top), reverse=True), dtype=float)
+        self.total = float(total)
+        self.squares = squares
+        self.count = int(count)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, key: Any) -> Any:
+        stop = key.stop if isinstance(key, slice) else (key + 1 if isinstance(key, int) and key >= 0 else None)
+        if (stop is None or stop > len(self.top)) and self.count > len(self.top):
+            raise TaskFailed(f"this fragment reports only the {len(self.top)} largest contributions")
+        return self.top[key]
+
+    def sum(self) -> float:
+        return self.total
+
+    def __pow__(self, power: Any) -> "Contributions":
+        if power != 2 or self.squares is None:
+            raise TaskFailed("this fragment reports contributions and their squares only")
+        return Contributions(self.top**2, self.squares, None, self.count)
+
+    def __repr__(self) -> str:
+        return f"Contributions(top={self.top.tolist()}, total={self.total!r}, count={self.count})"
+
+
+class SQLDisclosure:
+    """What a map result discloses, answered from aggregates computed in the same SQL query.
+
+    The same methods as ``fedmed.server.disclosure.Disclosure`` and the same
+    rules (filters, masks used as factors, missing and zeroed terms), but no
+    row-level data: ``inputs`` is only available for ``set``/``unique``
+    (counts per value), and ``used`` (a row mask) not at all.
+    """
+
+    def __init__(self, op: str, rows: int, counts: Mapping[str, int] | None, contributions: Contributions | None,
+                 value_counts: Mapping[Any, int] | None = None, unavailable: str | None = None) -> None:
+        self.op = op
+        self._rows = int(rows)
+        self._counts = counts
+        self._contributions = contributions
+        self._value_counts = value_counts
+        self._unavailable = unavailable
+
+    @property
+    def rows(self) -> int:
+        """Rows of the fragment."""
+        return self._rows
+
+    def _count(self, key: str) -> int:
+        if self._counts is None:
+            raise TaskFailed(self._unavailable or "this fragment cannot report the rows behind this result")
+        return int(self._counts[key])
+
+    def contributing(self, additive: bool = False) -> int:
+        """Rows that contributed; for an additive aggregate (a sum) any zero term contributes nothing."""
+        return self._count("additive" if additive else "used")
+
+    def complement(self, terms: bool = True) -> int:
+        """Rows with raw values that the query left out: by its filters, and with ``terms`` by its arithmetic."""
+        return self._count("left_out" if terms else "filtered_out")
+
+    def contributions(self) -> Contributions:
+        """Absolute contributions of the used rows, largest first (the top ones and the totals)."""
+        if self._contributions is None:
+            raise TaskFailed(self._unavailable or f"this fragment cannot report the contributions behind {self.op}")
+        return self._contributions
+
+    @property
+    def inputs(self) -> list[Any]:
+        if self._value_counts is not None:
+            return [ValueCounts(self._value_counts)]
+        raise TaskFailed(
+            f"this fragment cannot hand the row values behind {self.op} to a privacy policy "
+            "(out-of-core data is never loaded; a policy that clips or inspects values, such as Noise on sums, "
+            "needs an in-memory fragment)"
+        )
+
+    @property
+    def used(self) -> Any:
+        raise TaskFailed("this fragment cannot hand out row-level masks to a privacy policy")
+
+
+# -- the compiler ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Output:
+    """How to read one map output (and its disclosure) from the result row."""
+
+    read: Callable[[tuple], Any]
+    disclosure: Callable[[tuple], Any] | None = None
+
+
+@dataclass
+class Program:
+    """One query for a request's outputs: ``sql`` (None when no output needs one) and how to read each output."""
+
+    sql: str | None
+    outputs: dict[int, "Output | Failure"] = field(default_factory=dict)
+
+    def read(self, position: int, row: tuple | None) -> tuple[Any, Any]:
+        output = self.outputs[position]
+        if isinstance(output, Failure):
+            return output, None
+        assert row is not None
+        value = output.read(row)
+        return value, output.disclosure(row) if output.disclosure is not None else None
+
+
+@dataclass
+class _NodeRows:
+    """Per node, what ``Disclosure._rows`` computes: selection atoms, raw values present, some raw value non-zero."""
+
+    atoms: frozenset
+    present: str
+    present_level: int
+    nonzero: str
+    nonzero_level: int
+
+
+class Compiler:
+    """Compiles the outputs of one request over one fragment into a ``Program``.
+
+    ``disclosure`` is ``"none"`` (no policy needs it), or ``"full"``;
+    ``top`` is how many of the largest contributions to report;
+    """
+
+    def __init__(self, source: str, columns: Sequence[SourceColumn], config: Config, *,
+                 disclosure: str = "none", top: int = 10) -> None:
+        self.query = Query(source, columns)
+        self.config = config
+        self.disclosure = disclosure
+        self.top = int(top)
+        self.fragment = Table({c.name: Col(c.alias, 0, ALL, c.kind, untyped=c.untyped) for c in columns}, ALL)
+        self.rows_index = self.query.select("count(*)")
+        # disclosure bookkeeping
+        self._atoms: list[tuple[str, int, int | None]] = []  # (condition, level, flag)
+        self._atom_index: dict[tuple[str, int | None], int] = {}
+        self._flags: list[int] = []  # select index of each indicator flag
+        self._flag_index: dict[str, int] = {}
+        self._rows_by_node: dict[int, _NodeRows] = {}
+
+    # -- driver ----------------------------------------------------------------------------------
+    def compile(self, nodes: Sequence[Node], outputs: Sequence[int]) -> Program:
+        position = {id(node): i for i, node in enumerate(nodes)}
+        needed = _needed(nodes, outputs, position)
+        values: dict[int, Value] = {}
+        program = Program(None)
+        for i in sorted(needed):
+            node = nodes[i]
+            args = [values[position[id(child)]] for child in node.children]
+            failed = next((a for a in args if isinstance(a, Failure)), None)
+            if failed is not None:
+                values[i] = failed
+                continue
+            try:
+                values[i] = self._visit(node, args)
+            except ServerError as exc:
+                values[i] = Failure(exc)
+            except Exception as exc:  # a bug or an unexpected value: typed and data-free
+                values[i] = Failure(TaskFailed(f"{node.kind} {getattr(node, 'op', '')} cannot be compiled to SQL: "
+                                               f"{type(exc).__name__}"))
+        by_node = {id(nodes[i]): v for i, v in values.items()}
+        for o in dict.fromkeys(outputs):
+            value = values[o]
+            if isinstance(value, Failure):
+                program.outputs[o] = value
+                continue
+            output: Output = value
+            if self.disclosure != "none":
+                try:
+                    output.disclosure = self._disclose(nodes[o], by_node)  # type: ignore[arg-type]
+                except Exception as exc:  # the policies will refuse the result, saying why
+                    reason = exc.message if isinstance(exc, ServerError) else \
+                        "this fragment cannot report the rows behind this result"
+                    output.disclosure = _unavailable(nodes[o].op, self.rows_index, reason)  # type: ignore[attr-defined]
+            program.outputs[o] = output
+        if any(not isinstance(v, Failure) for v in program.outputs.values()):
+            program.sql = self.query.sql()
+        return program
+
+    def _visit(self, node: Node, args: list[Value]) -> Value:
+        if any(isinstance(a, Output) for a in args):
+            raise TaskFailed("an aggregate used inside another expression is not supported by this fragment")
+        if isinstance(node, FragmentNode):
+            return self.fragment
+        if isinstance(node, Column):
+            (table,) = args
+            if isinstance(table, Table):
+                if node.name in table.columns:
+                    return table.columns[node.name]
+                raise TaskFailed(f"no column {node.name!r}")
+            raise TaskFailed(f"cannot select column {node.name!r}: the value has no columns")
+        if isinstance(node, Literal):
+            return Const(node.value)
+        if isinstance(node, Elementwise):
+            fn = self.config.elementwise[node.op]
+            op = ELEMENTWISE.get(fn)
+            if op is None:
+                raise TaskFailed(f"this fragment cannot run the elementwise operation {node.op!r} in SQL "
+                                 f"(the server's config maps it to {_name(fn)})")
+            return self._elementwise(op, fn, args)
+        if isinstance(node, Filter):
+            return self._filter(*args)
+        if isinstance(node, Map):
+            fn = self.config.aggregates[node.op].map
+            op = AGGREGATES.get(fn)
+            if op is None:
+                raise TaskFailed(f"this fragment cannot compute the aggregate {node.op!r} in SQL "
+                                 f"(the server's config maps it to {_name(fn)})")
+            return self._map(op, node.op, args)
+        raise TaskFailed(f"this fragment cannot compile a {node.kind} node")
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _column(self, expr: str, level: int, rows: Rows, kind: str, nullable: bool = False) -> Col:
+        alias, at = self.query.name(expr, level)
+        return Col(alias, at, rows, kind, nullable)
+
+    def _align(self, op: str, cols: Sequence[Col], mode: str) -> tuple[Rows, list[str]]:
+        """The rows of a result over ``cols`` and each column's SQL on them (pandas' alignment by label).
+
+        ``mode``: ``"same"`` (comparisons: pandas refuses unequal labels), ``"union"`` (arithmetic:
+        missing where an operand has no row), ``"logical"`` (``&``, ``|``: false where it has none).
+        """
+        if not cols:
+            return ALL, []
+        first = cols[0].rows
+        if all(c.rows.lineage == first.lineage for c in cols):
+            return first, [c.sql for c in cols]
+        if mode == "same":
+            raise TaskFailed("Can only compare identically-labeled Series objects")
+        widest = next((c.rows for c in cols if all(c.rows.contains(o.rows) for o in cols)), None)
+        if widest is None:
+            raise TaskFailed(f"{op}: the operands come from different row filters, which this fragment cannot align")
+        fill = "FALSE" if mode == "logical" else "NULL"
+        return widest, [
+            c.sql if c.rows.lineage == widest.lineage else f"(CASE WHEN {c.rows.cond} THEN {c.sql} ELSE {fill} END)"
+            for c in cols
+        ]
+
+    def _operands(self, op: str, args: Sequence[Value], mode: str = "union") -> tuple[Rows, list[Operand], int]:
+        for a in args:
+            if isinstance(a, Const) and a.kind == LIST:
+                raise TaskFailed(f"{op}: a list used as a column (one value per row, by position) "
+                                 "is not supported by this fragment")
+            if isinstance(a, Const) and a.kind == OTHER:
+                raise TaskFailed(f"{op}: constants of type {type(a.value).__name__} are not supported")
+        cols = [a for a in args if isinstance(a, Col)]
+        rows, sqls = self._align(op, cols, mode)
+        aligned = iter(sqls)
+        operands = [
+            Operand(next(aligned), a.kind, a.nullable) if isinstance(a, Col)
+            else Operand(literal(a.value), a.kind, False, a.value, True)
+            for a in args
+        ]
+        level = max([c.depth for c in cols], default=0)
+        return rows, operands, level
+
+    # -- elementwise ---------------------------------------------------------------------------------
+    def _elementwise(self, op: str, fn: Callable[..., Any], args: list[Value]) -> Value:
+        low, high = ARITY[op]
+        if not low <= len(args) <= high:
+            raise TaskFailed(f"elementwise {op} takes {low}{'' if low == high else f' to {high}'} operands, "
+                             f"not {len(args)}")
+        if all(isinstance(a, Const) for a in args):
+            return self._constant(op, fn, args)
+        tables = [a for a in args if isinstance(a, Table)]
+        if tables:
+            if any(isinstance(a, Col) for a in args):
+                raise TaskFailed(f"{op}: combining a table with a column (pandas aligns them by column name) "
+                                 "is not supported by this fragment")
+            names = list(tables[0].columns)
+            if any(list(t.columns) != names or t.rows.lineage != tables[0].rows.lineage for t in tables):
+                raise TaskFailed(f"{op}: the tables have different columns or rows")
+            return Table(
+                {n: self._elementwise(op, fn, [a.columns[n] if isinstance(a, Table) else a for a in args])
+                 for n in names},
+                tables[0].rows,
+            )
+        if not isinstance(args[0], Col) and op in ("isna", "notna", "fillna", "isin", "clip", "round", "astype",
+                                                   "dummy", "log", "exp", "sqrt"):
+            raise TaskFailed(f"{op} needs a column as its first operand")
+        return getattr(self, f"_op_{op}")(*args)
+
+    def _constant(self, op: str, fn: Callable[..., Any], args: list[Value]) -> Const:
+        """Work on constants only: computed by the configured function itself (numpy scalars, bounded)."""
+        try:
+            with np.errstate(all="ignore"):
+                value = fn(*_bounded(op, [a.value for a in args]))
+        except ServerError:
+            raise
+        except Exception as exc:
+            raise TaskFailed(f"elementwise {op} failed: {type(exc).__name__}: {exc}"[:300]) from None
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, (np.ndarray, pd.Series, pd.DataFrame)):
+            raise TaskFailed(f"elementwise {op} of constants gave an array, which this fragment does not support")
+        if isinstance(value, (str, list, tuple)) and len(value) > MAX_CONSTANT:
+            raise TaskFailed(f"elementwise {op} of constants gave a constant of more than {MAX_CONSTANT:,} elements")
+        return Const(value)
+
+    def _arithmetic(self, op: str, a: Value, b: Value) -> Col:
+        rows, (x, y), level = self._operands(op, [a, b])
+        kinds = {x.kind, y.kind}
+        nullable = x.nullable or y.nullable
+        if NULL in kinds:
+            raise TaskFailed(f"unsupported operand type(s) for {op}: None")
+        if OTHER in kinds:
+            raise TaskFailed(f"{op} is not supported for values of this type by this fragment")
+        if STR in kinds:
+            if op == "add" and kinds == {STR}:
+                return self._column(f"({x.sql} || {y.sql})", level, rows, STR, nullable)
+            if op == "mul":
+                raise TaskFailed(f"{op} is not defined for text values")
+            raise TaskFailed(f"unsupported operand type(s) for {op}: text")
+        if kinds == {BOOL}:
+            if op == "sub":
+                raise TaskFailed("numpy boolean subtract, the `-` operator, is not supported")
+            logic = "OR" if op == "add" else "AND"
+            return self._column(f"({x.sql} {logic} {y.sql})", level, rows, BOOL, nullable)
+        if FLOAT in kinds:
+            return self._column(_nan_null(f"({x.double} {SYMBOL[op]} {y.double})"), level, rows, FLOAT, nullable)
+        return self._column(f"({x.bigint} {SYMBOL[op]} {y.bigint})", level, rows, INT, nullable)
+
+    def _op_add(self, a: Value, b: Value) -> Col:
+        return self._arithmetic("add", a, b)
+
+    def _op_sub(self, a: Value, b: Value) -> Col:
+        return self._arithmetic("sub", a, b)
+
+    def _op_mul(self, a: Value, b: Value) -> Col:
+        return self._arithmetic("mul", a, b)
+
+    def _numeric(self, op: str, operands: Sequence[Operand], repeating: bool = False) -> None:
+        for x in operands:
+            if x.kind == STR:
+                raise TaskFailed(f"{op} is not defined for text values" if repeating
+                                 else f"unsupported operand type(s) for {op}: text")
+            if x.kind == NULL:
+                raise TaskFailed(f"unsupported operand type(s) for {op}: None")
+            if x.kind not in NUMERIC:
+                raise TaskFailed(f"{op} is not supported for values of this type by this fragment")
+
+    @staticmethod
+    def _by_zero(a: str, b: str) -> str:
+        """``a / b`` where ``b`` is zero, as IEEE floats: ±inf, or missing for ``0 / 0``."""
+        return (f"(CASE WHEN {a} > 0 THEN (CASE WHEN signbit({b}) THEN {FLOAT_NINF} ELSE {FLOAT_INF} END) "
+                f"WHEN {a} < 0 THEN (CASE WHEN signbit({b}) THEN {FLOAT_INF} ELSE {FLOAT_NINF} END) END)")
+
+    def _op_truediv(self, a: Value, b: Value) -> Col:
+        rows, (x, y), level = self._operands("truediv", [a, b])
+        self._numeric("truediv", [x, y])
+        num, den = x.double, y.double
+        if y.is_const:
+            expr = self._by_zero(num, den) if y.const == 0 else f"({num} / {den})"
+        else:
+            expr = f"(CASE WHEN {den} = 0 THEN {self._by_zero(num, den)} ELSE {num} / {den} END)"
+        return self._column(_nan_null(expr), level, rows, FLOAT, x.nullable or y.nullable)
+
+    def _op_floordiv(self, a: Value, b: Value) -> Col:
+        rows, (x, y), level = self._operands("floordiv", [a, b])
+        self._numeric("floordiv", [x, y], repeating=True)
+        nullable = x.nullable or y.nullable
+        if FLOAT not in (x.kind, y.kind):
+            # Python's floor division of integers: truncate, then step down when the signs differ
+            p, q = x.bigint, y.bigint
+            floor = (f"(({p} // {q}) - (CASE WHEN ({p} % {q} <> 0) AND (({p} < 0) <> ({q} < 0)) "
+                     "THEN 1 ELSE 0 END))")
+            if y.is_const and y.const != 0:
+                return self._column(floor, level, rows, INT, nullable)
+            zero = _nan_null(self._by_zero(x.double, y.double))
+            if y.is_const:
+                return self._column(zero, level, rows, FLOAT, nullable)
+            return self._column(f"(CASE WHEN {q} = 0 THEN {zero} ELSE {floor} END)", level, rows, FLOAT, nullable)
+        # numpy's npy_divmod for floats, step by step
+        p, q = x.double, y.double
+        mod, at = self.query.name(f"(CASE WHEN {q} <> 0 THEN fmod({p}, {q}) END)", level)
+        div, at = self.query.name(
+            f"(CASE WHEN {q} <> 0 THEN (({p} - {mod}) / {q}) - "
+            f"(CASE WHEN {mod} <> 0 AND (({q} < 0) <> ({mod} < 0)) THEN 1 ELSE 0 END) END)", at
+        )
+        floor = (f"(CASE WHEN {q} = 0 THEN {self._by_zero(p, q)} WHEN {div} IS NULL THEN {FLOAT_NAN} "
+                 f"WHEN {div} <> 0 THEN (CASE WHEN {div} - floor({div}) > {FLOAT_HALF} THEN floor({div}) + 1 "
+                 f"ELSE floor({div}) END) ELSE {FLOAT_ZERO} END)")
+        return self._column(_nan_null(floor), at, rows, FLOAT, nullable)
+
+    def _op_mod(self, a: Value, b: Value) -> Col:
+        rows, (x, y), level = self._operands("mod", [a, b])
+        self._numeric("mod", [x, y], repeating=True)
+        nullable = x.nullable or y.nullable
+        if FLOAT not in (x.kind, y.kind):
+            p, q = x.bigint, y.bigint
+            rem, at = self.query.name(f"(CASE WHEN {q} <> 0 THEN {p} % {q} END)", level)
+            python = f"(CASE WHEN {rem} <> 0 AND (({rem} < 0) <> ({q} < 0)) THEN {rem} + {q} ELSE {rem} END)"
+            if y.is_const and y.const != 0:
+                return self._column(python, at, rows, INT, nullable)
+            # pandas gives floats (NaN) once a divisor is 0: as floordiv, a column divisor gives floats
+            return self._column(f"CAST({python} AS DOUBLE)", at, rows, FLOAT, nullable)
+        p, q = x.double, y.double
+        mod, at = self.query.name(f"(CASE WHEN {q} <> 0 THEN fmod({p}, {q}) END)", level)
+        python = f"(CASE WHEN {mod} <> 0 AND (({q} < 0) <> ({mod} < 0)) THEN {mod} + {q} ELSE {mod} END)"
+        return self._column(_nan_null(python), at, rows, FLOAT, nullable)
+
+    def _op_pow(self, a: Value, b: Value) -> Col:
+        rows, (x, y), level = self._operands("pow", [a, b])
+        self._numeric("pow", [x, y], repeating=True)
+        nullable = x.nullable or y.nullable
+        if FLOAT not in (x.kind, y.kind):
+            base, exponent = x.bigint, y.bigint
+            power = f"CAST(pow({base}, {exponent}) AS BIGINT)"
+            if y.is_const:
+                if y.const < 0:
+                    raise TaskFailed("Integers to negative integer powers are not allowed.")
+                return self._column(power, level, rows, INT, nullable)
+            guarded = (f"(CASE WHEN {exponent} < 0 THEN "
+                       f"error('{MARKER}Integers to negative integer powers are not allowed.') ELSE {power} END)")
+            return self._column(guarded, level, rows, INT, nullable)
+        base, exponent = x.double, y.double
+        # numpy: x ** 0 and 1 ** y are 1 even for missing x or y
+        expr = (f"(CASE WHEN {exponent} = 0 THEN {FLOAT_ONE} WHEN {base} = 1 THEN {FLOAT_ONE} "
+                f"WHEN {base} = 0 AND {exponent} < 0 THEN {FLOAT_INF} "
+                f"WHEN {base} < 0 AND {exponent} <> trunc({exponent}) THEN {FLOAT_NAN} "
+                f"ELSE pow({base}, {exponent}) END)")
+        return self._column(_nan_null(expr), level, rows, FLOAT, nullable)
+
+    def _op_neg(self, a: Col) -> Col:
+        rows, (x,), level = self._operands("neg", [a])
+        if x.kind == BOOL:
+            return self._column(f"(NOT {x.sql})", level, rows, BOOL, x.nullable)
+        self._numeric("neg", [x])
+        return self._column(f"(-{x.sql})", level, rows, x.kind, x.nullable)
+
+    def _op_abs(self, a: Col) -> Col:
+        rows, (x,), level = self._operands("abs", [a])
+        if x.kind == BOOL:
+            return a
+        self._numeric("abs", [x])
+        return self._column(f"abs({x.sql})", level, rows, x.kind, x.nullable)
+
+    def _op_invert(self, a: Col) -> Col:
+        rows, (x,), level = self._operands("invert", [a])
+        if x.kind == BOOL:
+            return self._column(f"(NOT {x.sql})", level, rows, BOOL, x.nullable)
+        if x.kind == INT:
+            return self._column(f"(~{x.sql})", level, rows, INT, x.nullable)
+        raise TaskFailed(f"bad operand type for unary ~: '{_describe_kind(x.kind)}'")
+
+    def _compare(self, op: str, a: Value, b: Value) -> Col:
+        rows, (x, y), level = self._operands(op, [a, b], mode="same")
+        kinds = {x.kind, y.kind}
+        nullable = x.nullable or y.nullable
+        if OTHER in kinds:
+            raise TaskFailed(f"{op} is not supported for values of this type by this fragment")
+        if NULL in kinds:  # pandas: comparing with a missing scalar is False (True for !=)
+            return Col("TRUE" if op == "ne" else "FALSE", 0, rows, BOOL)
+        if STR in kinds and kinds != {STR}:
+            if op in ("eq", "ne"):
+                return Col("TRUE" if op == "ne" else "FALSE", 0, rows, BOOL)
+            other = (kinds - {STR}).pop()
+            raise TaskFailed(f"'{PYTHON_SYMBOL[op]}' not supported between instances of 'str' and "
+                             f"'{_describe_kind(other)}'")
+        if kinds == {STR} or kinds == {BOOL}:
+            expr = f"({x.sql} {SYMBOL[op]} {y.sql})"
+        else:
+            expr = f"({x.bigint} {SYMBOL[op]} {y.bigint})"
+        if not nullable:
+            expr = f"coalesce({expr}, {'TRUE' if op == 'ne' else 'FALSE'})"
+        return self._column(expr, level, rows, BOOL, nullable)
+
+    def _op_eq(self, a: Value, b: Value) -> Col:
+        return self._compare("eq", a, b)
+
+    def _op_ne(self, a: Value, b: Value) -> Col:
+        return self._compare("ne", a, b)
+
+    def _op_lt(self, a: Value, b: Value) -> Col:
+        return self._compare("lt", a, b)
+
+    def _op_le(self, a: Value, b: Value) -> Col:
+        return self._compare("le", a, b)
+
+    def _op_gt(self, a: Value, b: Value) -> Col:
+        return self._compare("gt", a, b)
+
+    def _op_ge(self, a: Value, b: Value) -> Col:
+        return self._compare("ge", a, b)
+
+    def _logical(self, op: str, a: Value, b: Value) -> Col:
+        rows, (x, y), level = self._operands(op, [a, b], mode="logical")
+        kinds = {x.kind, y.kind}
+        nullable = x.nullable or y.nullable
+        if kinds == {BOOL}:
+            return self._column(f"({x.sql} {op.upper()} {y.sql})", level, rows, BOOL, nullable)
+        if kinds <= {BOOL, INT}:
+            return self._column(f"({x.bigint} {'&' if op == 'and' else '|'} {y.bigint})", level, rows, INT, nullable)
+        raise TaskFailed(f"unsupported operand type(s) for {'&' if op == 'and' else '|'}: "
+                         f"'{_describe_kind(x.kind)}' and '{_describe_kind(y.kind)}'")
+
+    def _op_and(self, a: Value, b: Value) -> Col:
+        return self._logical("and", a, b)
+
+    def _op_or(self, a: Value, b: Value) -> Col:
+        return self._logical("or", a, b)
+
+    def _op_isna(self, a: Col) -> Col:
+        return self._column(f"({a.sql} IS NULL)", a.depth, a.rows, BOOL)
+
+    def _op_notna(self, a: Col) -> Col:
+        return self._column(f"({a.sql} IS NOT NULL)", a.depth, a.rows, BOOL)
+
+    def _op_fillna(self, a: Col, value: Value) -> Col:
+        if isinstance(value, Const) and value.kind == NULL:
+            raise TaskFailed("Must specify a fill 'value' or 'method'.")
+        if isinstance(value, Table):
+            raise TaskFailed("fillna with a table is not supported by this fragment")
+        if isinstance(value, Col):  # pandas aligns the filling column to a's rows
+            fill = value.sql if value.rows.contains(a.rows) else f"(CASE WHEN {value.rows.cond} THEN {value.sql} END)"
+            y = Operand(fill, value.kind, value.nullable)
+            level = max(a.depth, value.depth)
+        else:
+            _, (y,), _ = self._operands("fillna", [value])
+            level = a.depth
+        x = Operand(a.sql, a.kind, a.nullable)
+        if a.untyped and y.kind in (INT, FLOAT, BOOL, STR):  # nothing but missing values: all filled
+            return self._column(f"coalesce(NULL, {y.sql})", level, a.rows, y.kind, y.nullable)
+        if x.kind == STR and y.kind == STR or x.kind == BOOL and y.kind == BOOL:
+            return self._column(f"coalesce({x.sql}, {y.sql})", level, a.rows, x.kind, a.nullable)
+        if x.kind in (INT, FLOAT) and y.kind in (INT, FLOAT):
+            if FLOAT in (x.kind, y.kind):
+                return self._column(f"coalesce({x.double}, {y.double})", level, a.rows, FLOAT, a.nullable)
+            return self._column(f"coalesce({x.sql}, {y.sql})", level, a.rows, INT, a.nullable)
+        raise TaskFailed(f"fillna: this fragment cannot mix {_describe_kind(x.kind)} and "
+                         f"{_describe_kind(y.kind)} values in one column")
+
+    def _op_isin(self, a: Col, values: Value) -> Col:
+        if not isinstance(values, Const) or values.kind != LIST:
+            raise TaskFailed("only list-like objects are allowed to be passed to isin()")
+        items = list(values.value)
+        if any(constant_kind(v) in (LIST, OTHER) for v in items):
+            raise TaskFailed("isin: the values must be numbers, text, booleans or None")
+        nan = any(isinstance(v, float) and math.isnan(v) for v in items)
+        none = any(v is None for v in items)
+        x = Operand(a.sql, a.kind, a.nullable)
+        if x.kind in NUMERIC:
+            numbers = [v for v in items if constant_kind(v) in NUMERIC and not (isinstance(v, float) and math.isnan(v))]
+            as_float = x.kind == FLOAT or any(isinstance(v, float) for v in numbers)
+            column = x.double if as_float else x.bigint
+            members = [float_literal(float(v)) if as_float else literal(int(v)) for v in numbers]
+            missing_matches = nan if x.kind in (FLOAT, INT) else none
+        elif x.kind == STR:
+            column = x.sql
+            members = [quote_string(v) for v in items if isinstance(v, str)]
+            missing_matches = none
+        else:
+            raise TaskFailed("isin is not supported for values of this type by this fragment")
+        parts = []
+        if members:
+            parts.append(f"coalesce({column} IN ({', '.join(dict.fromkeys(members))}), FALSE)")
+        if missing_matches:
+            parts.append(f"({x.sql} IS NULL)")
+        return self._column(_or(*parts), a.depth, a.rows, BOOL)
+
+    def _op_clip(self, a: Col, lower: Value = Const(None), upper: Value = Const(None)) -> Col:
+        if isinstance(lower, (Col, Table)) or isinstance(upper, (Col, Table)):
+            raise TaskFailed("clip with bounds that vary by row is not supported by this fragment")
+        bounds = []
+        for bound in (lower, upper):
+            value = bound.value
+            if value is not None and (constant_kind(value) not in NUMERIC):
+                raise TaskFailed("clip bounds must be numbers")
+            bounds.append(None if value is None or isinstance(value, float) and math.isnan(value) else value)
+        if a.kind not in (INT, FLOAT):
+            raise TaskFailed(f"clip is not supported for {_describe_kind(a.kind)} values by this fragment")
+        as_float = a.kind == FLOAT or any(isinstance(b, float) for b in bounds)
+        x = Operand(a.sql, a.kind, a.nullable)
+        expr = x.double if as_float else x.sql
+        low, high = (None if b is None else (float_literal(float(b)) if as_float else literal(int(b))) for b in bounds)
+        if low is not None:
+            expr = f"(CASE WHEN {expr} < {low} THEN {low} ELSE {expr} END)"
+        if high is not None:
+            expr = f"(CASE WHEN {expr} > {high} THEN {high} ELSE {expr} END)"
+        return self._column(expr, a.depth, a.rows, FLOAT if as_float else INT, a.nullable)
+
+    def _unary_float(self, op: str, a: Col, template: str) -> Col:
+        if a.kind not in NUMERIC:
+            raise TaskFailed(f"{op} is not supported for {_describe_kind(a.kind)} values")
+        x = Operand(a.sql, a.kind).double
+        return self._column(_nan_null(template.format(x=x)), a.depth, a.rows, FLOAT, a.nullable)
+
+    def _op_log(self, a: Col) -> Col:
+        return self._unary_float("log", a, f"(CASE WHEN {{x}} > 0 THEN ln({{x}}) WHEN {{x}} = 0 THEN {FLOAT_NINF} END)")
+
+    def _op_exp(self, a: Col) -> Col:
+        return self._unary_float("exp", a, f"(CASE WHEN {{x}} > 709.78 THEN {FLOAT_INF} ELSE exp({{x}}) END)")
+
+    def _op_sqrt(self, a: Col) -> Col:
+        return self._unary_float("sqrt", a, "(CASE WHEN {x} >= 0 THEN sqrt({x}) END)")
+
+    def _op_round(self, a: Col, decimals: Value = Const(0)) -> Col:
+        if not isinstance(decimals, Const) or constant_kind(decimals.value) not in (INT,) or abs(decimals.value) > 300:
+            raise TaskFailed("round needs a whole number of decimals")
+        d = int(decimals.value)
+        if a.kind in (INT, BOOL):
+            if d >= 0:
+                return a
+            scale = float_literal(10.0 ** (-d))
+            expr = f"CAST(round_even(CAST({a.sql} AS DOUBLE) / {scale}, 0) * {scale} AS BIGINT)"
+            return self._column(expr, a.depth, a.rows, INT, a.nullable)
+        if a.kind != FLOAT:
+            raise TaskFailed(f"round is not supported for {_describe_kind(a.kind)} values")
+        # numpy: rint(x * 10**d) / 10**d (or rint(x / 10**-d) * 10**-d), half to even
+        if d >= 0:
+            scale = float_literal(10.0**d)
+            expr = f"(round_even({a.sql} * {scale}, 0) / {scale})"
+        else:
+            scale = float_literal(10.0 ** (-d))
+            expr = f"(round_even({a.sql} / {scale}, 0) * {scale})"
+        return self._column(_nan_null(expr), a.depth, a.rows, FLOAT, a.nullable)
+
+    def _op_astype(self, a: Col, dtype: Value) -> Col:
+        name = dtype.value if isinstance(dtype, Const) else None
+        if not isinstance(name, str) or name not in binary.DTYPES:
+            raise TaskFailed(f"astype accepts {sorted(binary.DTYPES)}, not {name!r}")
+        kind, x = a.kind, a.sql
+
+        def guarded(expr: str) -> str:  # conversions that can fail only on the rows the column has
+            return expr if a.rows.cond == "TRUE" else f"(CASE WHEN {a.rows.cond} THEN {expr} END)"
+
+        if kind == OTHER:
+            raise TaskFailed("astype is not supported for values of this type by this fragment")
+        if name == "float":
+            if kind == FLOAT:
+                return replace(a, nullable=False)
+            expr = guarded(_nan_null(f"CAST({x} AS DOUBLE)")) if kind == STR else f"CAST({x} AS DOUBLE)"
+            return self._column(expr, a.depth, a.rows, FLOAT)
+        if name == "int":
+            if kind == INT:
+                return replace(a, nullable=True)
+            if kind == BOOL:
+                return self._column(f"CAST({x} AS BIGINT)", a.depth, a.rows, INT, True)
+            if kind == FLOAT:
+                expr = (f"(CASE WHEN {x} <> trunc({x}) OR isinf({x}) THEN "
+                        f"error('{MARKER}cannot safely cast non-equivalent float64 to int64') "
+                        f"ELSE CAST({x} AS BIGINT) END)")
+            else:
+                expr = (f"(CASE WHEN NOT regexp_full_match(trim({x}), '[+-]?[0-9]+') THEN "
+                        f"error('{MARKER}cannot safely cast non-equivalent object to int64') "
+                        f"ELSE CAST(trim({x}) AS BIGINT) END)")
+            return self._column(guarded(expr), a.depth, a.rows, INT, True)
+        if name == "bool":
+            if kind == BOOL:
+                return replace(a, nullable=True)
+            if kind == STR:
+                raise TaskFailed("Need to pass bool-like values")
+            expr = (f"(CASE WHEN {x} NOT IN (0, 1) THEN error('{MARKER}Need to pass bool-like values') "
+                    f"ELSE {x} = 1 END)")
+            return self._column(guarded(expr), a.depth, a.rows, BOOL, True)
+        # "str"
+        if kind == STR:
+            return replace(a, nullable=True)
+        if kind == BOOL:
+            return self._column(f"(CASE WHEN {x} THEN 'True' WHEN NOT {x} THEN 'False' END)", a.depth, a.rows,
+                                STR, True)
+        return self._column(f"CAST({x} AS VARCHAR)", a.depth, a.rows, STR, True)
+
+    def _op_dummy(self, a: Col, level: Value) -> Col:
+        if not isinstance(level, Const) or level.kind in (LIST, OTHER):
+            raise TaskFailed("dummy needs one level (a number, text or boolean)")
+        equal = self._compare("eq", a, level)
+        expr = f"(CASE WHEN {a.sql} IS NULL THEN NULL WHEN {equal.sql} THEN {FLOAT_ONE} ELSE {FLOAT_ZERO} END)"
+        return self._column(expr, max(a.depth, equal.depth), a.rows, FLOAT)
+
+    # -- filters -----------------------------------------------------------------------------------
+    def _truthy(self, mask: Col) -> str:
+        """pandas' ``mask.fillna(False).astype(bool)``."""
+        if mask.kind == BOOL:
+            return f"coalesce({mask.sql}, FALSE)"
+        if mask.kind in (INT, FLOAT):
+            return f"coalesce({mask.sql} <> 0, FALSE)"
+        if mask.kind == STR:
+            return f"coalesce(length({mask.sql}) > 0, FALSE)"
+        raise TaskFailed("a row filter needs a boolean column of the same fragment")
+
+    def _filter(self, table: Value, mask: Value) -> Value:
+        if not isinstance(mask, Col) or not isinstance(table, (Table, Col)):
+            raise TaskFailed("a row filter needs a boolean column of the same fragment")
+        if not mask.rows.contains(table.rows):
+            raise TaskFailed("Unalignable boolean Series provided as indexer (index of the boolean Series and of "
+                             "the indexed object do not match).")
+        atom, atom_level = self.query.name(self._truthy(mask), mask.depth, prefix="m")
+        if atom == "TRUE":
+            return table
+        cond, level = self.query.name(_and(table.rows.cond, atom), max(table.rows.level, atom_level), prefix="r") \
+            if table.rows.cond != "TRUE" else (atom, atom_level)
+        rows = Rows(cond, level, table.rows.lineage | {atom})
+        return table.with_rows(rows) if isinstance(table, Table) else replace(table, rows=rows)
+
+    # -- aggregates --------------------------------------------------------------------------------
+    def _map(self, op: str, name: str, args: list[Value]) -> Output:
+        if not args:
+            raise TaskFailed(f"{name} needs a value")
+        value, extra = args[0], args[1:]
+        if isinstance(value, Table):
+            readers = {str(c): self._aggregate(op, name, col, extra) for c, col in value.columns.items()}
+            return Output(lambda row: {COLUMNS: {c: read(row) for c, read in readers.items()}})
+        if not isinstance(value, Col):
+            raise TaskFailed(f"{name} needs a column of the fragment")
+        return Output(self._aggregate(op, name, value, extra))
+
+    def _aggregate(self, op: str, name: str, x: Col, extra: list[Value]) -> Callable[[tuple], Any]:
+        low, high = EXTRA_ARGUMENTS.get(op, (0, 0))
+        if not low <= len(extra) <= high:
+            raise TaskFailed(f"map {name} failed: TypeError: it takes {low + 1}"
+                             f"{'' if low == high else ' or more'} argument(s), not {len(extra) + 1}")
+        if x.kind == OTHER and op not in ("len", "count"):
+            raise TaskFailed(f"{name} is not supported for values of this type by this fragment")
+        return getattr(self, f"_agg_{op}")(x, *extra)
+
+    def _numbers(self, op: str, *cols: Value) -> None:
+        for c in cols:
+            if not isinstance(c, Col):
+                raise TaskFailed(f"{op} needs columns of the fragment")
+            if c.kind not in NUMERIC:
+                raise TaskFailed(f"{op} failed: ValueError: could not convert {_describe_kind(c.kind)} values to float")
+
+    def _agg_len(self, x: Col) -> Callable[[tuple], Any]:
+        i = self.query.select(f"count(*){_filter(x.rows.cond)}")
+        return lambda row: int(row[i])
+
+    def _agg_count(self, x: Col) -> Callable[[tuple], Any]:
+        i = self.query.select(f"count({x.sql}){_filter(x.rows.cond)}")
+        return lambda row: int(row[i])
+
+    def _agg_sum(self, x: Col) -> Callable[[tuple], Any]:
+        where = _filter(x.rows.cond)
+        if x.kind == FLOAT:
+            i = self.query.select(f"fsum({x.sql}){where}")
+            return lambda row: 0.0 if row[i] is None else float(row[i])
+        if x.kind in (INT, BOOL):
+            i = self.query.select(f"sum({Operand(x.sql, x.kind).bigint}){where}")
+            return lambda row: 0 if row[i] is None else int(row[i])
+        raise TaskFailed("sum of text values (pandas concatenates them) is not supported by this fragment")
+
+    def _agg_sqsum(self, x: Col) -> Callable[[tuple], Any]:
+        where = _filter(x.rows.cond)
+        if x.kind == FLOAT:
+            i = self.query.select(f"fsum({x.sql} * {x.sql}){where}")
+            return lambda row: 0.0 if row[i] is None else float(row[i])
+        if x.kind == INT:
+            i = self.query.select(f"sum(CAST({x.sql} AS HUGEINT) * CAST({x.sql} AS HUGEINT)){where}")
+            return lambda row: 0 if row[i] is None else int(row[i])
+        if x.kind == BOOL:  # numpy's dot product of booleans is a logical "any"
+            i = self.query.select(f"bool_or({x.sql}){where}")
+            return lambda row: bool(row[i])
+        raise TaskFailed("sqsum is not defined for text values")
+
+    def _agg_min(self, x: Col, fn: str = "min") -> Callable[[tuple], Any]:
+        i = self.query.select(f"{fn}({x.sql}){_filter(x.rows.cond)}")
+        return lambda row: row[i]
+
+    def _agg_max(self, x: Col) -> Callable[[tuple], Any]:
+        return self._agg_min(x, "max")
+
+    def _counts(self, x: Col) -> int:
+        """Select index of ``[{key, value}]``: each distinct non-missing value and its count."""
+        return self.query.select(f"map_entries(histogram({x.sql}){_filter(_and(x.rows.cond, f'{x.sql} IS NOT NULL'))})")
+
+    def _agg_set(self, x: Col) -> Callable[[tuple], Any]:
+        i = self._counts(x)
+        return lambda row: sorted(entry["key"] for entry in row[i] or [])
+
+    def _agg_value_counts(self, x: Col) -> Callable[[tuple], Any]:
+        i = self._counts(x)
+
+        def read(row: tuple) -> list[list[Any]]:
+            entries = sorted(row[i] or [], key=lambda e: (-e["value"], e["key"]))
+            return [[e["key"], int(e["value"])] for e in entries]
+
+        return read
+
+    def _agg_crosstab(self, a: Col, b: Value) -> Callable[[tuple], Any]:
+        if not isinstance(b, Col):
+            raise TaskFailed("crosstab needs two columns of the fragment")
+        if b.kind == OTHER:
+            raise TaskFailed("crosstab is not supported for values of this type by this fragment")
+        # pandas: a frame of both, rows missing either dropped (so rows both have)
+        cond = _and(a.rows.cond, b.rows.cond, f"{a.sql} IS NOT NULL", f"{b.sql} IS NOT NULL")
+        i = self.query.select(f"map_entries(histogram(struct_pack(a := {a.sql}, b := {b.sql})){_filter(cond)})")
+        return lambda row: [[e["key"]["a"], e["key"]["b"], int(e["value"])] for e in row[i] or []]
+
+    def _cumulative(self, x: Col, thresholds: Iterable[float]) -> Callable[[tuple], dict[float, int]]:
+        """How many non-missing values are at most each threshold (nan and +inf: all of them)."""
+        v = Operand(x.sql, x.kind).double
+        present = _and(x.rows.cond, f"{x.sql} IS NOT NULL")
+        total = self.query.select(f"count({x.sql}){_filter(x.rows.cond)}")
+        finite = sorted({float(t) for t in thresholds if not math.isnan(t) and t != math.inf})
+        if len(finite) > MAX_THRESHOLDS:
+            raise TaskFailed(f"at most {MAX_THRESHOLDS} thresholds or bins")
+        buckets = None
+        if finite:
+            bounds = "CAST([" + ", ".join(f"'{t!r}'" for t in finite) + "] AS DOUBLE[])"
+            buckets = self.query.select(f"map_entries(histogram({v}, {bounds}){_filter(present)})")
+
+        def read(row: tuple) -> dict[float, int]:
+            # DuckDB counts each value in the bucket (previous boundary, boundary], plus one above the last
+            counts = {e["key"]: int(e["value"]) for e in (row[buckets] if buckets is not None else None) or []}
+            out, running = {}, 0
+            for t in finite:
+                running += counts.get(t, 0)
+                out[t] = running
+            out[math.inf] = out[math.nan] = int(row[total])
+            return out
+
+        return read
+
+    @staticmethod
+    def _at_most(counts: dict[float, int], t: float) -> int:
+        return counts[math.nan] if math.isnan(t) else counts[t]
+
+    def _agg_histogram(self, x: Col, bins: Value, range: Value = Const(None)) -> Callable[[tuple], Any]:
+        if not isinstance(bins, Const) or not isinstance(range, Const):
+            raise TaskFailed("histogram bins and range must be constants")
+        self._numbers("histogram", x)
+        try:  # the same checks and edges as the pandas path: run it on no values
+            edges = private.histogram(pd.Series([], dtype=float), bins.value, range.value)["edges"]
+        except Exception as exc:
+            raise TaskFailed(f"map histogram failed: {type(exc).__name__}: {exc}"[:300]) from None
+        if any(math.isnan(e) for e in edges):
+            raise TaskFailed("histogram edges must be numbers")
+        # numpy: [e_i, e_i+1) and the last bin closed; "x < e" is "x <= the float just below e"
+        below = [-math.inf if e == -math.inf else float(np.nextafter(e, -math.inf)) for e in edges]
+        cumulative = self._cumulative(x, [*below, edges[-1]])
+
+        def read(row: tuple) -> dict[str, list[Any]]:
+            c = cumulative(row)
+            less = [0 if e == -math.inf else c[b] for e, b in zip(edges, below)]
+            counts = [less[i + 1] - less[i] for i in builtin_range(len(edges) - 2)]
+            if len(edges) >= 2:
+                counts.append(self._at_most(c, edges[-1]) - less[-2])
+            return {"counts": counts, "edges": list(edges)}
+
+        return read
+
+    def _agg_count_below(self, x: Col, thresholds: Value) -> Callable[[tuple], Any]:
+        if not isinstance(thresholds, Const):
+            raise TaskFailed("count_below thresholds must be constants")
+        self._numbers("count_below", x)
+        try:
+            values = [float(t) for t in np.asarray(thresholds.value, dtype=float).ravel()]
+        except Exception as exc:
+            raise TaskFailed(f"map count_below failed: {type(exc).__name__}: {exc}"[:300]) from None
+        cumulative = self._cumulative(x, values)
+
+        def read(row: tuple) -> list[int]:
+            counts = cumulative(row)
+            return [self._at_most(counts, t) for t in values]
+
+        return read
+
+    def _moments(self, cols: Sequence[Col]) -> tuple[str, str, list[str]]:
+        rows = _and(*[c.rows.cond for c in cols], *[f"{c.sql} IS NOT NULL" for c in cols])
+        finite = _and(rows, *[f"isfinite({Operand(c.sql, c.kind).double})" for c in cols])
+        return rows, finite, [Operand(c.sql, c.kind).double for c in cols]
+
+    def _agg_moments(self, x: Col) -> Callable[[tuple], Any]:
+        self._numbers("moments", x)
+        rows, finite, (v,) = self._moments([x])
+        n = self.query.select(f"count(*){_filter(rows)}")
+        mean = self.query.select(f"favg({v}){_filter(rows)}")
+        var = self.query.select(f"var_pop({v}){_filter(finite)}")
+        bad = self.query.select(f"count(*){_filter(_and(rows, _not(finite)))}")
+
+        def read(row: tuple) -> list[Any]:
+            count = int(row[n])
+            if count == 0:
+                return [0, 0.0, 0.0]
+            m2 = math.nan if row[bad] else float(row[var] or 0.0) * count
+            return [count, float(row[mean]), m2]
+
+        return read
+
+    def _comatrix(self, op: str, cols: Sequence[Col]) -> Callable[[tuple], tuple[int, list[float], np.ndarray]]:
+        if len(cols) > MAX_COLUMNS:
+            raise TaskFailed(f"{op} of more than {MAX_COLUMNS} columns is not supported by this fragment")
+        self._numbers(op, *cols)
+        rows, finite, values = self._moments(cols)
+        k = len(values)
+        n = self.query.select(f"count(*){_filter(rows)}")
+        means = [self.query.select(f"favg({v}){_filter(rows)}") for v in values]
+        pairs = {
+            (i, j): self.query.select(
+                f"var_pop({values[i]}){_filter(finite)}" if i == j else f"covar_pop({values[i]}, {values[j]}){_filter(finite)}"
+            )
+            for i in builtin_range(k) for j in builtin_range(i, k)
+        }
+        bad = self.query.select(f"count(*){_filter(_and(rows, _not(finite)))}")
+
+        def read(row: tuple) -> tuple[int, list[float], np.ndarray]:
+            count = int(row[n])
+            matrix = np.zeros((k, k))
+            if count == 0:
+                return 0, [0.0] * k, matrix
+            for (i, j), index in pairs.items():
+                matrix[i, j] = matrix[j, i] = math.nan if row[bad] else float(row[index] or 0.0) * count
+            return count, [float(row[m]) for m in means], matrix
+
+        return read
+
+    def _agg_comoments(self, x: Col, *rest: Value) -> Callable[[tuple], Any]:
+        if len(rest) != 1 or not isinstance(rest[0], Col):
+            raise TaskFailed("comoments needs two columns of the fragment")
+        read = self._comatrix("comoments", [x, rest[0]])
+
+        def comoments(row: tuple) -> list[Any]:
+            n, means, m = read(row)
+            if n == 0:
+                return [0, 0.0, 0.0, 0.0, 0.0, 0.0]
+            return [n, means[0], means[1], float(m[0, 0]), float(m[1, 1]), float(m[0, 1])]
+
+        return comoments
+
+    def _agg_comoment_matrix(self, x: Col, *rest: Value) -> Callable[[tuple], Any]:
+        if not all(isinstance(c, Col) for c in rest):
+            raise TaskFailed("comoment_matrix needs columns of the fragment")
+        read = self._comatrix("comoment_matrix", [x, *rest])  # type: ignore[list-item]
+
+        def matrix(row: tuple) -> list[Any]:
+            n, means, m = read(row)
+            return [n, means, m.tolist()]
+
+        return matrix
+
+    def _agg_glm_step(self, y: Col, family: Value, intercept: Value, beta: Value, *columns: Value
+                      ) -> Callable[[tuple], Any]:
+        if not all(isinstance(v, Const) for v in (family, intercept, beta)):
+            raise TaskFailed("glm_step: family, intercept and beta must be constants")
+        if not all(isinstance(c, Col) for c in columns):
+            raise TaskFailed("glm_step needs columns of the fragment")
+        self._numbers("glm_step", y, *columns)  # type: ignore[arg-type]
+        if family.value not in ("binomial", "poisson"):
+            raise TaskFailed(f"map glm_step failed: ValueError: unknown family {family.value!r}: "
+                             "use 'binomial' or 'poisson'")
+        try:
+            coefficients = [float(b) for b in np.asarray(beta.value, dtype=float).ravel()]
+        except Exception as exc:
+            raise TaskFailed(f"map glm_step failed: {type(exc).__name__}: {exc}"[:300]) from None
+        cols: list[Col] = [y, *columns]  # type: ignore[list-item]
+        if len(cols) > MAX_COLUMNS:
+            raise TaskFailed(f"glm_step of more than {MAX_COLUMNS} columns is not supported by this fragment")
+        design = ([FLOAT_ONE] if intercept.value else []) + [Operand(c.sql, c.kind).double for c in columns]  # type: ignore[union-attr]
+        if len(design) != len(coefficients):
+            raise TaskFailed(f"map glm_step failed: ValueError: {len(coefficients)} coefficients for "
+                             f"{len(design)} columns of the design")
+        rows = _and(*[c.rows.cond for c in cols], *[f"{c.sql} IS NOT NULL" for c in cols])
+        level = max(c.depth for c in cols)
+        target = Operand(y.sql, y.kind).double
+
+        def on_rows(expr: str) -> str:  # computed only where the step uses the row
+            return expr if rows == "TRUE" else f"(CASE WHEN {rows} THEN {expr} END)"
+
+        terms = [f"{float_literal(b)} * {d}" for b, d in zip(coefficients, design)]
+        eta, at = self.query.name(on_rows("(" + (" + ".join(terms) or FLOAT_ZERO) + ")"), level, "g")
+        if family.value == "binomial":  # the logistic function, without overflow
+            mean, at = self.query.name(
+                f"(CASE WHEN {eta} >= 0 THEN {FLOAT_ONE} / ({FLOAT_ONE} + exp(-{eta})) "
+                f"ELSE exp({eta}) / ({FLOAT_ONE} + exp({eta})) END)", at, "g")
+            weight, at = self.query.name(f"({mean} * ({FLOAT_ONE} - {mean}))", at, "g")
+            softplus = (f"(CASE WHEN {eta} < 0 THEN ln({FLOAT_ONE} + exp({eta})) "
+                        f"ELSE {eta} + ln({FLOAT_ONE} + exp(-{eta})) END)")
+            loglik, at = self.query.name(f"({target} * {eta} - {softplus})", at, "g")
+        else:
+            mean, at = self.query.name(f"(CASE WHEN {eta} > 709.78 THEN {FLOAT_INF} ELSE exp({eta}) END)", at, "g")
+            weight = mean
+            loglik, at = self.query.name(
+                on_rows(f"({target} * {eta} - {mean} - lgamma({target} + {FLOAT_ONE}))"), at, "g"
+            )
+        residual, at = self.query.name(f"({target} - {mean})", at, "g")
+        where = _filter(rows)
+        p = len(design)
+        n = self.query.select(f"count(*){where}")
+        gradient = [self.query.select(f"fsum({design[j]} * {residual}){where}") for j in builtin_range(p)]
+        hessian = {(j, k): self.query.select(f"fsum({design[j]} * {design[k]} * {weight}){where}")
+                   for j in builtin_range(p) for k in builtin_range(j, p)}
+        total = self.query.select(f"fsum({loglik}){where}")
+
+        def read(row: tuple) -> list[Any]:
+            matrix = [[0.0] * p for _ in builtin_range(p)]
+            for (j, k), index in hessian.items():
+                matrix[j][k] = matrix[k][j] = float(row[index] or 0.0)
+            return [int(row[n]), [float(row[g] or 0.0) for g in gradient], matrix, float(row[total] or 0.0)]
+
+        return read
+
+    # -- disclosure ----------------------------------------------------------------------------------
+    def _node_rows(self, node: Node, by_node: Mapping[int, Value]) -> _NodeRows:
+        """``Disclosure._rows`` for ``node``, as SQL: computed once per node, children first."""
+        from ..expr.node import walk
+
+        for current in walk([node], stop=lambda n: id(n) in self._rows_by_node):
+            if id(current) in self._rows_by_node:
+                continue
+            kids = [self._rows_by_node[id(c)] for c in current.children if not isinstance(c, Literal)]
+            atoms = frozenset().union(*(k.atoms for k in kids))
+            present = _and(*(k.present for k in kids))
+            present_level = max([k.present_level for k in kids], default=0)
+            nonzero = _or(*(k.nonzero for k in kids))
+            nonzero_level = max([k.nonzero_level for k in kids], default=0)
+            value = by_node.get(id(current))
+            if isinstance(current, Column) and isinstance(value, Col):
+                # raw values: missing ones are not "left out"; rows a filter removed count as present
+                own = f"{value.sql} IS NOT NULL" if value.rows.cond == "TRUE" else \
+                    f"(NOT {value.rows.cond} OR {value.sql} IS NOT NULL)"
+                present, present_level = self.query.name(_and(present, own), max(present_level, value.depth), "p")
+                nonzero, nonzero_level = self.query.name(
+                    _or(nonzero, _and(value.rows.cond, self._nonzero(value))), max(nonzero_level, value.depth), "z"
+                )
+            elif isinstance(current, Filter):
+                mask = by_node[id(current.mask)]
+                atoms = atoms | {self._atom(_and(mask.rows.cond, self._truthy(mask)), mask.depth)}
+            elif isinstance(current, Elementwise) and current.op and ELEMENTWISE.get(
+                self.config.elementwise.get(current.op)
+            ) == "mul":
+                for child in current.children:
+                    factor = by_node.get(id(child))
+                    if isinstance(factor, Col) and factor.kind in NUMERIC:
+                        atoms = atoms | {self._indicator(factor)}
+            self._rows_by_node[id(current)] = _NodeRows(atoms, present, present_level, nonzero, nonzero_level)
+        return self._rows_by_node[id(node)]
+
+    def _atom(self, cond: str, level: int, flag: int | None = None) -> int:
+        alias, at = self.query.name(cond, level, "a")
+        key = (alias, flag)
+        if key not in self._atom_index:
+            self._atom_index[key] = len(self._atoms)
+            self._atoms.append((alias, at, flag))
+        return self._atom_index[key]
+
+    def _indicator(self, factor: Col) -> int:
+        """A factor of a product that holds only 0s and 1s is a filter (known once the query ran)."""
+        if factor.kind == BOOL:
+            check = f"count({factor.sql}){_filter(factor.rows.cond)} > 0"
+            nonzero = f"coalesce({factor.sql}, FALSE)"
+        else:
+            check = (f"(count({factor.sql}){_filter(factor.rows.cond)} > 0 AND coalesce(bool_and({factor.sql} IN (0, 1))"
+                     f"{_filter(_and(factor.rows.cond, f'{factor.sql} IS NOT NULL'))}, TRUE))")
+            nonzero = f"coalesce({factor.sql} <> 0, FALSE)"
+        if check not in self._flag_index:
+            self._flag_index[check] = len(self._flags)
+            self._flags.append(self.query.select(check))
+        return self._atom(_and(factor.rows.cond, nonzero), factor.depth, self._flag_index[check])
+
+    @staticmethod
+    def _nonzero(value: Col) -> str:
+        if value.kind == BOOL:
+            return f"coalesce({value.sql}, FALSE)"
+        if value.kind in (INT, FLOAT):
+            return f"coalesce({value.sql} <> 0, FALSE)"
+        return f"({value.sql} IS NOT NULL)"
+
+    def _input_terms(self, value: Value) -> tuple[str, str, str, str, int] | None:
+        """(present, zero term, non-zero term, absolute contribution) of one map input, or None for a constant."""
+        if isinstance(value, Col):
+            cols, numeric = [value], [value] if value.kind in NUMERIC else []
+        elif isinstance(value, Table):
+            cols = list(value.columns.values())
+            numeric = [c for c in cols if c.kind in (INT, FLOAT)]  # select_dtypes("number"): no booleans
+        else:
+            return None
+        rows = cols[0].rows.cond if cols else "TRUE"
+        level = max([c.depth for c in cols], default=0)
+        notna = _and(rows, *[f"{c.sql} IS NOT NULL" for c in cols])
+        nonzero = _and(rows, _or(*[self._nonzero(c) for c in cols]))
+        zero = _and(notna, _not(_or(*[self._nonzero(c) for c in cols])))
+        terms = [f"coalesce(abs({Operand(c.sql, c.kind).double}), {FLOAT_ZERO})" for c in numeric]
+        contribution = FLOAT_ZERO if not terms else (
+            " + ".join(terms) if rows == "TRUE" else f"(CASE WHEN {rows} THEN {' + '.join(terms)} ELSE {FLOAT_ZERO} END)"
+        )
+        return notna, zero, nonzero, contribution, level
+
+    def _disclose(self, node: Map, by_node: Mapping[int, Value]) -> Callable[[tuple], SQLDisclosure]:
+        op = AGGREGATES[self.config.aggregates[node.op].map]
+        info = self._node_rows(node, by_node)
+        inputs = [by_node[id(a)] for a in node.args]
+        terms = [t for t in map(self._input_terms, inputs) if t is not None]
+        level = max([info.present_level, info.nonzero_level, *[t[4] for t in terms]], default=0)
+        not_zeroed = [_not(_and(zero, info.nonzero)) for _, zero, _, _, _ in terms]
+        kept = _and(*[notna for notna, *_ in terms], *not_zeroed)
+        kept, level = self.query.name(kept, level, "k")
+        additive = terms[0][2] if terms else "FALSE"
+        contribution = " + ".join(t[3] for t in terms if t[3] != FLOAT_ZERO) or FLOAT_ZERO
+        contribution, c_level = self.query.name(contribution, level, "c")
+        flags = sorted({self._atoms[a][2] for a in info.atoms if self._atoms[a][2] is not None})
+        rows_index = self.rows_index
+        value_counts = None
+        if op == "set" and isinstance(inputs[0], Col):
+            value_counts = self._counts(inputs[0])
+        if len(flags) > MAX_FLAGS:
+            reason = (f"this fragment cannot judge the rows behind a product of more than {MAX_FLAGS} "
+                      "numeric factors")
+            return _unavailable(node.op, rows_index, reason, value_counts)
+        variants: dict[tuple[bool, ...], dict[str, int]] = {}
+        for assignment in itertools.product((False, True), repeat=len(flags)):
+            on = dict(zip(flags, assignment))
+            selected = _and(*[self._atoms[a][0] for a in sorted(info.atoms)
+                              if self._atoms[a][2] is None or on[self._atoms[a][2]]])
+            used = _and(selected, kept)
+            variants[assignment] = {
+                "used": self.query.select(f"count(*){_filter(used)}"),
+                "additive": self.query.select(f"count(*){_filter(_and(used, additive))}"),
+                "left_out": self.query.select(f"count(*){_filter(_and(info.present, _not(used)))}"),
+                "filtered_out": self.query.select(f"count(*){_filter(_and(info.present, _not(selected)))}"),
+                "top": self.query.select(f"max({contribution}, {self.top}){_filter(used)}"),
+                "total": self.query.select(f"sum({contribution}){_filter(used)}"),
+                "squares": self.query.select(f"sum({contribution} * {contribution}){_filter(used)}"),
+            }
+        flag_indices = [self._flags[f] for f in flags]
+
+        def read(row: tuple) -> SQLDisclosure:
+            chosen = variants[tuple(bool(row[i]) for i in flag_indices)]
+            counts = {k: int(row[chosen[k]]) for k in ("used", "additive", "left_out", "filtered_out")}
+            contributions = Contributions(row[chosen["top"]] or [], row[chosen["total"]] or 0.0,
+                                          row[chosen["squares"]] or 0.0, counts["used"])
+            per_value = None
+            if value_counts is not None:
+                per_value = {e["key"]: int(e["value"]) for e in row[value_counts] or []}
+            elif op == "set":
+                per_value = {}
+            return SQLDisclosure(node.op, row[rows_index], counts, contributions, per_value)
+
+        return read
+
+
+def _unavailable(op: str, rows_index: int, reason: str, value_counts: int | None = None) -> Callable[[tuple], SQLDisclosure]:
+    def read(row: tuple) -> SQLDisclosure:
+        per_value = None if value_counts is None else {e["key"]: int(e["value"]) for e in row[value_counts] or []}
+        return SQLDisclosure(op, row[rows_index], None, None, per_value, unavailable=reason)
+
+    return read
+
+
+builtin_range = range
+
+
+def _name(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _needed(nodes: Sequence[Node], outputs: Sequence[int], position: dict[int, int]) -> set[int]:
+    needed: set[int] = set()
+    stack = list(outputs)
+    while stack:
+        i = stack.pop()
+        if i not in needed:
+            needed.add(i)
+            stack.extend(position[id(c)] for c in nodes[i].children)
+    return needed
+
+
+def compile_request(nodes: Sequence[Node], outputs: Sequence[int], config: Config, *, source: str,
+                    columns: Sequence[SourceColumn], disclosure: str = "none", top: int = 10) -> Program:
+    """The one query (and how to read each output) for ``outputs`` of a request over a fragment."""
+    compiler = Compiler(source, columns, config, disclosure=disclosure, top=top)
+    return compiler.compile(nodes, outputs)
