@@ -41,10 +41,19 @@ caused it.
 which rows stand behind each result would mean carrying row masks through
 the cluster. Policies that need row facts therefore refuse every result of
 a Dask fragment: ``Anonymity`` ("this fragment cannot report the rows
-behind a result"), ``Dominance``, and ``Noise`` on bounded sums. Policies
-that need only the value (``Noise`` on counts and tables, ``Budget``,
-``Cache``, ``Complexity``) apply as usual. Until row facts are supported,
-serve a Dask fragment only where its config's policies need none.
+behind a result"), ``Dominance``, and ``Noise`` on sums. Policies that need
+only the value (``Noise`` on counts and histograms, ``Budget``,
+``Coarsening``, ``Saturation``, ``ComplexityCap``, ``CacheLimit``) apply as
+usual; ``Snapshot`` cannot compare two versions of a Dask fragment
+(replacing one under it raises ``TypeError``). Until row facts are
+supported, serve a Dask fragment only where its config's policies need
+none.
+
+Two dask issues are worked around (dask 2026.8): a filter whose mask is a
+bare ``astype`` returned the mask filtered by itself (dask/dask#12172), and
+one ``dask.compute`` over both expression collections and ``dask.delayed``
+objects returned the results out of order; see ``_filter`` and
+``_partitions``.
 """
 
 from __future__ import annotations

@@ -19,4 +19,13 @@ from __future__ import annotations
 from ..server.fragments import Fragment, InMemory
 from .duckdb import CSV, DuckDB, Parquet, SQLFragment
 
-__all__ = ["Fragment", "InMemory", "Parquet", "CSV", "DuckDB", "SQLFragment"]
+__all__ = ["Fragment", "InMemory", "Parquet", "CSV", "DuckDB", "SQLFragment", "Dask"]
+
+
+def __getattr__(name: str):
+    # Dask loads on first use: importing it takes seconds
+    if name == "Dask":
+        from ..fragments_dask import Dask
+
+        return Dask
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

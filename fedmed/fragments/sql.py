@@ -17,7 +17,7 @@ Every elementwise node is written once, as a named column of a chain of CTEs
 (``t0`` reads the source, ``t1, t2, ...`` add the columns whose inputs exist
 in the layer below), so a shared subexpression is computed once per row.
 Every aggregate is one or a few aggregate expressions of the final ``SELECT``
-with a ``FILTER (WHERE <rows>)`` clause; all outputs of a request share that
+over ``CASE WHEN <rows> THEN <value> END``; all outputs of a request share that
 ``SELECT`` and therefore one scan. Missing values are SQL NULLs everywhere:
 NaN read from the source or produced by arithmetic (``0 / 0``) is turned into
 NULL as pandas treats NaN as missing, while infinities stay values.
@@ -269,8 +269,17 @@ def _not(part: str) -> str:
     return {"TRUE": "FALSE", "FALSE": "TRUE"}.get(part, f"(NOT {part})")
 
 
-def _filter(cond: str) -> str:
-    return "" if cond == "TRUE" else f" FILTER (WHERE {cond})"
+# Aggregates see only their rows through CASE, not FILTER: DuckDB applies each FILTER clause to the
+# whole input (every column), which makes a request of many filtered outputs quadratic.
+
+
+def _when(cond: str, expr: str) -> str:
+    """``expr`` on the rows where ``cond`` holds, NULL (skipped by every aggregate) elsewhere."""
+    return expr if cond == "TRUE" else f"(CASE WHEN {cond} THEN {expr} END)"
+
+
+def _count_rows(cond: str) -> str:
+    return "count(*)" if cond == "TRUE" else f"count(CASE WHEN {cond} THEN 1 END)"
 
 
 def _nan_null(expr: str) -> str:
@@ -1159,38 +1168,37 @@ class Compiler:
                 raise TaskFailed(f"{op} failed: ValueError: could not convert {_describe_kind(c.kind)} values to float")
 
     def _agg_len(self, x: Col) -> Callable[[tuple], Any]:
-        i = self.query.select(f"count(*){_filter(x.rows.cond)}")
+        i = self.query.select(_count_rows(x.rows.cond))
         return lambda row: int(row[i])
 
     def _agg_count(self, x: Col) -> Callable[[tuple], Any]:
-        i = self.query.select(f"count({x.sql}){_filter(x.rows.cond)}")
+        i = self.query.select(f"count({_when(x.rows.cond, x.sql)})")
         return lambda row: int(row[i])
 
     def _agg_sum(self, x: Col) -> Callable[[tuple], Any]:
-        where = _filter(x.rows.cond)
         if x.kind == FLOAT:
-            i = self.query.select(f"fsum({x.sql}){where}")
+            i = self.query.select(f"fsum({_when(x.rows.cond, x.sql)})")
             return lambda row: 0.0 if row[i] is None else float(row[i])
         if x.kind in (INT, BOOL):
-            i = self.query.select(f"sum({Operand(x.sql, x.kind).bigint}){where}")
+            i = self.query.select(f"sum({_when(x.rows.cond, Operand(x.sql, x.kind).bigint)})")
             return lambda row: 0 if row[i] is None else int(row[i])
         raise TaskFailed("sum of text values (pandas concatenates them) is not supported by this fragment")
 
     def _agg_sqsum(self, x: Col) -> Callable[[tuple], Any]:
-        where = _filter(x.rows.cond)
+        r = x.rows.cond
         if x.kind == FLOAT:
-            i = self.query.select(f"fsum({x.sql} * {x.sql}){where}")
+            i = self.query.select(f"fsum({_when(r, f'{x.sql} * {x.sql}')})")
             return lambda row: 0.0 if row[i] is None else float(row[i])
         if x.kind == INT:
-            i = self.query.select(f"sum(CAST({x.sql} AS HUGEINT) * CAST({x.sql} AS HUGEINT)){where}")
+            i = self.query.select(f"sum({_when(r, f'CAST({x.sql} AS HUGEINT) * CAST({x.sql} AS HUGEINT)')})")
             return lambda row: 0 if row[i] is None else int(row[i])
         if x.kind == BOOL:  # numpy's dot product of booleans is a logical "any"
-            i = self.query.select(f"bool_or({x.sql}){where}")
+            i = self.query.select(f"bool_or({_when(r, x.sql)})")
             return lambda row: bool(row[i])
         raise TaskFailed("sqsum is not defined for text values")
 
     def _agg_min(self, x: Col, fn: str = "min") -> Callable[[tuple], Any]:
-        i = self.query.select(f"{fn}({x.sql}){_filter(x.rows.cond)}")
+        i = self.query.select(f"{fn}({_when(x.rows.cond, x.sql)})")
         return lambda row: row[i]
 
     def _agg_max(self, x: Col) -> Callable[[tuple], Any]:
@@ -1198,7 +1206,7 @@ class Compiler:
 
     def _counts(self, x: Col) -> int:
         """Select index of ``[{key, value}]``: each distinct non-missing value and its count."""
-        return self.query.select(f"map_entries(histogram({x.sql}){_filter(_and(x.rows.cond, f'{x.sql} IS NOT NULL'))})")
+        return self.query.select(f"map_entries(histogram({_when(x.rows.cond, x.sql)}))")
 
     def _agg_set(self, x: Col) -> Callable[[tuple], Any]:
         i = self._counts(x)
@@ -1220,21 +1228,21 @@ class Compiler:
             raise TaskFailed("crosstab is not supported for values of this type by this fragment")
         # pandas: a frame of both, rows missing either dropped (so rows both have)
         cond = _and(a.rows.cond, b.rows.cond, f"{a.sql} IS NOT NULL", f"{b.sql} IS NOT NULL")
-        i = self.query.select(f"map_entries(histogram(struct_pack(a := {a.sql}, b := {b.sql})){_filter(cond)})")
+        i = self.query.select(f"map_entries(histogram({_when(cond, f'struct_pack(a := {a.sql}, b := {b.sql})')}))")
         return lambda row: [[e["key"]["a"], e["key"]["b"], int(e["value"])] for e in row[i] or []]
 
     def _cumulative(self, x: Col, thresholds: Iterable[float]) -> Callable[[tuple], dict[float, int]]:
         """How many non-missing values are at most each threshold (nan and +inf: all of them)."""
         v = Operand(x.sql, x.kind).double
         present = _and(x.rows.cond, f"{x.sql} IS NOT NULL")
-        total = self.query.select(f"count({x.sql}){_filter(x.rows.cond)}")
+        total = self.query.select(f"count({_when(x.rows.cond, x.sql)})")
         finite = sorted({float(t) for t in thresholds if not math.isnan(t) and t != math.inf})
         if len(finite) > MAX_THRESHOLDS:
             raise TaskFailed(f"at most {MAX_THRESHOLDS} thresholds or bins")
         buckets = None
         if finite:
             bounds = "CAST([" + ", ".join(f"'{t!r}'" for t in finite) + "] AS DOUBLE[])"
-            buckets = self.query.select(f"map_entries(histogram({v}, {bounds}){_filter(present)})")
+            buckets = self.query.select(f"map_entries(histogram({_when(present, v)}, {bounds}))")
 
         def read(row: tuple) -> dict[float, int]:
             # DuckDB counts each value in the bucket (previous boundary, boundary], plus one above the last
@@ -1300,10 +1308,10 @@ class Compiler:
     def _agg_moments(self, x: Col) -> Callable[[tuple], Any]:
         self._numbers("moments", x)
         rows, finite, (v,) = self._moments([x])
-        n = self.query.select(f"count(*){_filter(rows)}")
-        mean = self.query.select(f"favg({v}){_filter(rows)}")
-        var = self.query.select(f"var_pop({v}){_filter(finite)}")
-        bad = self.query.select(f"count(*){_filter(_and(rows, _not(finite)))}")
+        n = self.query.select(_count_rows(rows))
+        mean = self.query.select(f"favg({_when(rows, v)})")
+        var = self.query.select(f"var_pop({_when(finite, v)})")
+        bad = self.query.select(_count_rows(_and(rows, _not(finite))))
 
         def read(row: tuple) -> list[Any]:
             count = int(row[n])
@@ -1320,15 +1328,16 @@ class Compiler:
         self._numbers(op, *cols)
         rows, finite, values = self._moments(cols)
         k = len(values)
-        n = self.query.select(f"count(*){_filter(rows)}")
-        means = [self.query.select(f"favg({v}){_filter(rows)}") for v in values]
+        n = self.query.select(_count_rows(rows))
+        means = [self.query.select(f"favg({_when(rows, v)})") for v in values]
         pairs = {
             (i, j): self.query.select(
-                f"var_pop({values[i]}){_filter(finite)}" if i == j else f"covar_pop({values[i]}, {values[j]}){_filter(finite)}"
+                f"var_pop({_when(finite, values[i])})" if i == j
+                else f"covar_pop({_when(finite, values[i])}, {_when(finite, values[j])})"
             )
             for i in builtin_range(k) for j in builtin_range(i, k)
         }
-        bad = self.query.select(f"count(*){_filter(_and(rows, _not(finite)))}")
+        bad = self.query.select(_count_rows(_and(rows, _not(finite))))
 
         def read(row: tuple) -> tuple[int, list[float], np.ndarray]:
             count = int(row[n])
@@ -1410,13 +1419,12 @@ class Compiler:
                 on_rows(f"({target} * {eta} - {mean} - lgamma({target} + {FLOAT_ONE}))"), at, "g"
             )
         residual, at = self.query.name(f"({target} - {mean})", at, "g")
-        where = _filter(rows)
         p = len(design)
-        n = self.query.select(f"count(*){where}")
-        gradient = [self.query.select(f"fsum({design[j]} * {residual}){where}") for j in builtin_range(p)]
-        hessian = {(j, k): self.query.select(f"fsum({design[j]} * {design[k]} * {weight}){where}")
+        n = self.query.select(_count_rows(rows))
+        gradient = [self.query.select(f"fsum({_when(rows, f'{design[j]} * {residual}')})") for j in builtin_range(p)]
+        hessian = {(j, k): self.query.select(f"fsum({_when(rows, f'{design[j]} * {design[k]} * {weight}')})")
                    for j in builtin_range(p) for k in builtin_range(j, p)}
-        total = self.query.select(f"fsum({loglik}){where}")
+        total = self.query.select(f"fsum({_when(rows, loglik)})")
 
         def read(row: tuple) -> list[Any]:
             matrix = [[0.0] * p for _ in builtin_range(p)]
@@ -1473,11 +1481,11 @@ class Compiler:
     def _indicator(self, factor: Col) -> int:
         """A factor of a product that holds only 0s and 1s is a filter (known once the query ran)."""
         if factor.kind == BOOL:
-            check = f"count({factor.sql}){_filter(factor.rows.cond)} > 0"
+            check = f"count({_when(factor.rows.cond, factor.sql)}) > 0"
             nonzero = f"coalesce({factor.sql}, FALSE)"
         else:
-            check = (f"(count({factor.sql}){_filter(factor.rows.cond)} > 0 AND coalesce(bool_and({factor.sql} IN (0, 1))"
-                     f"{_filter(_and(factor.rows.cond, f'{factor.sql} IS NOT NULL'))}, TRUE))")
+            check = (f"(count({_when(factor.rows.cond, factor.sql)}) > 0 AND "
+                     f"coalesce(bool_and({_when(factor.rows.cond, f'{factor.sql} IN (0, 1)')}), TRUE))")
             nonzero = f"coalesce({factor.sql} <> 0, FALSE)"
         if check not in self._flag_index:
             self._flag_index[check] = len(self._flags)
@@ -1523,7 +1531,7 @@ class Compiler:
         kept, level = self.query.name(kept, level, "k")
         additive = terms[0][2] if terms else "FALSE"
         contribution = " + ".join(t[3] for t in terms if t[3] != FLOAT_ZERO) or FLOAT_ZERO
-        contribution, c_level = self.query.name(contribution, level, "c")
+        contribution, _ = self.query.name(contribution, level, "c")
         flags = sorted({self._atoms[a][2] for a in info.atoms if self._atoms[a][2] is not None})
         rows_index = self.rows_index
         value_counts = None
@@ -1540,13 +1548,13 @@ class Compiler:
                               if self._atoms[a][2] is None or on[self._atoms[a][2]]])
             used = _and(selected, kept)
             variants[assignment] = {
-                "used": self.query.select(f"count(*){_filter(used)}"),
-                "additive": self.query.select(f"count(*){_filter(_and(used, additive))}"),
-                "left_out": self.query.select(f"count(*){_filter(_and(info.present, _not(used)))}"),
-                "filtered_out": self.query.select(f"count(*){_filter(_and(info.present, _not(selected)))}"),
-                "top": self.query.select(f"max({contribution}, {self.top}){_filter(used)}"),
-                "total": self.query.select(f"sum({contribution}){_filter(used)}"),
-                "squares": self.query.select(f"sum({contribution} * {contribution}){_filter(used)}"),
+                "used": self.query.select(_count_rows(used)),
+                "additive": self.query.select(_count_rows(_and(used, additive))),
+                "left_out": self.query.select(_count_rows(_and(info.present, _not(used)))),
+                "filtered_out": self.query.select(_count_rows(_and(info.present, _not(selected)))),
+                "top": self.query.select(f"max({_when(used, contribution)}, {self.top})"),
+                "total": self.query.select(f"sum({_when(used, contribution)})"),
+                "squares": self.query.select(f"sum({_when(used, f'{contribution} * {contribution}')})"),
             }
         flag_indices = [self._flags[f] for f in flags]
 

@@ -291,9 +291,22 @@ def test_failures_name_missing_columns_and_nested_data(cluster) -> None:
 
 
 def test_policies_needing_row_facts_refuse_dask_fragments(cluster) -> None:
-    config = {**fm.load_config("example/config.yaml").raw}
+    config = {**fm.load_config("example/config.yaml").raw}  # Anonymity(k=5) and Dominance
     server = fm.Server(config)
     server["cohort"] = Dask(dd.from_pandas(PARTS[0], npartitions=2))
     data = fm.FedData([fm.Simulation(server, "cohort")], config=config)
     with pytest.raises(fm.PrivacyError, match="cannot report the rows"):
+        data["x"].sum().compute()
+
+
+def test_policies_needing_only_the_value_apply_to_dask_fragments(cluster) -> None:
+    methods = fm.load_config(None).raw["methods"]
+    noise = {"policy": "fedmed.privacy.Noise", "params": {"epsilon": 1.0, "seed": 3}}
+    config = {"methods": methods, "privacy": [noise]}
+    server = fm.Server(config)
+    server["cohort"] = Dask(dd.from_pandas(PARTS[0], npartitions=2))
+    data = fm.FedData([fm.Simulation(server, "cohort")], config=config)
+    noisy = float(data["x"].count())  # a count: noise needs no row facts
+    assert noisy != PARTS[0]["x"].count() and abs(noisy - PARTS[0]["x"].count()) < 50
+    with pytest.raises(fm.PrivacyError):  # a sum: bounded terms need the rows
         data["x"].sum().compute()
