@@ -282,6 +282,16 @@ def _count_rows(cond: str) -> str:
     return "count(*)" if cond == "TRUE" else f"count(CASE WHEN {cond} THEN 1 END)"
 
 
+def _fsum(expr: str) -> str:
+    """An accurate (Kahan) sum of doubles; the plain sum where that is not finite (DuckDB 1.1's
+    ``fsum`` turns an infinite term into NaN; numpy gives the infinity)."""
+    return f"(CASE WHEN isfinite(sum({expr})) THEN fsum({expr}) ELSE sum({expr}) END)"
+
+
+def _favg(expr: str) -> str:
+    return f"(CASE WHEN isfinite(avg({expr})) THEN favg({expr}) ELSE avg({expr}) END)"
+
+
 def _nan_null(expr: str) -> str:
     return f"nullif({expr}, {NAN_LITERAL})"
 
@@ -818,7 +828,7 @@ class Compiler:
             return self._column(f"(CASE WHEN {q} = 0 THEN {zero} ELSE {floor} END)", level, rows, FLOAT, nullable)
         # numpy's npy_divmod for floats, step by step
         p, q = x.double, y.double
-        mod, at = self.query.name(f"(CASE WHEN {q} <> 0 THEN fmod({p}, {q}) END)", level)
+        mod, at = self.query.name(f"(CASE WHEN {q} <> 0 THEN {p} % {q} END)", level)
         div, at = self.query.name(
             f"(CASE WHEN {q} <> 0 THEN (({p} - {mod}) / {q}) - "
             f"(CASE WHEN {mod} <> 0 AND (({q} < 0) <> ({mod} < 0)) THEN 1 ELSE 0 END) END)", at
@@ -841,7 +851,7 @@ class Compiler:
             # pandas gives floats (NaN) once a divisor is 0: as floordiv, a column divisor gives floats
             return self._column(f"CAST({python} AS DOUBLE)", at, rows, FLOAT, nullable)
         p, q = x.double, y.double
-        mod, at = self.query.name(f"(CASE WHEN {q} <> 0 THEN fmod({p}, {q}) END)", level)
+        mod, at = self.query.name(f"(CASE WHEN {q} <> 0 THEN {p} % {q} END)", level)
         python = f"(CASE WHEN {mod} <> 0 AND (({q} < 0) <> ({mod} < 0)) THEN {mod} + {q} ELSE {mod} END)"
         return self._column(_nan_null(python), at, rows, FLOAT, nullable)
 
@@ -1177,7 +1187,7 @@ class Compiler:
 
     def _agg_sum(self, x: Col) -> Callable[[tuple], Any]:
         if x.kind == FLOAT:
-            i = self.query.select(f"fsum({_when(x.rows.cond, x.sql)})")
+            i = self.query.select(_fsum(_when(x.rows.cond, x.sql)))
             return lambda row: 0.0 if row[i] is None else float(row[i])
         if x.kind in (INT, BOOL):
             i = self.query.select(f"sum({_when(x.rows.cond, Operand(x.sql, x.kind).bigint)})")
@@ -1187,7 +1197,7 @@ class Compiler:
     def _agg_sqsum(self, x: Col) -> Callable[[tuple], Any]:
         r = x.rows.cond
         if x.kind == FLOAT:
-            i = self.query.select(f"fsum({_when(r, f'{x.sql} * {x.sql}')})")
+            i = self.query.select(_fsum(_when(r, f'{x.sql} * {x.sql}')))
             return lambda row: 0.0 if row[i] is None else float(row[i])
         if x.kind == INT:
             i = self.query.select(f"sum({_when(r, f'CAST({x.sql} AS HUGEINT) * CAST({x.sql} AS HUGEINT)')})")
@@ -1309,7 +1319,7 @@ class Compiler:
         self._numbers("moments", x)
         rows, finite, (v,) = self._moments([x])
         n = self.query.select(_count_rows(rows))
-        mean = self.query.select(f"favg({_when(rows, v)})")
+        mean = self.query.select(_favg(_when(rows, v)))
         var = self.query.select(f"var_pop({_when(finite, v)})")
         bad = self.query.select(_count_rows(_and(rows, _not(finite))))
 
@@ -1329,7 +1339,7 @@ class Compiler:
         rows, finite, values = self._moments(cols)
         k = len(values)
         n = self.query.select(_count_rows(rows))
-        means = [self.query.select(f"favg({_when(rows, v)})") for v in values]
+        means = [self.query.select(_favg(_when(rows, v))) for v in values]
         pairs = {
             (i, j): self.query.select(
                 f"var_pop({_when(finite, values[i])})" if i == j
@@ -1421,10 +1431,10 @@ class Compiler:
         residual, at = self.query.name(f"({target} - {mean})", at, "g")
         p = len(design)
         n = self.query.select(_count_rows(rows))
-        gradient = [self.query.select(f"fsum({_when(rows, f'{design[j]} * {residual}')})") for j in builtin_range(p)]
-        hessian = {(j, k): self.query.select(f"fsum({_when(rows, f'{design[j]} * {design[k]} * {weight}')})")
+        gradient = [self.query.select(_fsum(_when(rows, f'{design[j]} * {residual}'))) for j in builtin_range(p)]
+        hessian = {(j, k): self.query.select(_fsum(_when(rows, f'{design[j]} * {design[k]} * {weight}')))
                    for j in builtin_range(p) for k in builtin_range(j, p)}
-        total = self.query.select(f"fsum({_when(rows, loglik)})")
+        total = self.query.select(_fsum(_when(rows, loglik)))
 
         def read(row: tuple) -> list[Any]:
             matrix = [[0.0] * p for _ in builtin_range(p)]

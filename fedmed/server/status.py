@@ -86,6 +86,9 @@ def render_status(server: "Server") -> str:
 
 
 def _columns(fragment: Any) -> list[tuple[str, str]]:
+    dtypes = getattr(fragment, "dtypes", None)  # out-of-core fragments know their schema
+    if isinstance(dtypes, dict):
+        return [(str(c), str(t)) for c, t in dtypes.items()]
     data = getattr(fragment, "data", None)
     if hasattr(data, "dtypes") and hasattr(data, "columns"):
         return [(str(c), str(t)) for c, t in data.dtypes.items()]
