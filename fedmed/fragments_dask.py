@@ -79,7 +79,7 @@ from .expr.node import Node
 from .expr.rowwise import Column, Elementwise, Filter, Fragment as FragmentNode, Literal, Map
 from .ops import binary, private, public
 from .ops.columns import COLUMNS
-from .server.evaluate import _REPEATING, Evaluated, Failure
+from .server.evaluate import _REPEATING, Evaluated, Failure, fold_table
 from .server.fragments import Fragment
 
 __all__ = ["Dask"]
@@ -131,29 +131,12 @@ class Dask(Fragment):
         return self._rows
 
     def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Evaluated]:
-        position = {id(node): i for i, node in enumerate(nodes)}
-        values: dict[int, Any] = {}
-        for i in sorted(_needed(nodes, outputs, position)):
-            node = nodes[i]
-            args = [values[position[id(child)]] for child in node.children]
-            failed = next((a for a in args if isinstance(a, Failure)), None)
-            values[i] = failed if failed is not None else _visit(node, args, self.data, config)
+        values = fold_table(nodes, outputs, lambda node, args: _visit(node, args, self.data, config))
         results = _compute_all([values[o] for o in outputs])
         return [Evaluated(value, None) for value in results]
 
 
 # -- the node table, lazily ------------------------------------------------------
-def _needed(nodes: Sequence[Node], outputs: Sequence[int], position: dict[int, int]) -> set[int]:
-    needed: set[int] = set()
-    stack = list(outputs)
-    while stack:
-        i = stack.pop()
-        if i not in needed:
-            needed.add(i)
-            stack.extend(position[id(c)] for c in nodes[i].children)
-    return needed
-
-
 def _visit(node: Node, args: list[Any], data: Any, config: Config) -> Any:
     try:
         if isinstance(node, FragmentNode):

@@ -35,3 +35,16 @@ def quickstart(serve: Callable[..., BackgroundServer]) -> tuple[list[fm.Server],
     urls = [serve(s).url for s in servers]
     sources = [fm.Remote(ip=urls[0], fragment="test array 1/2"), fm.Remote(ip=urls[1], fragment="test array 2/2")]
     return servers, sources
+
+
+@pytest.fixture
+def simulate() -> Callable[..., tuple[list[fm.Server], fm.FedData]]:
+    """``simulate(frames)``: one in-process server per frame (fragment "site i"), and a FedData over them."""
+
+    def start(frames: list[Any], config: Any = None) -> tuple[list[fm.Server], fm.FedData]:
+        servers = [fm.Server(config) for _ in frames]
+        for i, (server, frame) in enumerate(zip(servers, frames)):
+            server[f"site {i}"] = frame
+        return servers, fm.FedData([fm.Simulation(s, f"site {i}") for i, s in enumerate(servers)], config=config)
+
+    return start

@@ -47,7 +47,7 @@ from ..expr.node import Node
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment as FragmentNode, Literal, Map
 from ..ops import binary, private
 from ..ops.columns import COLUMNS
-from ..server.evaluate import Failure, _bounded
+from ..server.evaluate import Failure, _bounded, needed_nodes
 
 # -- kinds of values -----------------------------------------------------------------------
 
@@ -595,7 +595,7 @@ class Compiler:
     # -- driver ----------------------------------------------------------------------------------
     def compile(self, nodes: Sequence[Node], outputs: Sequence[int]) -> Program:
         position = {id(node): i for i, node in enumerate(nodes)}
-        needed = _needed(nodes, outputs, position)
+        needed = needed_nodes(nodes, outputs, position)
         values: dict[int, Value] = {}
         program = Program(None)
         for i in sorted(needed):
@@ -1596,17 +1596,6 @@ builtin_range = range
 
 def _name(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
-
-
-def _needed(nodes: Sequence[Node], outputs: Sequence[int], position: dict[int, int]) -> set[int]:
-    needed: set[int] = set()
-    stack = list(outputs)
-    while stack:
-        i = stack.pop()
-        if i not in needed:
-            needed.add(i)
-            stack.extend(position[id(c)] for c in nodes[i].children)
-    return needed
 
 
 def compile_request(nodes: Sequence[Node], outputs: Sequence[int], config: Config, *, source: str,

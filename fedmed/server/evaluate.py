@@ -39,13 +39,7 @@ class Evaluated:
 
 def evaluate_pandas(nodes: Sequence[Node], outputs: Sequence[int], data: Any, config: Config) -> list[Evaluated]:
     """Evaluate the map nodes at ``outputs`` over ``data`` (pandas objects)."""
-    position = {id(node): i for i, node in enumerate(nodes)}
-    values: dict[int, Any] = {}
-    for i in sorted(_needed(nodes, outputs, position)):
-        node = nodes[i]
-        args = [values[position[id(child)]] for child in node.children]
-        failed = next((a for a in args if isinstance(a, Failure)), None)
-        values[i] = failed if failed is not None else _visit(node, args, data, config)
+    values = fold_table(nodes, outputs, lambda node, args: _visit(node, args, data, config))
     by_node = {id(nodes[i]): value for i, value in values.items()}
     index = row_index(data)
     return [
@@ -63,7 +57,26 @@ def row_index(data: Any) -> pd.Index | None:
     return None
 
 
-def _needed(nodes: Sequence[Node], outputs: Sequence[int], position: dict[int, int]) -> set[int]:
+def fold_table(
+    nodes: Sequence[Node], outputs: Sequence[int], visit: Callable[[Node, list[Any]], Any]
+) -> dict[int, Any]:
+    """``visit`` each node the outputs need, in table order, children's values first.
+
+    A ``Failure`` in a child becomes the parent's value without a visit, so
+    one failing task spoils only the outputs above it. Every engine (pandas,
+    Dask) folds a table this way; only ``visit`` differs.
+    """
+    position = {id(node): i for i, node in enumerate(nodes)}
+    values: dict[int, Any] = {}
+    for i in sorted(needed_nodes(nodes, outputs, position)):
+        args = [values[position[id(child)]] for child in nodes[i].children]
+        failed = next((a for a in args if isinstance(a, Failure)), None)
+        values[i] = failed if failed is not None else visit(nodes[i], args)
+    return values
+
+
+def needed_nodes(nodes: Sequence[Node], outputs: Sequence[int], position: dict[int, int]) -> set[int]:
+    """Indices of the nodes below ``outputs`` (``position`` maps id(node) to its index)."""
     needed: set[int] = set()
     stack = list(outputs)
     while stack:

@@ -39,13 +39,10 @@ def make_frames(seed: int = 20240611) -> list[pd.DataFrame]:
 
 
 @pytest.fixture
-def setup():
+def setup(simulate):
     """(servers, FedData over fm.Simulation sources, the pooled DataFrame)."""
     frames = make_frames()
-    servers = [fm.Server() for _ in frames]
-    for i, (server, frame) in enumerate(zip(servers, frames)):
-        server[f"site {i}"] = frame
-    data = fm.FedData([fm.Simulation(s, f"site {i}") for i, s in enumerate(servers)])
+    servers, data = simulate(frames)
     return servers, data, pd.concat(frames, ignore_index=True)
 
 
