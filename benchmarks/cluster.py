@@ -3,10 +3,11 @@
 ``Cluster(n, rows, delay)`` starts ``n`` default-config servers (no privacy
 policies, as the original's ``privacy: []``), each holding one fragment
 ``"cohort"`` (a DataFrame of ``support.COLUMNS``) behind
-``support.Middleware`` (the delay per request), served by waitress in a
-thread (``support.Background``). ``Cluster.run`` computes one analysis
-with the optimised or the naive plan and returns its wall time, its value
-and the servers' exact traffic (``server.traffic``).
+``support.Middleware`` (the delay per request), served by waitress in
+child processes (``hosts.Hosts``: the client's process does only the
+client's work, as on a machine of its own). ``Cluster.run`` computes one
+analysis with the optimised or the naive plan and returns its wall time,
+its value and the servers' exact traffic.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from __future__ import annotations
 import re
 from typing import Any, Callable
 
-import pandas as pd
-
 import fedmed as fm
-from .support import Background, Middleware, cohort, timed
+from .hosts import Hosts
+from .support import timed
 
 #: Each analysis, built from the FedData of the cohort; labels as in the tables.
 ANALYSES: dict[str, tuple[str, Callable[[fm.FedData], fm.LazyResult]]] = {
@@ -52,19 +52,11 @@ def comparable(name: str, value: Any) -> list[float]:
 class Cluster:
     """``servers`` FedMed servers on loopback, each delaying every request by ``delay`` seconds."""
 
-    def __init__(self, servers: int, rows: int, delay: float = 0.0, seed: int = 2024, threads: int = 4) -> None:
-        self.servers: list[fm.Server] = []
-        self.running: list[Background] = []
-        try:
-            for i in range(servers):
-                server = fm.Server()
-                server["cohort"] = pd.DataFrame(cohort(rows, i, seed))
-                self.servers.append(server)
-                self.running.append(Background(Middleware(server.app, delay), threads))
-        except BaseException:
-            self.close()
-            raise
-        sources = [fm.Remote(ip=r.url, fragment="cohort") for r in self.running]
+    def __init__(self, servers: int, rows: int, delay: float = 0.0, seed: int = 2024, threads: int = 4,
+                 processes: int = 2) -> None:
+        self.hosts = Hosts(servers, processes, delay, rows=rows, fragment="cohort", seed=seed, threads=threads)
+        self.urls = self.hosts.urls
+        sources = [fm.Remote(ip=url, fragment="cohort") for url in self.urls]
         # made once, as an analyst would: FedData() reads its config, which is not what is measured
         self._data = {optimize: fm.FedData(sources, optimize=optimize) for optimize in (True, False)}
 
@@ -80,22 +72,21 @@ class Cluster:
 
     def run(self, analysis: str, optimize: bool = True) -> dict[str, Any]:
         """Build and compute ``analysis``: wall seconds, value, and per-server traffic of this call."""
-        before = [(s.traffic.requests, s.traffic.bytes_in, s.traffic.bytes_out) for s in self.servers]
+        before = self.hosts.traffic()[0]
         build = ANALYSES[analysis][1]
         wall, value = timed(lambda: build(self.data(optimize)).compute())
-        after = [(s.traffic.requests, s.traffic.bytes_in, s.traffic.bytes_out) for s in self.servers]
+        after = self.hosts.traffic()[0]
+        change = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before)]
         return {
             "wall": wall,
             "value": value,
-            "requests_per_server": [a[0] - b[0] for a, b in zip(after, before)],
-            "bytes_in": sum(a[1] - b[1] for a, b in zip(after, before)),
-            "bytes_out": sum(a[2] - b[2] for a, b in zip(after, before)),
+            "requests_per_server": [c["requests"] for c in change],
+            "bytes_in": sum(c["bytes_in"] for c in change),
+            "bytes_out": sum(c["bytes_out"] for c in change),
         }
 
     def close(self) -> None:
-        for running in self.running:
-            running.stop()
-        self.running = []
+        self.hosts.close()
 
     def __enter__(self) -> "Cluster":
         return self

@@ -53,10 +53,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import math
-import subprocess
 import sys
 import threading
 import time
@@ -71,7 +69,6 @@ if __package__ in (None, ""):  # run as a script: import ``benchmarks`` as a pac
     __package__ = "benchmarks"
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import urllib3  # noqa: E402
 
 import fedmed as fm  # noqa: E402
@@ -81,113 +78,14 @@ from fedmed.backend.base import read_response  # noqa: E402
 from fedmed.errors import ServerUnavailable  # noqa: E402
 
 from benchmarks import report  # noqa: E402
-from benchmarks.support import Background, Middleware, cohort, median  # noqa: E402
+from benchmarks.hosts import Hosts  # noqa: E402
+from benchmarks.support import cohort, median  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ROWS = 1_000
 SEED = 2024
 THRESHOLD = 3.0  # the question: do 200 servers stay under 3x one round trip?
-
-
-# -- the servers: child processes, each hosting many --------------------------
-class Replay:
-    """WSGI: the first answer to each distinct request body comes from the FedMed server, repeats from memory.
-
-    The client cannot tell: it gets the very bytes the server sent. The
-    server's own work (Flask, decoding, pandas, encoding) is then done once,
-    so a repeated measurement sees the client, waitress and the delay only,
-    as when every server has a machine of its own.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.answers: dict[bytes, tuple[str, list[tuple[str, str]], bytes]] = {}
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-        key = environ["REQUEST_METHOD"].encode() + environ.get("PATH_INFO", "").encode() + b"\0" + body
-        if key not in self.answers:
-            captured: list[Any] = []
-            environ["wsgi.input"] = io.BytesIO(body)
-            answer = self.app(environ, lambda status, headers, exc_info=None: captured.extend([status, headers]))
-            try:
-                content = b"".join(answer)
-            finally:
-                if hasattr(answer, "close"):
-                    answer.close()
-            self.answers[key] = (captured[0], list(captured[1]), content)
-        status, headers, content = self.answers[key]
-        start_response(status, headers)
-        return [content]
-
-
-def host(count: int, first: int, delay: float, rows: int, replay: bool) -> None:
-    """Child process: ``count`` servers (sites ``first``...), their URLs on stdout, then serve until stdin closes.
-
-    A line ``counts`` on stdin is answered with each server's request count
-    and this process's CPU seconds.
-    """
-    config = fm.load_config(None)  # one config for all: no privacy policies, exact results
-    running, middlewares = [], []
-    for i in range(first, first + count):
-        server = fm.Server(config)
-        server["site"] = pd.DataFrame(cohort(rows, i, SEED))
-        middlewares.append(Middleware(Replay(server.app) if replay else server.app, delay))
-        # 2 threads: one request per server per round; poll(), as hundreds of servers pass 1,024 descriptors
-        running.append(Background(middlewares[-1], threads=2))
-    print(json.dumps([r.url for r in running]), flush=True)
-    for line in sys.stdin:
-        if line.strip() == "counts":
-            counts = [m.counts()["requests"] for m in middlewares]
-            print(json.dumps({"requests": counts, "cpu": time.process_time()}), flush=True)
-    for r in running:
-        r.stop()
-
-
-class Hosts:
-    """``servers`` servers spread over ``processes`` child processes."""
-
-    def __init__(self, servers: int, processes: int, delay: float, replay: bool, rows: int = ROWS) -> None:
-        self.children: list[subprocess.Popen[str]] = []
-        self.urls: list[str] = []
-        share = math.ceil(servers / processes)
-        try:
-            for first in range(0, servers, share):
-                count = min(share, servers - first)
-                child = subprocess.Popen(
-                    [sys.executable, str(Path(__file__).resolve()), "--host", str(count), str(first), str(delay), str(rows),
-                     str(int(replay))],
-                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                )
-                self.children.append(child)
-            for child in self.children:
-                line = child.stdout.readline()  # type: ignore[union-attr]
-                if not line:
-                    raise RuntimeError("a host process ended before starting its servers")
-                self.urls += json.loads(line)
-        except BaseException:
-            self.close()
-            raise
-
-    def counts(self) -> tuple[list[int], float]:
-        """Each server's request count, and the host processes' CPU seconds so far."""
-        requests_, cpu = [], 0.0
-        for child in self.children:
-            child.stdin.write("counts\n")  # type: ignore[union-attr]
-            child.stdin.flush()  # type: ignore[union-attr]
-            answer = json.loads(child.stdout.readline())  # type: ignore[union-attr]
-            requests_ += answer["requests"]
-            cpu += answer["cpu"]
-        return requests_, cpu
-
-    def close(self) -> None:
-        for child in self.children:
-            try:
-                child.stdin.close()  # type: ignore[union-attr]
-                child.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                child.kill()  # this process's own child, by its handle
 
 
 # -- the client variants -------------------------------------------------------
@@ -375,7 +273,7 @@ def run(counts: tuple[int, ...], repeats: int, delay: float, processes: int, rep
     results: dict[str, Any] = {}
     for servers in counts:
         started = time.perf_counter()
-        hosts = Hosts(servers, min(processes, servers), delay, replay)
+        hosts = Hosts(servers, processes, delay, rows=ROWS, replay=replay, fragment="site", seed=SEED)
         try:
             data = fm.FedData([fm.Remote(url, "site") for url in hosts.urls])
             expected = expected_mean(servers)
@@ -427,13 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hosts", type=int, default=2, help="child processes holding the servers")
     parser.add_argument("--modes", nargs="+", choices=list(SERVER_MODES), default=list(SERVER_MODES))
     parser.add_argument("--out", type=Path, default=RESULTS, help="a folder (fanout.json is written there) or a .json file")
-    parser.add_argument("--host", nargs=5, help=argparse.SUPPRESS)  # count first delay rows replay: a child process
     args = parser.parse_args(argv)
-    if args.host:
-        count, first, delay, rows, replay = args.host
-        host(int(count), int(first), float(delay), int(rows), replay == "1")
-        return 0
-
     counts = tuple(args.servers or ((1, 20, 50) if args.quick else (1, 50, 200)))
     if 1 not in counts:
         counts = (1, *counts)  # one server's wall time is the unit

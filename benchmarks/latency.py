@@ -11,6 +11,7 @@ wall time grows by less than 2x from one server to the most, and stays within
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import requests
@@ -28,7 +29,7 @@ PER_ROUND_LIMIT = 1.5
 def round_trip(cluster: Cluster, times: int = 7) -> float:
     """Median seconds of ``GET /v1/info`` to the first server (through its delay)."""
     session = requests.Session()
-    url = cluster.running[0].url + "/v1/info"
+    url = cluster.urls[0] + "/v1/info"
     session.get(url)
     return median(timed(lambda: session.get(url).raise_for_status())[0] for _ in range(times))
 
@@ -37,7 +38,8 @@ def run(settings: Any, original: Original | None, original_note: str) -> Section
     counts, delay, repeats = settings.latency_servers, settings.delay, settings.latency_repeats
     by_count: dict[int, dict[str, Any]] = {}
     for n in counts:
-        with Cluster(n, settings.rows, delay, seed=settings.seed, threads=settings.threads) as cluster:
+        with Cluster(n, settings.rows, delay, seed=settings.seed, threads=settings.threads,
+                     processes=settings.host_processes) as cluster:
             rtt = round_trip(cluster)
             rounds = {a: cluster.plan(a)[0] for a in ANALYSES}
             if original is not None:
@@ -100,8 +102,10 @@ def run(settings: Any, original: Original | None, original_note: str) -> Section
         checks,
     )
     notes = [
-        "All servers and the client run in this one process, on a 2-core machine: work that separate machines "
-        "would do in parallel (HTTP handling, evaluation, encoding) here queues for the same cores and GIL.",
+        f"FedMed's servers run in {settings.host_processes} child processes and the client in this one, on a "
+        f"{os.cpu_count()}-core machine: the servers' CPU work (HTTP, evaluation, encoding; about 2 ms per request) "
+        "shares these cores with the client, which separate machines would do in parallel. The original's "
+        "servers and client share its driver's process.",
         f"{settings.rows:,} rows per server; each waitress server has {settings.threads} threads, so a naive plan's "
         "parallel requests to one server queue once they outnumber the threads.",
         "FedMed sends each round's requests to all servers at once (up to 32 in parallel); the original sends "

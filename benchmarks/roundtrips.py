@@ -20,7 +20,7 @@ from .report import Section, Table, div, ms, ratio
 
 def run(settings: Any, original: Original | None, original_note: str) -> Section:
     n, rows = settings.servers, settings.rows
-    with Cluster(n, rows, seed=settings.seed, threads=settings.threads) as cluster:
+    with Cluster(n, rows, seed=settings.seed, threads=settings.threads, processes=settings.host_processes) as cluster:
         if original is not None:
             original.start(n, rows, 0.0, settings.seed)
             original.run("mean")  # warm-up: the original's first requests set Flask up

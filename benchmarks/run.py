@@ -41,6 +41,7 @@ class Settings:
     latency_repeats: int = 3
     delay: float = 0.020
     threads: int = 4
+    host_processes: int = 2  # child processes holding FedMed's servers (one per core)
     throughput_rows: tuple[int, ...] = (1_000_000, 10_000_000)
     throughput_repeats: int = 5
     overhead_nodes: tuple[int, int] = (1_000, 10_000)

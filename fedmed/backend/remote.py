@@ -2,31 +2,67 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any, Hashable
+from urllib.parse import urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import certifi
+import urllib3
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
 from .. import wire
 from ..errors import ServerUnavailable
 from .base import Link, Source, read_response
 
-_local = threading.local()
+#: Connections kept open per server; a round sends one request per server,
+#: so more are needed only when several computations run at once.
+CONNECTIONS_PER_SERVER = 8
+#: Servers whose connections are kept between rounds.
+SERVERS_KEPT = 1024
+
+_managers: dict[str | None, urllib3.PoolManager] = {}
+_managers_lock = threading.Lock()
 
 
-def _session() -> requests.Session:
-    # One pooled session per thread: connections to each server are reused
-    # across rounds, and no session is shared between threads.
-    session = getattr(_local, "session", None)
-    if session is None:
-        session = requests.Session()
-        session.mount("http://", HTTPAdapter(pool_connections=64, pool_maxsize=64))
-        session.mount("https://", HTTPAdapter(pool_connections=64, pool_maxsize=64))
-        _local.session = session
-    return session
+def _manager(url: str) -> urllib3.PoolManager:
+    """The process's connection pool for ``url`` (through the proxy the environment names, if any).
+
+    urllib3 directly, not ``requests``: a request costs about half the
+    client CPU (1 ms instead of 2 here), which is what a round over hundreds
+    of servers is made of, and one pool shared by every thread keeps one set
+    of connections instead of one per thread. What ``requests`` read from the
+    environment is kept: ``HTTP(S)_PROXY``/``NO_PROXY`` and the certificate
+    bundle in ``REQUESTS_CA_BUNDLE`` (else certifi's, as ``requests``).
+    """
+    proxy = _proxy_for(url)
+    manager = _managers.get(proxy)
+    if manager is None:
+        with _managers_lock:
+            manager = _managers.get(proxy)
+            if manager is None:
+                options = dict(num_pools=SERVERS_KEPT, maxsize=CONNECTIONS_PER_SERVER, retries=False,
+                               ca_certs=os.environ.get("REQUESTS_CA_BUNDLE") or certifi.where())
+                manager = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+                _managers[proxy] = manager
+    return manager
+
+
+def _proxy_for(url: str) -> str | None:
+    parts = urlsplit(url)
+    return _proxy(parts.scheme, parts.hostname or "")
+
+
+@functools.lru_cache(maxsize=SERVERS_KEPT)
+def _proxy(scheme: str, host: str) -> str | None:
+    # read once per server: scanning the environment costs as much as the rest of a request
+    if urllib.request.proxy_bypass(host):
+        return None
+    return urllib.request.getproxies().get(scheme)
 
 
 @dataclass(frozen=True)
@@ -98,18 +134,24 @@ class HttpLink(Link):
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         body = wire.pack(request)
+        url = self.name + wire.ENDPOINT
         for attempt in range(self.retries + 1):
             try:
-                reply = _session().post(self.name + wire.ENDPOINT, data=body, headers=headers, timeout=self.timeout)
+                reply = _manager(url).request("POST", url, body=body, headers=headers, timeout=self.timeout)
                 break
-            except requests.Timeout:
+            except NewConnectionError as exc:  # refused or no such host (urllib3 files it under timeouts)
+                failure: Exception = exc
+            except ConnectTimeoutError:
+                raise ServerUnavailable(f"no connection within {self.timeout:g} s", server=self.name) from None
+            except ReadTimeoutError:  # not retried: the server may still be working on it
                 raise ServerUnavailable(f"no answer within {self.timeout:g} s", server=self.name) from None
-            except requests.ConnectionError as exc:
-                if attempt == self.retries:
-                    tries = f" after {attempt + 1} attempts" if attempt else ""
-                    raise ServerUnavailable(f"cannot connect ({_reason(exc)}){tries}", server=self.name) from None
-                time.sleep(self.backoff * 2**attempt)
-        return read_response(reply.status_code, reply.content, self.name)
+            except HTTPError as exc:  # reset, TLS, proxy: worth another attempt
+                failure = exc
+            if attempt == self.retries:
+                tries = f" after {attempt + 1} attempts" if attempt else ""
+                raise ServerUnavailable(f"cannot connect ({_reason(failure)}){tries}", server=self.name) from None
+            time.sleep(self.backoff * 2**attempt)
+        return read_response(reply.status, reply.data, self.name)
 
 
 def _reason(exc: Exception) -> str:

@@ -36,6 +36,28 @@ def _numbers(x: pd.Series, op: str) -> pd.Series:
     return x
 
 
+def _floats(x: pd.Series) -> np.ndarray:
+    """All values as a float array, NaN where missing (no copy for a float64 column)."""
+    if _is_numeric(x):
+        return x.to_numpy(dtype=float)
+    return x.to_numpy(dtype=float, na_value=np.nan)  # pd.NA and None, which numpy cannot hold
+
+
+def _present(x: pd.Series) -> np.ndarray:
+    """The non-missing values as a float array, without pandas' per-call index copies.
+
+    ``Series.dropna`` also filters the index, which on 10M rows costs as much
+    as the statistic itself; a float array is only copied when it has gaps.
+    """
+    values = _floats(x)
+    missing = np.isnan(values)
+    return values[~missing] if missing.any() else values
+
+
+def _is_numeric(x: pd.Series) -> bool:
+    return isinstance(x.dtype, np.dtype) and x.dtype.kind in "fiub"
+
+
 def sum(x: pd.Series) -> Any:
     """Sum of the non-missing values (0 for none)."""
     return _plain(_numbers(x, "sum").sum())
@@ -43,20 +65,32 @@ def sum(x: pd.Series) -> Any:
 
 def sqsum(x: pd.Series) -> Any:
     """Sum of squares of the non-missing values."""
-    values = _numbers(x, "sqsum").dropna().to_numpy(dtype=float)
+    values = _present(_numbers(x, "sqsum"))
     return float(np.square(values).sum())  # elementwise: no BLAS threads fighting over the cores
 
 
 def min(x: pd.Series) -> Any:
     """Smallest non-missing value, or None if there is none."""
+    if _is_numeric(x):
+        return _extreme(x, np.fmin)
     present = x.dropna()  # pandas skips missing text values only with its own string type
     return None if present.empty else _plain(present.min())
 
 
 def max(x: pd.Series) -> Any:
     """Largest non-missing value, or None if there is none."""
+    if _is_numeric(x):
+        return _extreme(x, np.fmax)
     present = x.dropna()
     return None if present.empty else _plain(present.max())
+
+
+def _extreme(x: pd.Series, pick: np.ufunc) -> Any:
+    # fmin/fmax skip NaN in one pass with no copy; all-missing leaves NaN
+    if builtins.len(x) == 0:
+        return None
+    value = pick.reduce(x.to_numpy())
+    return None if value != value else _plain(value)
 
 
 def set(x: pd.Series) -> list[Any]:
@@ -83,7 +117,7 @@ def histogram(x: pd.Series, bins: Any, range: Any = None) -> dict[str, list[Any]
         raise OperationError("a histogram with a bin count needs range=(lo, hi), the same on every server")
     if (bins if isinstance(bins, int) else builtins.len(bins)) > MAX_BINS:
         raise OperationError(f"at most {MAX_BINS} bins")
-    counts, edges = np.histogram(x.dropna().to_numpy(dtype=float), bins=bins, range=range)
+    counts, edges = np.histogram(_present(x), bins=bins, range=range)
     return {"counts": counts.tolist(), "edges": edges.tolist()}
 
 
@@ -96,16 +130,18 @@ def crosstab(a: pd.Series, b: pd.Series) -> list[list[Any]]:
 
 def moments(x: pd.Series) -> list[Any]:
     """``[n, mean, M2]`` of the non-missing values, computed in two passes for accuracy."""
-    values = x.dropna().to_numpy(dtype=float)
+    values = _present(x)
     if builtins.len(values) == 0:
         return [0, 0.0, 0.0]
     mean = values.mean()
-    return [builtins.len(values), float(mean), float(np.square(values - mean).sum())]
+    centred = values - mean
+    np.multiply(centred, centred, out=centred)  # in place: one temporary array, not two
+    return [builtins.len(values), float(mean), float(centred.sum())]
 
 
 def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
     """``[n, mean x, mean y, M2 x, M2 y, co-moment]`` over rows where both are present."""
-    both = pd.DataFrame({"x": x, "y": y}).dropna().to_numpy(dtype=float)
+    both = _complete_rows((x, y))
     if builtins.len(both) == 0:
         return [0, 0.0, 0.0, 0.0, 0.0, 0.0]
     means = both.mean(axis=0)
@@ -131,7 +167,7 @@ def comoment_matrix(*columns: pd.Series) -> list[Any]:
 
 def count_below(x: pd.Series, thresholds: list[float]) -> list[int]:
     """For each threshold, how many non-missing values are at most that threshold."""
-    values = np.sort(x.dropna().to_numpy(dtype=float))
+    values = np.sort(_present(x))
     return np.searchsorted(values, np.asarray(thresholds, dtype=float), side="right").tolist()
 
 
@@ -162,9 +198,19 @@ def glm_step(y: pd.Series, family: str, intercept: bool, beta: list[float], *col
 
 
 def _complete_rows(columns: Any) -> np.ndarray:
-    """The rows where every column has a value, as a float matrix (one column per input)."""
-    frame = pd.DataFrame({i: c for i, c in enumerate(columns)})
-    return frame.dropna().to_numpy(dtype=float)
+    """The rows where every column has a value, as a float matrix (one column per input).
+
+    Columns are matched by index, as pandas does; columns of one table share
+    their index, and then plain arrays are stacked (a DataFrame built for the
+    purpose costs more than the statistic on small fragments).
+    """
+    first = columns[0].index
+    if all(c.index is first or c.index.equals(first) for c in columns[1:]):
+        rows = np.column_stack([_floats(c) for c in columns])
+    else:
+        rows = pd.DataFrame({i: c for i, c in enumerate(columns)}).to_numpy(dtype=float, na_value=np.nan)
+    complete = ~np.isnan(rows).any(axis=1)
+    return rows if complete.all() else rows[complete]
 
 
 def _log_factorial(values: np.ndarray) -> np.ndarray:

@@ -200,6 +200,33 @@ def test_comoments(data):
     assert close(c.cxy / (c.n - 1), both["age"].cov(both["bmi"]))
 
 
+def test_comoments_of_differently_filtered_columns_match_rows_by_index(data):
+    # the server stacks plain arrays only when the columns share their index; otherwise pandas aligns them
+    older = data["age"][data["age"] >= 40]
+    c = older.comoments(data["bmi"]).compute()
+    aligned = pd.DataFrame({"age": POOLED["age"][POOLED["age"] >= 40], "bmi": POOLED["bmi"]}).dropna()
+    pooled_by_part = pd.concat(
+        [pd.DataFrame({"age": p["age"][p["age"] >= 40], "bmi": p["bmi"]}).dropna() for p in PARTS]
+    )
+    assert len(aligned) == len(pooled_by_part) == c.n
+    assert close(c.cxy / (c.n - 1), pooled_by_part["age"].cov(pooled_by_part["bmi"]))
+
+
+@pytest.mark.parametrize("dtype", ["int64", "bool", "Int64", "boolean", "float32"])
+def test_numeric_aggregates_of_other_dtypes(dtype):
+    # min and max take numpy's path for numpy dtypes and pandas' for its nullable ones
+    values = [[3, 1, 0], [1, 0], []] if "bool" not in dtype else [[True, True], [False], []]
+    if dtype in ("Int64", "boolean"):  # nullable: with missing values
+        values = [v + [None] for v in values]
+    parts = [pd.Series(v, dtype=dtype) for v in values]
+    x = fm.FedData([fm.Local(p) for p in parts])
+    pooled = pd.concat(parts, ignore_index=True)
+    low, high, m = fm.compute(x.min(), x.max(), x.moments())
+    assert (low, high) == (pooled.min(), pooled.max())
+    assert type(low) is type(pooled.min().item())
+    assert m.n == pooled.count() and close(m.mean, float(pooled.astype("float64").mean()))
+
+
 def test_variance_is_stable_when_the_mean_is_large_against_the_spread():
     rng = np.random.default_rng(20240601)
     values = 1e9 + rng.normal(0.0, 1.0, size=3000)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fedmed as fm
+from fedmed.backend import remote
 
 
 def requests_per_server(servers: list[fm.Server]) -> list[int]:
@@ -131,3 +132,30 @@ def test_info_endpoint_lists_fragments_without_values(quickstart):
     info = wire.unpack(requests.get(sources[0].ip + "/v1/info", timeout=5).content)
     assert info["protocol"] == wire.PROTOCOL
     assert info["fragments"] == {"test array 1/2": {"rows": 3, "version": 1}}
+
+
+def test_requests_go_through_the_proxy_the_environment_names(serve, monkeypatch):
+    # as with requests: HTTP_PROXY is honoured and NO_PROXY bypasses it
+    server = fm.Server()
+    server["values"] = [1, 2, 3]
+    seen: list[str] = []
+
+    def proxy(environ, start_response):  # stands in for a forward proxy: notes the target, answers itself
+        seen.append(environ["PATH_INFO"])
+        return server.app(environ, start_response)
+
+    proxy_url = serve(proxy).url
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    monkeypatch.setenv("NO_PROXY", "bypassed.invalid")
+    remote._proxy.cache_clear()
+    try:
+        # no such host: only a proxy can answer for it
+        source = fm.Remote(ip="http://fedmed-site.invalid:5000", fragment="values", retries=0)
+        assert fm.FedData([source]).sum().compute() == 6
+        assert seen == ["/v1/evaluate"]
+        bypassed = fm.Remote(ip="http://bypassed.invalid:5000", fragment="values", retries=0)
+        with pytest.raises(fm.ServerUnavailable, match="cannot connect"):
+            fm.FedData([bypassed]).sum().compute()
+        assert seen == ["/v1/evaluate"]
+    finally:
+        remote._proxy.cache_clear()  # the environment is read once per server
