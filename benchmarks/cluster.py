@@ -5,7 +5,8 @@ policies, as the original's ``privacy: []``), each holding one fragment
 ``"cohort"`` (a DataFrame of ``support.COLUMNS``) behind
 ``support.Middleware`` (the delay per request), served by waitress in
 child processes (``hosts.Hosts``: the client's process does only the
-client's work, as on a machine of its own). ``Cluster.run`` computes one
+client's work, as on a machine of its own; ``replay=True`` answers repeated
+requests from memory, ``hosts.Replay``). ``Cluster.run`` computes one
 analysis with the optimised or the naive plan and returns its wall time,
 its value and the servers' exact traffic.
 """
@@ -53,8 +54,9 @@ class Cluster:
     """``servers`` FedMed servers on loopback, each delaying every request by ``delay`` seconds."""
 
     def __init__(self, servers: int, rows: int, delay: float = 0.0, seed: int = 2024, threads: int = 4,
-                 processes: int = 2) -> None:
-        self.hosts = Hosts(servers, processes, delay, rows=rows, fragment="cohort", seed=seed, threads=threads)
+                 processes: int = 2, replay: bool = False) -> None:
+        self.hosts = Hosts(servers, processes, delay, rows=rows, replay=replay, fragment="cohort", seed=seed,
+                           threads=threads)
         self.urls = self.hosts.urls
         sources = [fm.Remote(ip=url, fragment="cohort") for url in self.urls]
         # made once, as an analyst would: FedData() reads its config, which is not what is measured

@@ -141,13 +141,13 @@ def moments(x: pd.Series) -> list[Any]:
 
 def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
     """``[n, mean x, mean y, M2 x, M2 y, co-moment]`` over rows where both are present."""
-    both = _complete_rows((x, y))
-    if builtins.len(both) == 0:
+    a, b = _complete_columns((x, y))
+    if builtins.len(a) == 0:
         return [0, 0.0, 0.0, 0.0, 0.0, 0.0]
-    means = both.mean(axis=0)
-    dx, dy = (both - means).T
-    return [builtins.len(both), float(means[0]), float(means[1]),
-            float((dx * dx).sum()), float((dy * dy).sum()), float((dx * dy).sum())]
+    mean_a, mean_b = a.mean(), b.mean()
+    da, db = a - mean_a, b - mean_b
+    return [builtins.len(a), float(mean_a), float(mean_b),
+            float((da * da).sum()), float((db * db).sum()), float((da * db).sum())]
 
 
 def comoment_matrix(*columns: pd.Series) -> list[Any]:
@@ -198,7 +198,12 @@ def glm_step(y: pd.Series, family: str, intercept: bool, beta: list[float], *col
 
 
 def _complete_rows(columns: Any) -> np.ndarray:
-    """The rows where every column has a value, as a float matrix (one column per input).
+    """The rows where every column has a value, as a float matrix (one column per input)."""
+    return _complete_columns(columns).T
+
+
+def _complete_columns(columns: Any) -> np.ndarray:
+    """The same values column by column: row ``i`` holds input ``i``, each contiguous in memory.
 
     Columns are matched by index, as pandas does; columns of one table share
     their index, and then plain arrays are stacked (a DataFrame built for the
@@ -206,11 +211,11 @@ def _complete_rows(columns: Any) -> np.ndarray:
     """
     first = columns[0].index
     if all(c.index is first or c.index.equals(first) for c in columns[1:]):
-        rows = np.column_stack([_floats(c) for c in columns])
+        stacked = np.vstack([_floats(c) for c in columns])
     else:
-        rows = pd.DataFrame({i: c for i, c in enumerate(columns)}).to_numpy(dtype=float, na_value=np.nan)
-    complete = ~np.isnan(rows).any(axis=1)
-    return rows if complete.all() else rows[complete]
+        stacked = pd.DataFrame({i: c for i, c in enumerate(columns)}).to_numpy(dtype=float, na_value=np.nan).T.copy()
+    missing = np.isnan(stacked).any(axis=0)
+    return stacked[:, ~missing] if missing.any() else stacked
 
 
 def _log_factorial(values: np.ndarray) -> np.ndarray:
