@@ -30,13 +30,10 @@ as a multiple of it. Median of 3, each after an untimed warm-up call
 Variants of the client, set by monkeypatching and measured side by side
 within each repeat (one after another, same servers):
 
-- ``pool 32``: FedMed as it is (``fedmed.executor.MAX_PARALLEL_REQUESTS = 32``,
-  one ``requests.Session`` per pool thread keeping 64 hosts' connections);
-- ``pool 256``: the bound raised to 256 (``MAX_PARALLEL_REQUESTS`` patched and
-  ``fedmed.executor._pool`` reset);
-- ``pool 256, urllib3``: the same, with ``HttpLink.send`` posting through one
-  ``urllib3.PoolManager`` shared by every thread instead of ``requests``
-  (which costs about 1.2 ms of client CPU per request here, urllib3 0.4);
+- ``pool 32``, ``pool 128``, ``pool 256``: FedMed's thread pool bounded at
+  that many threads (``fedmed.executor.MAX_PARALLEL_REQUESTS`` patched and
+  ``fedmed.executor._pool`` reset), posting through FedMed's one shared
+  ``urllib3`` pool (the variant equal to FedMed's own bound is ``CURRENT``);
 - ``asyncio``: a prototype transport posting every request of a round at
   once from one asyncio event loop over kept-alive connections, then
   FedMed's own result handling (``_send_all``) on the answers.
@@ -69,13 +66,11 @@ if __package__ in (None, ""):  # run as a script: import ``benchmarks`` as a pac
     __package__ = "benchmarks"
 
 import numpy as np  # noqa: E402
-import urllib3  # noqa: E402
 
 import fedmed as fm  # noqa: E402
 from fedmed import executor, wire  # noqa: E402
 from fedmed.backend import remote  # noqa: E402
 from fedmed.backend.base import read_response  # noqa: E402
-from fedmed.errors import ServerUnavailable  # noqa: E402
 
 from benchmarks import report  # noqa: E402
 from benchmarks.hosts import Hosts  # noqa: E402
@@ -104,20 +99,6 @@ def _headers(link: remote.HttpLink) -> dict[str, str]:
     if link.token:
         headers["Authorization"] = f"Bearer {link.token}"
     return headers
-
-
-# urllib3 directly: one PoolManager shared by every thread (thread-safe), 1,024 servers' connections kept
-_manager = urllib3.PoolManager(num_pools=1024, maxsize=4, retries=False)
-
-
-def _urllib3_send(self: remote.HttpLink, request: dict[str, Any]) -> dict[str, Any]:
-    try:
-        reply = _manager.request(
-            "POST", self.name + wire.ENDPOINT, body=wire.pack(request), headers=_headers(self), timeout=self.timeout
-        )
-    except urllib3.exceptions.HTTPError as exc:
-        raise ServerUnavailable(f"cannot connect ({type(exc).__name__})", server=self.name) from None
-    return read_response(reply.status, reply.data, self.name)
 
 
 class AsyncTransport:
@@ -207,12 +188,9 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "pool 32": Variant(32, about="FedMed as it is: 32 threads, a requests.Session per thread"),
-    "pool 256": Variant(256, about="the bound raised to 256 (MAX_PARALLEL_REQUESTS patched, _pool reset)"),
-    "pool 256, urllib3": Variant(
-        256, {(remote.HttpLink, "send"): _urllib3_send},
-        about="the bound raised to 256 and HttpLink.send on one shared urllib3.PoolManager instead of requests",
-    ),
+    "pool 32": Variant(32, about="a bounded pool of 32 threads (FedMed's bound until 2026-11-27), shared urllib3 pool"),
+    "pool 128": Variant(128, about="a bounded pool of 128 threads, shared urllib3 pool"),
+    "pool 256": Variant(256, about="a bounded pool of 256 threads, shared urllib3 pool"),
     "asyncio": Variant(
         10_000, {(executor, "_send_all"): _async_send_all, (executor, "_fan_out"): _in_order,
                  (remote.HttpLink, "send"): _prefetched_send},
@@ -220,7 +198,8 @@ VARIANTS: dict[str, Variant] = {
               "kept-alive HTTP/1.1 connection per server; FedMed's result handling unchanged",
     ),
 }
-CURRENT = "pool 32"
+#: FedMed as it is: the variant whose bound is fedmed.executor's
+CURRENT = next(name for name, v in VARIANTS.items() if v.threads == executor.MAX_PARALLEL_REQUESTS and not v.patches)
 
 
 def use(variant: str) -> None:
