@@ -12,7 +12,9 @@ request: it must stay below the baseline plus the executor's bound
 (``fedmed.executor.MAX_PARALLEL_REQUESTS``), however many servers there are.
 Each request waits a little inside the server so that requests overlap: an
 unbounded fan-out would then need a thread per server (checked by hand with
-a 200-thread pool, which these tests reject).
+a 200-thread pool, which these tests reject). The bound is set to
+``BOUND`` here, below the 100 servers, so that it is the bound that is
+tested (FedMed's own, 256, is above them).
 """
 
 from __future__ import annotations
@@ -32,6 +34,22 @@ from fedmed.serving import BackgroundServer
 CONFIG = fm.load_config(None)  # loaded once: a hundred servers share it (no policies: exact results)
 POOL_PREFIX = "fedmed"  # thread_name_prefix of the executor's pool
 HOLD = 0.05  # seconds each request waits inside the server
+BOUND = 32  # the executor's bound in these tests: fewer threads than servers
+
+
+@pytest.fixture(autouse=True)
+def bounded_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The executor with a pool of ``BOUND`` threads, made afresh, and its own pool back afterwards."""
+
+    def fresh_pool() -> None:
+        if executor._pool is not None:
+            executor._pool.shutdown(wait=True)
+        executor._pool = None  # the next round makes a pool of the current bound
+
+    fresh_pool()
+    monkeypatch.setattr(executor, "MAX_PARALLEL_REQUESTS", BOUND)
+    yield
+    fresh_pool()
 
 
 class SamplingServer(fm.Server):
