@@ -70,10 +70,11 @@ def execute(
     identity = flags.identity()
     values: dict[Hashable, Any] = {}
     left_out: dict[str, ServerError] = {}  # source uid -> why it is out of this whole computation
-    with _progress(plan) as bar:
+    with _progress() as bar:
         for number, reduces in enumerate(plan.rounds, start=1):
             requests = plan_requests(reduces, flags, lambda node: _client_value(node, values, identity))
-            bar.set_postfix_str(f"round {number}/{len(plan.rounds)}, {len(requests)} requests", refresh=False)
+            bar.total = (bar.total or 0) + len(requests)  # (reset() would draw before the delay)
+            bar.set_postfix_str(f"round {number}/{len(plan.rounds)}", refresh=False)
             partials = _send_all(requests, flags, on_suppressed == "skip", on_error == "skip", bar)
             _leave_out(partials, left_out, first_round=number == 1)
             for reduce in reduces:
@@ -99,15 +100,11 @@ def _part(part: Any, uid: str, left_out: dict[str, ServerError]) -> Any:
     return Skipped(left_out[uid]) if uid in left_out else part
 
 
-#: A bar appears for plans of more than one round or more than this many servers.
-PROGRESS_SERVERS = 8
-
-
-def _progress(plan: Plan) -> tqdm:
-    servers = {s.link_key for reduces in plan.rounds for r in reduces for s in r.sources}
-    wanted = options.progress and (len(plan.rounds) > 1 or len(servers) > PROGRESS_SERVERS)
+def _progress() -> tqdm:
+    # delay: the bar appears only once a computation has taken options.progress_delay seconds;
     # disable=None: tqdm stays silent when stderr is not a terminal (scripts, CI, notebooks' logs)
-    return tqdm(total=None, desc="fedmed", unit="answer", disable=None if wanted else True, leave=False)
+    return tqdm(total=None, desc="fedmed", unit="answer", delay=options.progress_delay,
+                disable=None if options.progress else True, leave=False)
 
 
 def _send_all(

@@ -12,11 +12,15 @@ class Options:
     Attributes
     ----------
     progress : bool
-        Show a progress bar (rounds, servers answered) for analyses with
-        several rounds or many servers, when the output is a terminal.
+        Show a progress bar (round, servers answered) when a computation
+        takes longer than ``progress_delay`` seconds and the output is a
+        terminal.
+    progress_delay : float
+        Seconds before the bar appears: quick computations never flash one.
     """
 
     progress: bool = True
+    progress_delay: float = 1.0
 
 
 options = Options()

@@ -186,7 +186,8 @@ class GLMFit:
         beta = np.zeros(len(self.names))
         converged, iterations = False, 0
         quiet = None if options.progress else True  # None: only on a terminal
-        with tqdm(total=self.max_iter, desc=f"{self.family} IRLS", unit="round", disable=quiet, leave=False) as bar:
+        with tqdm(total=self.max_iter, desc=f"{self.family} IRLS", unit="round", disable=quiet, leave=False,
+                  delay=options.progress_delay) as bar:
             for iterations in range(1, self.max_iter + 1):
                 step = self._step(beta).compute()
                 change = np.linalg.solve(step["hessian"], step["gradient"])

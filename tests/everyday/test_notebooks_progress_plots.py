@@ -39,27 +39,43 @@ def test_tables_render_as_tables():
     assert "<pre" in data().sum().explain()._repr_html_()
 
 
-def test_progress_bar_on_a_terminal_only_and_switchable(tmp_path: Path):
-    code = (
-        "import fedmed as fm\n"
-        "d = fm.FedData([fm.Local([1.0, 2.0, 3.0])])\n"
-        "m = d.sum() / d.len()\n"
-        "print(((d - m) ** 2).sum().compute())\n"
-    )
-    script = tmp_path / "two_rounds.py"
-    script.write_text(code)
-    # a pseudo-terminal of 100 columns: the bar is drawn
+def on_a_terminal(script: Path) -> str:
+    """What ``script`` prints on a pseudo-terminal of 100 columns (the bar only draws on a terminal)."""
     shown = subprocess.run(["script", "-qc", f"stty cols 100 rows 30; {sys.executable} {script}", "/dev/null"],
                            capture_output=True, text=True, timeout=60, cwd=os.getcwd())
-    assert "fedmed:" in shown.stdout and "2.0" in shown.stdout
-    # switched off
-    script.write_text("import fedmed as fm\nfm.options.progress = False\n" + code)
-    quiet = subprocess.run(["script", "-qc", f"stty cols 100 rows 30; {sys.executable} {script}", "/dev/null"],
-                           capture_output=True, text=True, timeout=60, cwd=os.getcwd())
-    assert "fedmed:" not in quiet.stdout and "2.0" in quiet.stdout
+    return shown.stdout
+
+
+TWO_ROUNDS = (
+    "d = fm.FedData([fm.Local([1.0, 2.0, 3.0])])\n"
+    "m = d.sum() / d.len()\n"
+    "print(((d - m) ** 2).sum().compute())\n"
+)
+# every request takes 0.7 s: two rounds pass the default one-second delay
+SLOW = (
+    "import time\n"
+    "from fedmed.backend.local import LocalLink\n"
+    "send = LocalLink.send\n"
+    "LocalLink.send = lambda self, request: (time.sleep(0.7), send(self, request))[1]\n"
+)
+
+
+def test_progress_bar_only_on_a_terminal_when_a_computation_is_slow_and_switchable(tmp_path: Path):
+    script = tmp_path / "two_rounds.py"
+    script.write_text("import fedmed as fm\n" + TWO_ROUNDS)
+    fast = on_a_terminal(script)
+    assert "fedmed:" not in fast and "2.0" in fast  # done within the delay: no bar
+    script.write_text("import fedmed as fm\n" + SLOW + TWO_ROUNDS)
+    slow = on_a_terminal(script)
+    assert "fedmed:" in slow and "round 2/2" in slow and "2.0" in slow
+    script.write_text("import fedmed as fm\nfm.options.progress = False\n" + SLOW + TWO_ROUNDS)
+    switched_off = on_a_terminal(script)
+    assert "fedmed:" not in switched_off and "2.0" in switched_off
+    script.write_text("import fedmed as fm\nfm.options.progress_delay = 0\n" + TWO_ROUNDS)
+    assert "fedmed:" in on_a_terminal(script)  # no delay: even a quick computation shows it
     # not a terminal: silent
     piped = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    assert "fedmed:" not in piped.stderr
+    assert "fedmed:" not in piped.stderr and "2.0" in piped.stdout
 
 
 def test_histogram_and_survival_curves_plot_to_png(tmp_path: Path):
