@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pandas as pd
-from scipy import stats as sps
 
 from ..lazy import FedData, LazyResult
 from ..results import Chi2Result
@@ -28,6 +27,8 @@ def chi2_contingency(a: FedData, b: FedData, correction: bool = True) -> LazyRes
 
 
 def _chi2(table: pd.DataFrame, correction: bool) -> Chi2Result:
+    from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
+
     result = sps.chi2_contingency(table.to_numpy(), correction=correction)
     expected = pd.DataFrame(result.expected_freq, index=table.index, columns=table.columns)
     return Chi2Result(

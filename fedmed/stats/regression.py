@@ -17,7 +17,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 from tqdm import tqdm
 
 from ..errors import FedMedError
@@ -149,6 +148,8 @@ def _ols(cm: CoMatrix, names: tuple[str, ...], intercept: bool) -> RegressionRes
         labels.insert(0, INTERCEPT)
     bse = np.sqrt(np.asarray(variances))
     t = np.asarray(params) / bse
+    from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
+
     pvalues = 2 * sps.t.sf(np.abs(t), df_resid)
     rsquared = 1.0 - rss / total
     # statsmodels: adjusted R² uses n - 1 with an intercept, n without
@@ -183,6 +184,8 @@ class GLMFit:
         return self._step(np.zeros(len(self.names))).explain() + f"\n(repeated once per iteration, at most {self.max_iter})"
 
     def compute(self) -> RegressionResult:
+        from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
+
         beta = np.zeros(len(self.names))
         converged, iterations = False, 0
         quiet = None if options.progress else True  # None: only on a terminal

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
+from scipy import special
 
 from ..lazy import FedData, LazyResult
 from ..results import SurvivalTable, TestResult
@@ -44,7 +44,7 @@ from .lazy_call import aggregate, call
 KM_COLUMNS = ["time", "at_risk", "events", "censored", "survival", "ci_lower", "ci_upper"]
 
 #: Normal quantile of the two-sided 95% confidence interval.
-_Z = float(sps.norm.ppf(0.975))
+_Z = float(special.ndtri(0.975))
 
 
 @dataclass(frozen=True)
@@ -265,6 +265,8 @@ def _logrank(events: pd.DataFrame, censored: pd.DataFrame, codes: pd.DataFrame) 
     variance = float(np.sum(d * share * (1.0 - share) * (n - d) / np.maximum(n - 1.0, 1.0)))
     observed1 = float(d1.sum())
     statistic = (observed1 - expected1) ** 2 / variance if variance > 0 else math.nan
+    from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
+
     pvalue = float(sps.chi2.sf(statistic, 1)) if variance > 0 else math.nan
     observed = (int(observed1), int(d_by_group[:, 1].sum()))
     expected = (expected1, float(d.sum()) - expected1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats as sps
 
 from ..lazy import FedData, LazyResult
 from ..results import Moments, TestResult
@@ -54,6 +53,8 @@ def ttest_rel(a: FedData, b: FedData) -> LazyResult:
 
 
 def _ttest_ind(ma: Moments, mb: Moments, equal_var: bool) -> TestResult:
+    from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
+
     if ma.n == 0 or mb.n == 0:  # scipy on an empty sample: nan, not an exception
         return TestResult(math.nan, math.nan, math.nan, ma.n + mb.n)
     result = sps.ttest_ind_from_stats(
@@ -69,6 +70,8 @@ def _ttest_ind(ma: Moments, mb: Moments, equal_var: bool) -> TestResult:
 
 
 def _ttest_1samp(m: Moments, popmean: float) -> TestResult:
+    from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
+
     df = m.n - 1.0 if m.n else math.nan
     # numpy division, as scipy: constant data give ±inf (mean differs) or nan (it does not)
     with np.errstate(all="ignore"):
