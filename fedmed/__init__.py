@@ -21,6 +21,7 @@ from .errors import (
     BadRequest,
     ConfigError,
     FedMedError,
+    InsecureTokenWarning,
     OperationNotAllowed,
     PrivacyError,
     PrivacyWarning,
@@ -49,5 +50,5 @@ __all__ = [
     "Config", "load_config",
     "FedMedError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",
     "UnknownFragment", "OperationNotAllowed", "TaskFailed", "ServerUnavailable", "PrivacyError", "PrivacyWarning",
-    "ServerWarning", "Unauthorized",
+    "ServerWarning", "Unauthorized", "InsecureTokenWarning",
 ]

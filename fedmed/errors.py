@@ -130,6 +130,10 @@ class ServerWarning(UserWarning):
     """Some servers failed and were left out of a result (``on_error="skip"``)."""
 
 
+class InsecureTokenWarning(UserWarning):
+    """A bearer token would travel over plain HTTP to another machine, readable by anyone on the way."""
+
+
 class ServerUnavailable(ServerError):
     """The server could not be reached, or did not answer within the timeout."""
 

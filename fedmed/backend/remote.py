@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import threading
 import time
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Hashable
 from urllib.parse import urlsplit
@@ -16,7 +18,7 @@ import urllib3
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, NewConnectionError, ReadTimeoutError
 
 from .. import wire
-from ..errors import ServerUnavailable
+from ..errors import InsecureTokenWarning, ServerUnavailable
 from .base import Link, Source, read_response
 
 #: Connections kept open per server; a round sends one request per server,
@@ -106,6 +108,12 @@ class Remote(Source):
         if "://" not in base:
             base = f"http://{base}"
         object.__setattr__(self, "ip", base)
+        if self.token and _readable_on_the_way(base):
+            warnings.warn(
+                f"fm.Remote({base!r}) sends its token over plain HTTP, readable by anyone between here and the "
+                "server: use an https:// URL (a TLS proxy in front of the server, docs/security.md)",
+                InsecureTokenWarning, stacklevel=3,
+            )
 
     @property
     def uid(self) -> str:
@@ -152,6 +160,20 @@ class HttpLink(Link):
                 raise ServerUnavailable(f"cannot connect ({_reason(failure)}){tries}", server=self.name) from None
             time.sleep(self.backoff * 2**attempt)
         return read_response(reply.status, reply.data, self.name)
+
+
+def _readable_on_the_way(url: str) -> bool:
+    """Plain HTTP to another machine (loopback never leaves this one)."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return True
 
 
 def _reason(exc: Exception) -> str:

@@ -159,3 +159,21 @@ def test_requests_go_through_the_proxy_the_environment_names(serve, monkeypatch)
         assert seen == ["/v1/evaluate"]
     finally:
         remote._proxy.cache_clear()  # the environment is read once per server
+
+
+@pytest.mark.parametrize(
+    ("url", "warned"),
+    [("http://10.1.2.3:5000", True), ("http://fedmed.example.org", True), ("fedmed.example.org:5000", True),
+     ("https://fedmed.example.org", False), ("http://127.0.0.1:5000", False), ("http://localhost:5000", False),
+     ("http://[::1]:5000", False)],
+)
+def test_a_token_over_plain_http_to_another_machine_is_warned_about(url, warned):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fm.Remote(ip=url, fragment="cohort", token="s3cret")
+        fm.Remote(ip=url, fragment="cohort")  # no token, nothing to leak
+    assert [w.category for w in caught] == ([fm.InsecureTokenWarning] if warned else [])
+    if warned:
+        assert "https://" in str(caught[0].message) and caught[0].filename == __file__
