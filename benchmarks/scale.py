@@ -1,9 +1,9 @@
 """Scale: one analysis over a 20M-row Parquet fragment through pandas, DuckDB and Dask, in time and peak memory.
 
 ``python benchmarks/scale.py [--quick] [--rows N] [--out PATH]`` (or
-``python -m benchmarks.scale``). Full size (20,000,000 rows) takes a few
-minutes and about 4 GB of RAM for the pandas path (extrapolated from
-``--quick``); ``--quick`` (2,000,000 rows) about half a minute; the hidden
+``python -m benchmarks.scale``). Full size (20,000,000 rows) takes about a
+minute on the 2-core test machine and about 3 GB of RAM for the pandas path;
+``--quick`` (2,000,000 rows) about half a minute; the hidden
 ``--smoke`` (20,000 rows), run by ``tests/scale/test_scale_benchmark_smoke.py``,
 a few seconds plus Dask's start.
 
