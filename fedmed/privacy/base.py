@@ -53,6 +53,7 @@ class Task:
     client : who asks (the auth token's name, else the client's address).
     epsilon : the differential-privacy cost the ``Noise`` policies that
         apply to this task will charge.
+    delta : the same for delta (gaussian ``Noise``; 0 otherwise).
     disclosure : the rows behind the value (set after evaluation; ``None``
         for a fragment kind that cannot tell).
     """
@@ -62,6 +63,7 @@ class Task:
     node: Node
     client: str = "unknown"
     epsilon: float = 0.0
+    delta: float = 0.0
     disclosure: Any = None
     notes: list[str] = field(default_factory=list)
 
@@ -104,6 +106,8 @@ class Policy:
 
     #: Differential-privacy epsilon one release through this policy costs (``Noise`` sets it).
     cost: float = 0.0
+    #: The delta of one release ((epsilon, delta)-DP; gaussian ``Noise`` sets it).
+    delta_cost: float = 0.0
 
     def recall(self, task: Task) -> Any:
         return MISSING

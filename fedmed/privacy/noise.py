@@ -66,11 +66,16 @@ class Noise(Policy):
             raise ValueError(f"mode {mode!r} needs a positive epsilon")
         if mode == "gaussian" and not (delta and 0 < delta < 1):
             raise ValueError("mode 'gaussian' needs delta in (0, 1)")
+        if mode == "gaussian" and epsilon >= 1:  # type: ignore[operator]
+            # the classical Gaussian mechanism's proof (Dwork and Roth, theorem A.1) needs epsilon < 1
+            raise ValueError(f"mode 'gaussian' needs epsilon < 1 (got {epsilon}): its noise bound is proven "
+                             "only there; use mode 'laplace' for larger epsilon")
         if mode == "simple" and (value is None or value < 0):
             raise ValueError("mode 'simple' needs a noise scale 'value' >= 0")
         self.mode, self.delta, self.bounds, self.value, self.type = mode, delta, bounds, value, type
         self.epsilon = float(epsilon) if mode != "simple" else 0.0  # type: ignore[arg-type]
         self.cost = self.epsilon  # what Budget charges per release
+        self.delta_cost = float(delta) if mode == "gaussian" else 0.0  # type: ignore[arg-type]
         self._rng = np.random.default_rng(seed)
         self._lock = threading.Lock()
 
@@ -130,45 +135,67 @@ class Noise(Policy):
 
 
 class Budget(Policy):
-    """Refuse noisy queries once a client has spent ``epsilon``.
+    """Refuse noisy queries once a client has spent ``epsilon`` (and ``delta``).
 
-    The cost of a task is the epsilon of the ``Noise`` policies that apply
-    to it; it is charged when the query is admitted (a query refused later
-    still costs: conservative). Repeated questions answered from a
+    The cost of a task is the epsilon (and delta) of the ``Noise`` policies
+    that apply to it; it is charged when the query is admitted (a query
+    refused later still costs: conservative). Costs add up (basic
+    composition). ``delta`` is the total delta an account may spend on
+    gaussian releases: 0 by default, so a ``Budget`` admits gaussian noise
+    only when the server owner sets one. Repeated questions answered from a
     ``CacheLimit`` cost nothing. ``per="client"`` keys the account by the
     client's identity (its token name when authentication is on, else its
     address); ``per="server"`` keeps one account for everyone. With
     ``state_file`` the spending survives a restart.
     """
 
-    def __init__(self, epsilon: float = 1.0, per: str = "client", state_file: str | None = None) -> None:
+    def __init__(self, epsilon: float = 1.0, per: str = "client", state_file: str | None = None,
+                 delta: float = 0.0) -> None:
         if per not in ("client", "server"):
             raise ValueError("per must be 'client' or 'server'")
-        self.epsilon, self.per, self.state_file = float(epsilon), per, state_file
+        if not 0 <= delta < 1:
+            raise ValueError("delta must be in [0, 1)")
+        self.epsilon, self.delta, self.per, self.state_file = float(epsilon), float(delta), per, state_file
         self._spent: dict[str, float] = {}
+        self._spent_delta: dict[str, float] = {}
         self._lock = threading.Lock()
         if state_file and os.path.exists(state_file):
             with open(state_file, encoding="utf-8") as f:
-                self._spent = {str(k): float(v) for k, v in json.load(f).items()}
+                saved = json.load(f)
+            if "epsilon" in saved and isinstance(saved["epsilon"], dict):
+                self._spent = {str(k): float(v) for k, v in saved["epsilon"].items()}
+                self._spent_delta = {str(k): float(v) for k, v in saved.get("delta", {}).items()}
+            else:  # written before delta was accounted: epsilon by account
+                self._spent = {str(k): float(v) for k, v in saved.items()}
 
     def spent(self, client: str) -> float:
         return self._spent.get(self._account(client), 0.0)
+
+    def spent_delta(self, client: str) -> float:
+        return self._spent_delta.get(self._account(client), 0.0)
 
     def _account(self, client: str) -> str:
         return client if self.per == "client" else "*"
 
     def admit(self, task: Task) -> None:
-        if task.epsilon <= 0:
+        if task.epsilon <= 0 and task.delta <= 0:
             return
         account = self._account(task.client)
         with self._lock:
-            spent = self._spent.get(account, 0.0)
+            spent, spent_delta = self._spent.get(account, 0.0), self._spent_delta.get(account, 0.0)
             if spent + task.epsilon > self.epsilon * (1 + 1e-12):
                 raise task.refuse(
                     self, f"privacy budget exhausted for {task.client!r}: spent {spent:g} of {self.epsilon:g}, "
                     f"this query needs {task.epsilon:g}"
                 )
+            if spent_delta + task.delta > self.delta * (1 + 1e-12):
+                raise task.refuse(
+                    self, f"privacy budget exhausted for {task.client!r}: spent delta {spent_delta:g} of "
+                    f"{self.delta:g}, this query needs {task.delta:g}"
+                )
             self._spent[account] = spent + task.epsilon
+            if task.delta > 0:
+                self._spent_delta[account] = spent_delta + task.delta
             self._save()
 
     def _save(self) -> None:
@@ -176,8 +203,9 @@ class Budget(Policy):
             return
         folder = os.path.dirname(os.path.abspath(self.state_file))
         with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, encoding="utf-8") as f:
-            json.dump(self._spent, f)
+            json.dump({"epsilon": self._spent, "delta": self._spent_delta}, f)
         os.replace(f.name, self.state_file)  # atomic: a crash never leaves half a file
 
     def describe(self) -> str:
-        return f"Budget(epsilon={self.epsilon!r}, per={self.per!r})"
+        delta = f", delta={self.delta!r}" if self.delta else ""
+        return f"Budget(epsilon={self.epsilon!r}{delta}, per={self.per!r})"

@@ -21,6 +21,7 @@ class Pipeline:
         """
         active = [p for p in self.policies if p.applies(task)]
         task.epsilon = sum(float(getattr(p.policy, "cost", 0.0) or 0.0) for p in active)
+        task.delta = sum(float(getattr(p.policy, "delta_cost", 0.0) or 0.0) for p in active)
         for policy in active:
             recall = policy.hook("recall")
             answer = recall(task) if recall else MISSING

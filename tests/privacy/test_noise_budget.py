@@ -145,7 +145,7 @@ def test_budget_state_file_survives_a_server_restart(serve, tmp_path):
     data["age"].sum().compute()
     data["age"].len().compute()
     running.stop()
-    assert json.loads(state.read_text()) == {"127.0.0.1": 1.0}
+    assert json.loads(state.read_text()) == {"epsilon": {"127.0.0.1": 1.0}, "delta": {}}
     restarted = fm.Server(config=cfg)  # the same config: a fresh process would do the same
     restarted["cohort"] = rt.cohort()
     url = serve(restarted).url
@@ -176,6 +176,52 @@ def test_budget_accounting_itself_is_per_client_and_persistent(tmp_path):
     shared.admit(task("bob"))
     with pytest.raises(fm.PrivacyError):
         shared.admit(task("carol"))
+
+
+def gaussian(epsilon: float = 0.5, delta: float = 1e-6, seed: int = 1) -> dict:
+    return rt.policy("Noise", mode="gaussian", epsilon=epsilon, delta=delta, bounds=BOUNDS, seed=seed)
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 2.5])
+def test_gaussian_noise_refuses_an_epsilon_its_bound_does_not_cover(epsilon):
+    # the classical Gaussian mechanism is (epsilon, delta)-DP only for epsilon < 1
+    with pytest.raises(ValueError, match="epsilon < 1"):
+        fm.privacy.Noise(mode="gaussian", epsilon=epsilon, delta=1e-6)
+
+
+def test_gaussian_noise_has_the_documented_spread():
+    """A count (sensitivity 1) asked 400 times, each a new question: the answers' spread is the
+    documented sigma = sqrt(2 ln(1.25 / delta)) / epsilon."""
+    frame = rt.cohort()
+    _, data = rt.serve(rt.config(gaussian(epsilon=0.5, delta=1e-6)), frame)
+    sigma = np.sqrt(2 * np.log(1.25 / 1e-6)) / 0.5
+    errors = [data["age"].len().compute() - len(frame) for _ in range(400)]
+    assert abs(statistics.mean(errors)) < 4 * sigma / np.sqrt(400)
+    assert 0.85 * sigma < statistics.stdev(errors) < 1.15 * sigma
+
+
+def test_budget_accounts_delta_and_admits_gaussian_noise_only_with_a_delta_allowance():
+    _, data = rt.serve(rt.config(gaussian(epsilon=0.1, delta=1e-6), rt.policy("Budget", epsilon=10.0)))
+    err = rt.suppressed(lambda: data["age"].len().compute(), "Budget", data)
+    assert "spent delta 0 of 0, this query needs 1e-06" in str(err)
+    _, data = rt.serve(rt.config(gaussian(epsilon=0.1, delta=1e-6),
+                                 rt.policy("Budget", epsilon=10.0, delta=3e-6)))
+    for column in ("age", "y", "id"):  # three releases: delta 3e-6, epsilon 0.3 of 10
+        data[column].len().compute()
+    err = rt.suppressed(lambda: data["age"].sum().compute(), "Budget", data)
+    assert "spent delta 3e-06 of 3e-06" in str(err)
+    assert err.policy == "Budget(epsilon=10.0, delta=3e-06, per='client')"
+
+
+def test_budget_state_file_keeps_delta_and_reads_the_older_epsilon_only_file(tmp_path):
+    state = tmp_path / "spent.json"
+    state.write_text(json.dumps({"alice": 0.5}))  # as written before delta was accounted
+    budget = Budget(epsilon=1.0, delta=1e-5, state_file=str(state))
+    assert budget.spent("alice") == 0.5 and budget.spent_delta("alice") == 0.0
+    _, data = rt.serve(rt.config())
+    budget.admit(Task("cohort", 1, map_node(data["age"].sum()), client="alice", epsilon=0.25, delta=4e-6))
+    restarted = Budget(epsilon=1.0, delta=1e-5, state_file=str(state))
+    assert restarted.spent("alice") == 0.75 and restarted.spent_delta("alice") == 4e-6
 
 
 # -- 9. the tracker under noise and budget -----------------------------------------------------------
