@@ -124,7 +124,7 @@ def histogram(x: pd.Series, bins: Any, range: Any = None) -> dict[str, list[Any]
 def crosstab(a: pd.Series, b: pd.Series) -> list[list[Any]]:
     """``[a value, b value, count]`` for each combination present (rows missing either are dropped)."""
     both = pd.DataFrame({"a": a, "b": b}).dropna()
-    counts = both.groupby(["a", "b"], sort=False).size()
+    counts = both.groupby(["a", "b"], sort=False, observed=True).size()  # combinations present only
     return [[_plain(i), _plain(j), int(n)] for (i, j), n in counts.items()]
 
 

@@ -179,6 +179,17 @@ def test_crosstab(data, a, b):
     assert got.to_numpy().sum() == (POOLED[a].notna() & POOLED[b].notna()).sum()
 
 
+def test_crosstab_of_categoricals_sends_only_the_combinations_present():
+    # a category no row has is not data: it is neither sent nor shown
+    sex = pd.Categorical(["M", "F", "M"], categories=["F", "M", "X"])
+    group = pd.Categorical(["a", "a", "b"], categories=["a", "b", "c"])
+    server = fm.Server()
+    server["part"] = pd.DataFrame({"sex": sex, "group": group})
+    data = fm.FedData([fm.Simulation(server, "part")])
+    got = data["sex"].crosstab(data["group"]).compute()
+    assert got.to_dict() == {"a": {"F": 1, "M": 1}, "b": {"F": 0, "M": 1}}
+
+
 # -- moments -------------------------------------------------------------------
 
 
