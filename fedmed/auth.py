@@ -2,7 +2,8 @@
 
 The config holds ``auth: {tokens: {name: sha256-hex}}`` (and/or
 ``tokens_env: VAR`` naming an environment variable with
-``name:sha256-hex,name2:sha256-hex``). A client sends
+``name:sha256-hex,name2:sha256-hex``), and optionally ``admins: [name]``:
+the tokens that may see who asked what on the status page. A client sends
 ``Authorization: Bearer <token>``; the server hashes it and compares it
 with every known digest with ``hmac.compare_digest``, so neither the
 comparison nor the search order reveals how much of a token was right. The
@@ -15,7 +16,7 @@ import hashlib
 import hmac
 import os
 import re
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
 
@@ -36,8 +37,13 @@ def digest(token: str) -> str:
 class Authenticator:
     """Checks bearer tokens against known digests."""
 
-    def __init__(self, tokens: Mapping[str, str]) -> None:
+    def __init__(self, tokens: Mapping[str, str], admins: Iterable[str] = ()) -> None:
         self._tokens = {name: bytes.fromhex(hexdigest) for name, hexdigest in tokens.items()}
+        self.admins = frozenset(admins)
+
+    def is_admin(self, name: str | None) -> bool:
+        """Whether the token ``name`` may see other clients' identities and queries."""
+        return name in self.admins
 
     def identify(self, header: str | None) -> str | None:
         """The token's name for an ``Authorization`` header value, or None."""
@@ -56,8 +62,8 @@ def load_auth(raw: Any, origin: str) -> Authenticator | None:
     if raw is None:
         return None
     where = f"{origin}: auth"
-    if not isinstance(raw, Mapping) or not set(raw) <= {"tokens", "tokens_env"}:
-        raise ConfigError(f"{where}: expected {{tokens: {{name: sha256-hex}}, tokens_env: VARIABLE}}")
+    if not isinstance(raw, Mapping) or not set(raw) <= {"tokens", "tokens_env", "admins"}:
+        raise ConfigError(f"{where}: expected {{tokens: {{name: sha256-hex}}, tokens_env: VARIABLE, admins: [name]}}")
     tokens = dict(raw.get("tokens") or {})
     variable = raw.get("tokens_env")
     if variable:
@@ -69,4 +75,10 @@ def load_auth(raw: Any, origin: str) -> Authenticator | None:
             raise ConfigError(f"{where}.tokens.{name}: expected the 64-character SHA-256 hex digest of the token")
     if not tokens:
         raise ConfigError(f"{where}: no tokens (an empty list would lock everyone out)")
-    return Authenticator(tokens)
+    admins = raw.get("admins") or []
+    if not isinstance(admins, list) or not all(isinstance(a, str) for a in admins):
+        raise ConfigError(f"{where}.admins: expected a list of token names")
+    unknown = [a for a in admins if a not in tokens]
+    if unknown:
+        raise ConfigError(f"{where}.admins: {unknown} are not names of tokens")
+    return Authenticator(tokens, admins)

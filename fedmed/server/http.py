@@ -50,8 +50,11 @@ def create_app(server: "Server") -> Flask:
 
     @app.get("/")
     def status() -> Response:
-        identify()
-        return Response(render_status(server), content_type="text/html; charset=utf-8")
+        client = identify()
+        # who asked what is the owner's business, not every analyst's: admins only when auth is on
+        auth = server.config.auth
+        recent = auth is None or auth.is_admin(client)
+        return Response(render_status(server, recent=recent), content_type="text/html; charset=utf-8")
 
     @app.get(f"/v{wire.PROTOCOL}/info")
     def info() -> Response:

@@ -50,15 +50,16 @@ th{font-weight:600;color:#4a5568;font-size:13px}code{font:12.5px ui-monospace,Me
 <p><b>Aggregates</b> {% for o in aggregates %}<span class="tag">{{ o }}</span>{% endfor %}</p>
 <p><b>Elementwise</b> {% for o in elementwise %}<span class="tag">{{ o }}</span>{% endfor %}</p></section>
 <section id="recent"><h2>Recent queries</h2>
-{% if recent %}<table><tr><th>time</th><th>client</th><th>status</th><th>tasks</th></tr>
+{% if hidden %}<p class="muted">Shown to the server's admins only (<code>auth: admins</code> in its config).</p>
+{% elif recent %}<table><tr><th>time</th><th>client</th><th>status</th><th>tasks</th></tr>
 {% for r in recent %}<tr><td>{{ r.time }}</td><td>{{ r.client }}</td><td>{{ r.status }}</td>
 <td>{% for s in r.signatures %}<code>{{ s }}</code><br>{% endfor %}</td></tr>{% endfor %}</table>
 {% else %}<p class="muted">No queries yet.</p>{% endif %}</section>
 </main></body></html>"""
 
 
-def render_status(server: "Server") -> str:
-    """The status page of ``server`` as HTML."""
+def render_status(server: "Server", recent: bool = True) -> str:
+    """The status page of ``server`` as HTML; ``recent=False`` leaves out who asked what."""
     from .. import __version__, wire
 
     fragments = []
@@ -79,9 +80,10 @@ def render_status(server: "Server") -> str:
         ],
         aggregates=sorted(server.config.aggregates),
         elementwise=sorted(server.config.elementwise),
+        hidden=not recent,
         recent=[
             {**r, "time": time.strftime("%H:%M:%S", time.localtime(r["time"]))} for r in reversed(server.recent)
-        ],
+        ] if recent else [],
     )
 
 

@@ -78,3 +78,23 @@ def test_status_page_renders_in_a_real_browser(running, tmp_path: Path):
     subprocess.run([BROWSER, *flags, "--window-size=1200,1000", f"--screenshot={shot}", background.url + "/"],
                    capture_output=True, timeout=60)
     assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_only_admin_tokens_see_who_asked_what(serve):
+    config = {"methods": {"sum": {"map": "fedmed.ops.private.sum", "reduce": "fedmed.ops.public.sum"}},
+              "auth": {"tokens": {"owner": digest("0wner"), "alice": digest("s3cret")}, "admins": ["owner"]}}
+    server = fm.Server(config)
+    server["values"] = [1, 2, 3]
+    url = serve(server).url
+    assert fm.FedData([fm.Remote(url, "values", token="s3cret")]).sum().compute() == 6
+    as_alice = requests.get(url + "/", headers={"Authorization": "Bearer s3cret"}, timeout=10).text
+    as_owner = requests.get(url + "/", headers={"Authorization": "Bearer 0wner"}, timeout=10).text
+    assert "admins only" in as_alice and "alice" not in as_alice and "data.sum()" not in as_alice
+    assert "admins only" not in as_owner and "alice" in as_owner and "data.sum()" in as_owner
+    assert "values" in as_alice  # the rest of the page is the same for every token
+
+
+def test_admins_must_be_names_of_tokens():
+    with pytest.raises(fm.ConfigError, match="admins"):
+        fm.Server({"methods": {"sum": {"map": "fedmed.ops.private.sum", "reduce": "fedmed.ops.public.sum"}},
+                   "auth": {"tokens": {"alice": digest("s3cret")}, "admins": ["mallory"]}})
