@@ -158,7 +158,8 @@ def _async_send_all(requests_: list[Any], flags: Any, *args: Any) -> Any:
     global _transport
     if _transport is None:
         _transport = AsyncTransport()
-    bodies = [wire.pack(wire.encode_table([t.map for t in r.tasks], dedupe=flags.dedupe).request()) for r in requests_]
+    encoder = wire.Encoder(dedupe=flags.dedupe)
+    bodies = [wire.pack(encoder.encode(r.tasks).request()) for r in requests_]
     links = [r.link for r in requests_]
     answers = _transport.post_all(
         [(link.name + wire.ENDPOINT, body, _headers(link), link.timeout) for link, body in zip(links, bodies)]

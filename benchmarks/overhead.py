@@ -57,8 +57,9 @@ STEPS = ("build", "plan", "explain", "encode")
 def encode(result: fm.LazyResult) -> int:
     """Bytes of the round-1 requests, built exactly as the executor builds them."""
     plan = make_plan([result.node], result._flags)
+    encoder = wire.Encoder(dedupe=result._flags.dedupe)
     return sum(
-        len(wire.pack(wire.encode_table([t.map for t in request.tasks]).request()))
+        len(wire.pack(encoder.encode(request.tasks).request()))
         for request in plan_requests(plan.rounds[0], result._flags)
     )
 

@@ -21,7 +21,7 @@ from .backend.base import error_from_wire
 from .errors import FedMedError, PrivacyError, PrivacyWarning, ServerError, ServerWarning
 from .expr.client import Apply, Call, Reduce, Scalar
 from .expr.node import Node, render_code, walk
-from .expr.optimize import OptFlags, Plan, Request, make_plan, plan_requests
+from .expr.optimize import OptFlags, Request, make_plan, plan_requests
 from .ops.columns import reduce_columns
 from .options import options
 
@@ -111,10 +111,12 @@ def _send_all(
     requests: list[Request], flags: OptFlags, skip_suppressed: bool, skip_failed: bool, bar: tqdm
 ) -> dict[tuple[int, str], Any]:
     """Send every request of a round at once; the partial result of each (reduce, source)."""
+    encoder = wire.Encoder(dedupe=flags.dedupe)
+    tables = {id(request): encoder.encode(request.tasks) for request in requests}  # here: one thread
 
     def send(request: Request) -> tuple[list[Any], list[str]]:
         try:
-            return _send(request, flags, skip_suppressed)
+            return _send(request, tables[id(request)], skip_suppressed)
         except ServerError as exc:
             if not skip_failed or isinstance(exc, PrivacyError):
                 raise
@@ -132,9 +134,8 @@ def _send_all(
     return partials
 
 
-def _send(request: Request, flags: OptFlags, skip: bool) -> tuple[list[Any], list[str]]:
+def _send(request: Request, table: wire.Table, skip: bool) -> tuple[list[Any], list[str]]:
     """One request: the value of each task (or ``Skipped``), and the servers' notes; errors are raised."""
-    table = wire.encode_table([task.map for task in request.tasks], dedupe=flags.dedupe)
     server = request.link.name
     response = request.link.send(table.request())
     results = response["results"]

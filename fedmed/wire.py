@@ -103,6 +103,36 @@ def encode_table(maps: Sequence[Node], *, dedupe: bool = True) -> Table:
     return Table(nodes, [index[identity(m)] for m in maps])
 
 
+class Encoder:
+    """Encodes the requests of one round, each distinct set of map templates once.
+
+    The requests of a round usually differ only in their fragment's name:
+    the table is built once from the templates (the fragment unnamed) and
+    each request gets a copy with its name put in. A request whose tasks
+    read several fragments of one server is encoded task by task, bound.
+    """
+
+    def __init__(self, dedupe: bool = True) -> None:
+        self.dedupe = dedupe
+        self._tables: dict[tuple[int, ...], tuple[Table, list[int]]] = {}
+
+    def encode(self, tasks: Sequence[Any]) -> Table:
+        fragments = {t.source.fragment for t in tasks}
+        if len(fragments) != 1:
+            return encode_table([t.map for t in tasks], dedupe=self.dedupe)
+        key = tuple(id(t.template) for t in tasks)
+        if key not in self._tables:
+            table = encode_table([t.template for t in tasks], dedupe=self.dedupe)
+            unnamed = [i for i, (kind, params, _) in enumerate(table.nodes) if kind == "fragment" and params == [None]]
+            self._tables[key] = table, unnamed
+        table, unnamed = self._tables[key]
+        nodes = list(table.nodes)
+        (name,) = fragments
+        for i in unnamed:
+            nodes[i] = ["fragment", [name], []]
+        return Table(nodes, table.outputs)
+
+
 def decode_table(request: Any, *, max_nodes: int = MAX_NODES) -> tuple[list[Node], list[int]]:
     """Check a decoded request and rebuild its nodes; raises ``BadRequest`` naming the fault."""
     if not isinstance(request, dict):

@@ -104,3 +104,25 @@ def test_numpy_values_travel_as_plain_numbers():
     assert wire.unpack(wire.pack({"a": np.float64(1.5), "b": np.arange(3), "c": np.int32(2)})) == {
         "a": 1.5, "b": [0, 1, 2], "c": 2
     }
+
+
+def test_a_round_is_encoded_once_and_each_server_gets_its_fragment_name(monkeypatch):
+    from fedmed.expr.optimize import OptFlags, make_plan, plan_requests
+
+    servers = [fm.Server() for _ in range(4)]
+    sources = [fm.Simulation(s, f"site {i}") for i, s in enumerate(servers)]
+    sources.append(fm.Simulation(servers[0], "site 0, second part"))  # two fragments on one server
+    data = fm.FedData(sources)
+    result = fm.stats.describe((data["x"] * 2 + 1)[data["g"] == 1])
+    requests = plan_requests(make_plan([result.node]).rounds[0], OptFlags())
+    built = []
+    encode_table = wire.encode_table
+    monkeypatch.setattr(wire, "encode_table", lambda maps, **kw: built.append(maps) or encode_table(maps, **kw))
+    encoder = wire.Encoder()
+    tables = [encoder.encode(r.tasks) for r in requests]
+    monkeypatch.undo()
+    # the same tables as binding every map to its fragment, built twice: once shared, once for the two-part server
+    assert tables == [wire.encode_table([t.map for t in r.tasks]) for r in requests]
+    assert len(built) == 2
+    names = [[e[1] for e in t.nodes if e[0] == "fragment"] for t in tables]
+    assert names == [[["site 0"], ["site 0, second part"]], [["site 1"]], [["site 2"]], [["site 3"]]]

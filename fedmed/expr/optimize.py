@@ -56,11 +56,21 @@ class OptFlags:
 
 @dataclass(frozen=True)
 class Task:
-    """One map task: a reduce's map, bound to one source's fragment."""
+    """One map task: a reduce's map for one source.
+
+    ``template`` is the map with the client's values in and the fragment
+    left unnamed: the same object for every source of the reduce, so a
+    round's requests are encoded once, not once per server (``wire.Encoder``).
+    """
 
     reduce: Reduce
     source: Source
-    map: Node
+    template: Node
+
+    @property
+    def map(self) -> Node:
+        """The map bound to this source's fragment (for messages; encoding uses the template)."""
+        return bind(self.template, self.source.fragment)
 
 
 @dataclass
@@ -100,14 +110,15 @@ def make_plan(outputs: Sequence[Node], flags: OptFlags = OptFlags()) -> Plan:
     return Plan(tuple(outputs), rounds, client, flags)
 
 
-def bind(expr: Node, fragment: str, values: Callable[[Node], Any] | None = None) -> Node:
+def bind(expr: Node, fragment: str | None, values: Callable[[Node], Any] | None = None) -> Node:
     """The map expression for one fragment: name the fragment, put client values in as literals.
 
-    Without ``values`` (when explaining before anything ran) ``Param`` nodes stay.
+    Without ``values`` (when explaining before anything ran) ``Param`` nodes stay;
+    without ``fragment`` the fragment stays unnamed.
     """
 
     def replace(node: Node) -> Node | None:
-        if isinstance(node, Fragment) and node.name is None:
+        if isinstance(node, Fragment) and node.name is None and fragment is not None:
             return Fragment(fragment)
         if isinstance(node, Param) and values is not None:
             return Literal(_literal(values(node.value)))
@@ -123,11 +134,9 @@ def plan_requests(
     requests: dict[Hashable, Request] = {}
     out: list[Request] = []
     for reduce in reduces:
-        bound: dict[str, Node] = {}
+        template = bind(reduce.map, None, values)
         for source in reduce.sources:
-            if source.fragment not in bound:
-                bound[source.fragment] = bind(reduce.map, source.fragment, values)
-            task = Task(reduce, source, bound[source.fragment])
+            task = Task(reduce, source, template)
             if not flags.batch:
                 out.append(Request(source.link(), [task]))
                 continue
