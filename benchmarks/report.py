@@ -140,10 +140,22 @@ def write(run: dict[str, Any], sections: list[Section], out: Path) -> tuple[Path
         (out / "latest.json", json.dumps(document, indent=1, default=_plain, allow_nan=True) + "\n"),
     )
     for path, text in files:
-        temporary = path.with_suffix(path.suffix + ".tmp")
-        temporary.write_text(text)
-        temporary.replace(path)
+        _write_atomically(path, text)
     return files[0][0], files[1][0]
+
+
+def write_json(document: dict[str, Any], out: Path, name: str) -> Path:
+    """``document`` as JSON at ``out``: a ``.json`` path, or a folder to write ``name`` into."""
+    path = out if out.suffix == ".json" else out / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, json.dumps(document, indent=1, default=_plain) + "\n")
+    return path
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)  # a reader never sees half a file
 
 
 def _plain(value: Any) -> Any:

@@ -472,10 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets(engines),
         "seconds": time.perf_counter() - started,
     }
-    path = args.out if args.out.suffix == ".json" else args.out / "scale.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".tmp").write_text(json.dumps(document, indent=1) + "\n")
-    path.with_suffix(".tmp").replace(path)
+    path = report.write_json(document, args.out, "scale.json")
 
     m = document["machine"]
     print(f"Machine: {m['cpu']}, {m['cores_usable']} of {m['cores']} cores, {m['ram_gb']} GB RAM; "
