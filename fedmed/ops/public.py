@@ -40,15 +40,34 @@ def union(parts: Sequence[Sequence[Any]]) -> list[Any]:
 
 def value_counts(parts: Sequence[Sequence[Sequence[Any]]]) -> pd.Series:
     """Pooled counts per value, most frequent first (ties by value), as ``Series.value_counts``."""
-    totals: dict[Any, float] = {}
-    for part in parts:
-        for value, count in part:
-            # a count a server suppressed (None) makes the pooled count unknown
-            totals[value] = totals.get(value, 0) + (math.nan if count is None else count)
+    cells = [_cells(part) for part in parts]
+    labels = dict.fromkeys(key for known, _ in cells for key in known)
+    totals = {key[0]: _pooled(key, cells) for key in labels}
     ordered = sorted(totals.items(), key=lambda item: (-_rank(item[1]), _sort_key(item[0])))
     counts = [count for _, count in ordered]
     exact = not any(math.isnan(c) for c in counts)
     return pd.Series(counts, index=[value for value, _ in ordered], name="count", dtype="int64" if exact else "float64")
+
+
+def _cells(part: Sequence[Sequence[Any]]) -> tuple[dict[tuple, float], bool]:
+    """One server's table as ``{labels: count}``, and whether it withheld cells.
+
+    A privacy policy withholds a cell as an entry without labels (all None):
+    which labels it had is the secret. A cell it keeps with an unknown count
+    has its labels and a None count.
+    """
+    known, withheld = {}, False
+    for *labels, count in part:
+        if all(label is None for label in labels):
+            withheld = True
+        else:
+            known[tuple(labels)] = math.nan if count is None else count
+    return known, withheld
+
+
+def _pooled(key: tuple, cells: Sequence[tuple[dict[tuple, float], bool]]) -> float:
+    # absent from a server that withheld cells: maybe withheld there, so unknown (nan), never a silent 0
+    return builtins.sum(known.get(key, math.nan if withheld else 0) for known, withheld in cells)
 
 
 def histogram(parts: Sequence[dict[str, Any]]) -> Histogram:
@@ -63,12 +82,14 @@ def histogram(parts: Sequence[dict[str, Any]]) -> Histogram:
 
 
 def crosstab(parts: Sequence[Sequence[Sequence[Any]]]) -> pd.DataFrame:
-    """The pooled contingency table, rows and columns sorted, absent combinations 0."""
-    cells = pd.DataFrame([cell for part in parts for cell in part], columns=["a", "b", "n"])
-    cells["n"] = cells["n"].astype(float)  # None (suppressed) -> nan, kept through the sum
-    # a cell any server suppressed stays unknown (nan) in the pool, never a partial sum
-    table = cells.groupby(["a", "b"])["n"].agg(lambda n: n.sum() if n.notna().all() else np.nan).unstack(fill_value=0)
-    table.index.name, table.columns.name = None, None
+    """The pooled contingency table, rows and columns sorted; absent combinations 0, or nan
+    (unknown) where a server withheld cells."""
+    cells = [_cells(part) for part in parts]
+    keys = [key for known, _ in cells for key in known]
+    rows = sorted(dict.fromkeys(a for a, _ in keys), key=_sort_key)
+    columns = sorted(dict.fromkeys(b for _, b in keys), key=_sort_key)
+    table = pd.DataFrame([[_pooled((a, b), cells) for b in columns] for a in rows], index=rows, columns=columns,
+                         dtype=float)
     return table.astype("int64") if not table.isna().any().any() else table
 
 

@@ -75,12 +75,13 @@ class Anonymity(Policy):
             return {COLUMNS: {c: self._cells(task, v) for c, v in value[COLUMNS].items()}}
         small = lambda n: n is not None and 0 < n < self.k  # noqa: E731
         op = task.op
-        # a suppressed cell keeps its label with an unknown count: the pooled
-        # table shows NaN there, never a wrong 0
+        # a withheld cell of a labelled table loses its labels too: a rare value's
+        # presence is the disclosure. It is sent as an entry of Nones, so that the
+        # pooled table shows NaN where it may be, never a wrong 0 (ops.public).
         if op == "value_counts":
-            kept = [[v, None if small(n) else n] for v, n in value]
+            kept = [[None, None] if small(n) else [v, n] for v, n in value]
         elif op == "crosstab":
-            kept = [[a, b, None if small(n) else n] for a, b, n in value]
+            kept = [[None, None, None] if small(n) else [a, b, n] for a, b, n in value]
         elif op == "histogram":
             kept = {**value, "counts": [None if small(n) else n for n in value["counts"]]}
         elif op == "count_below":
