@@ -12,15 +12,21 @@ loaded into the server's memory; only the aggregates come back. What the
 compiler cannot express fails that output with ``TaskFailed``.
 
 The files (or the database) are read at query time. The fragment's column
-names and types are read once, when it is created: after changing the files,
-store a new fragment under the same name (``server[name] = ...``), which also
-gives it a new version.
+names and types are read once, when it is created, and so are the sizes and
+modification times of its local files: once they differ (a file changed,
+added or removed), every query fails until the server owner stores a new
+fragment under the same name (``server[name] = ...``), which gives it a new
+version. Rows never change under one version, so ``Snapshot`` and the
+versions a client sees keep their meaning, and no result mixes old and new
+rows unnoticed.
 
 DuckDB is an optional dependency: ``pip install 'fedmed[duckdb]'``.
 """
 
 from __future__ import annotations
 
+import glob
+import os
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -65,7 +71,8 @@ class SQLFragment(Fragment):
     """
 
     def __init__(self, source: str, *, database: str = ":memory:", read_only: bool = False,
-                 settings: Mapping[str, Any] | None = None, count_rows: bool = True) -> None:
+                 settings: Mapping[str, Any] | None = None, count_rows: bool = True,
+                 files: Sequence[str] = ()) -> None:
         duckdb = require_duckdb()
         self._error = duckdb.Error
         self.source = source
@@ -74,6 +81,8 @@ class SQLFragment(Fragment):
         described = self._connection.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
         self.columns = [SourceColumn(str(name), str(sql_type), f"s{i}")
                         for i, (name, sql_type, *_) in enumerate(described)]
+        self._files = tuple(files)
+        self._fingerprint = _fingerprint(self._files)
         self._rows: int | None = None
         if count_rows:
             self._rows = int(self._connection.execute(f"SELECT count(*) FROM {source}").fetchone()[0])
@@ -94,6 +103,12 @@ class SQLFragment(Fragment):
             return self._connection.cursor()
 
     def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Evaluated]:
+        if _fingerprint(self._files) != self._fingerprint:
+            changed = TaskFailed(
+                "the fragment's files changed on disk since it was registered; the server's owner must "
+                "register it again (server[name] = ...) to serve the new rows under a new version"
+            )
+            return [Evaluated(Failure(changed), None) for _ in outputs]
         mode, top = disclosure_needs(config)
         program = self._compile(nodes, outputs, config, mode, top)
         try:
@@ -140,7 +155,7 @@ class Parquet(SQLFragment):
     def __init__(self, path: "str | Path | Sequence[str | Path]", *, settings: Mapping[str, Any] | None = None,
                  **options: Any) -> None:
         self.path = path
-        super().__init__(f"read_parquet({_paths(path)}{_options(options)})", settings=settings)
+        super().__init__(f"read_parquet({_paths(path)}{_options(options)})", settings=settings, files=_patterns(path))
 
 
 class CSV(SQLFragment):
@@ -153,7 +168,8 @@ class CSV(SQLFragment):
     def __init__(self, path: "str | Path | Sequence[str | Path]", *, settings: Mapping[str, Any] | None = None,
                  **options: Any) -> None:
         self.path = path
-        super().__init__(f"read_csv({_paths(path)}{_options(options)})", settings=settings, count_rows=False)
+        super().__init__(f"read_csv({_paths(path)}{_options(options)})", settings=settings, count_rows=False,
+                         files=_patterns(path))
 
 
 class DuckDB(SQLFragment):
@@ -204,6 +220,28 @@ def _paths(path: "str | Path | Sequence[str | Path]") -> str:
     if not paths:
         raise ValueError("no files given")
     return "[" + ", ".join(quote_string(p) for p in paths) + "]"
+
+
+def _patterns(path: "str | Path | Sequence[str | Path]") -> list[str]:
+    return [str(path)] if isinstance(path, (str, Path)) else [str(p) for p in path]
+
+
+def _fingerprint(patterns: Sequence[str]) -> tuple[tuple[str, int, int], ...]:
+    """Size and modification time of every local file the patterns match (remote URLs are not checked).
+
+    A glob and a stat per file per query: milliseconds, against a scan of the files.
+    """
+    found = []
+    for pattern in patterns:
+        if "://" in pattern:
+            continue
+        for name in sorted(glob.glob(pattern, recursive=True)):
+            try:
+                info = os.stat(name)
+            except OSError:  # removed between the glob and the stat: changed
+                continue
+            found.append((name, info.st_size, info.st_mtime_ns))
+    return tuple(found)
 
 
 def _options(options: Mapping[str, Any]) -> str:

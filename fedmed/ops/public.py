@@ -86,8 +86,7 @@ def crosstab(parts: Sequence[Sequence[Sequence[Any]]]) -> pd.DataFrame:
     (unknown) where a server withheld cells."""
     cells = [_cells(part) for part in parts]
     keys = [key for known, _ in cells for key in known]
-    rows = sorted(dict.fromkeys(a for a, _ in keys), key=_sort_key)
-    columns = sorted(dict.fromkeys(b for _, b in keys), key=_sort_key)
+    rows, columns = _sorted(a for a, _ in keys), _sorted(b for _, b in keys)
     table = pd.DataFrame([[_pooled((a, b), cells) for b in columns] for a in rows], index=rows, columns=columns,
                          dtype=float)
     return table.astype("int64") if not table.isna().any().any() else table
@@ -132,6 +131,15 @@ def comoments(parts: Sequence[Sequence[Any]]) -> Comoments:
 
 def _rank(count: float) -> float:
     return -1.0 if math.isnan(count) else count
+
+
+def _sorted(labels: Any) -> list[Any]:
+    """Distinct labels in their natural order (numbers by value, as pandas), by type first when mixed."""
+    distinct = list(dict.fromkeys(labels))
+    try:
+        return sorted(distinct)
+    except TypeError:  # numbers and text together
+        return sorted(distinct, key=_sort_key)
 
 
 def _sort_key(value: Any) -> tuple[str, Any]:

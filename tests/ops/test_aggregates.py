@@ -190,6 +190,14 @@ def test_crosstab_of_categoricals_sends_only_the_combinations_present():
     assert got.to_dict() == {"a": {"F": 1, "M": 1}, "b": {"F": 0, "M": 1}}
 
 
+def test_crosstab_orders_integer_and_float_labels_by_value():
+    # one server's column has missing values (floats), the other's not (integers): one numeric order
+    parts = [fm.Local({"t": [8.0, 3.0, None], "e": [0, 1, 1]}), fm.Local({"t": [2, 3, 5], "e": [1, 1, 0]})]
+    data = fm.FedData(parts)
+    got = data["t"].crosstab(data["e"]).compute()
+    assert list(got.index) == [2, 3, 5, 8] and got.loc[3, 1] == 2
+
+
 # -- moments -------------------------------------------------------------------
 
 

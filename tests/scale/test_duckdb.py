@@ -410,3 +410,24 @@ def test_noise_on_a_sum_is_refused_clearly_and_counts_are_noised(tmp_path):
     with pytest.raises(fm.TaskFailed, match="cannot hand the row values"):
         duck["age"].sum().compute()
     assert abs(duck["age"].count().compute() - N) < 50
+
+
+@pytest.mark.parametrize("change", ["a file rewritten", "a file added", "a file removed"])
+def test_files_changed_on_disk_are_refused_until_registered_again(tmp_path, change):
+    # rows never change under one version: Snapshot and the client's versions keep their meaning
+    first, second = cohort(30, seed=7), cohort(20, seed=8, start=30)
+    write_parquet(first, tmp_path / "part-1.parquet")
+    write_parquet(second, tmp_path / "part-2.parquet")
+    servers, data = federation([fm.fragments.Parquet(str(tmp_path / "*.parquet"))])
+    assert data["age"].count().compute() == pd.concat([first, second])["age"].count()
+    if change == "a file rewritten":
+        write_parquet(cohort(31, seed=9), tmp_path / "part-1.parquet")
+    elif change == "a file added":
+        write_parquet(cohort(5, seed=9, start=50), tmp_path / "part-3.parquet")
+    else:
+        (tmp_path / "part-2.parquet").unlink()
+    with pytest.raises(fm.TaskFailed, match="files changed on disk"):
+        data["age"].count().compute()
+    servers[0]["cohort"] = fm.fragments.Parquet(str(tmp_path / "*.parquet"))  # the owner registers it again
+    now = pd.concat([pd.read_parquet(p) for p in sorted(tmp_path.glob("*.parquet"))])
+    assert data["age"].count().compute() == now["age"].count()
