@@ -1,6 +1,7 @@
 """The ``fedmed`` command line: serve files, check a config, run the demo.
 
     fedmed serve --config config.yaml --data "cohort=cohort.csv" --port 5000
+    fedmed serve --config config.yaml --data "registry=data/*.parquet" --in-place
     fedmed check-config config.yaml
     fedmed demo
 """
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--config", required=True, help="the server's config (operations and privacy policies)")
     serve.add_argument("--data", action="append", default=[], metavar="NAME=FILE",
                        help="a fragment: its name and a .csv, .parquet or .json file (repeatable)")
+    serve.add_argument("--in-place", action="store_true",
+                       help="query .parquet and .csv files (globs allowed) where they lie with DuckDB instead of "
+                            "loading them into memory (pip install 'fedmed[duckdb]')")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     serve.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
@@ -74,7 +78,7 @@ def serve_files(args: argparse.Namespace) -> int:
     try:
         server = Server(config=args.config)
         for spec in args.data:
-            name, data = load_fragment(spec)
+            name, data = load_fragment(spec, in_place=args.in_place)
             server[name] = data
     except (ConfigError, ValueError, OSError, ImportError) as exc:
         print(f"fedmed serve: {exc}", file=sys.stderr)
@@ -83,7 +87,7 @@ def serve_files(args: argparse.Namespace) -> int:
     print(f"FedMed server on http://{args.host}:{waitress.effective_port}")  # type: ignore[union-attr]
     for name in server:
         fragment = server[name]
-        print(f"  fragment {name!r}: {fragment.rows} rows")
+        print(f"  fragment {name!r}: {fragment.rows} rows" + (f" ({fragment!r})" if args.in_place else ""))
     policies = [p.describe() for p in server.config.privacy] or ["none: results are exact"]
     print("  privacy: " + "; ".join(policies))
     print("  auth: " + ("bearer tokens" if server.config.auth else "off (bind to 127.0.0.1 or put a proxy in front)"))
@@ -98,11 +102,24 @@ def serve_files(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_fragment(spec: str) -> tuple[str, pd.DataFrame]:
-    """``"name=path/to/file.csv"`` -> (name, DataFrame)."""
+def load_fragment(spec: str, in_place: bool = False) -> tuple[str, Any]:
+    """``"name=path/to/file.csv"`` -> (name, DataFrame), or a DuckDB-backed fragment ``in_place``."""
     name, sep, path = spec.partition("=")
     if not sep or not name or not path:
         raise ValueError(f"--data expects NAME=FILE, got {spec!r}")
+    if in_place:
+        from . import fragments
+
+        kinds = {".parquet": fragments.Parquet, ".csv": fragments.CSV}
+        kind = kinds.get(Path(path).suffix.lower())
+        if kind is None:
+            raise ValueError(f"{path}: --in-place serves {' and '.join(kinds)} files")
+        try:
+            return name, kind(path)
+        except ImportError:
+            raise
+        except Exception as exc:  # DuckDB's own errors (no such file, not Parquet): a message, not a traceback
+            raise ValueError(f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     reader = READERS.get(Path(path).suffix.lower())
     if reader is None:
         raise ValueError(f"{path}: unsupported file type; use {', '.join(READERS)}")

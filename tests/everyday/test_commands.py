@@ -86,3 +86,33 @@ def test_help_reads_well(capsys):
     text = capsys.readouterr().out
     for command in ("serve", "check-config", "demo"):
         assert command in text
+
+
+def test_serve_in_place_queries_parquet_files_with_duckdb(tmp_path: Path):
+    import pytest
+
+    pytest.importorskip("duckdb")
+    pytest.importorskip("pyarrow")  # to write the test files
+    parts = [pd.DataFrame({"age": range(i * 20, i * 20 + 20)}) for i in range(3)]
+    for i, part in enumerate(parts):
+        part.to_parquet(tmp_path / f"part-{i}.parquet")
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "fedmed.cli", "serve", "--config", "example/config.yaml",
+         "--data", f"registry={tmp_path / '*.parquet'}", "--in-place", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = [process.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
+        url = re.search(r"http://127\.0\.0\.1:\d+", lines[0]).group(0)  # type: ignore[union-attr]
+        assert "fragment 'registry': 60 rows (Parquet(read_parquet(" in lines[1]
+        data = fm.FedData([fm.Remote(url, "registry")], config="example/config.yaml")
+        assert data["age"].sum().compute() == sum(range(60))
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode == 0
+    done = run_cli("serve", "--config", "example/config.yaml", "--data", f"x={tmp_path / 'none-*.parquet'}",
+                   "--in-place")
+    assert done.returncode == 2 and "none-*.parquet" in done.stderr and "Traceback" not in done.stderr
+    done = run_cli("serve", "--config", "example/config.yaml", "--data", f"x={tmp_path / 'a.json'}", "--in-place")
+    assert done.returncode == 2 and "--in-place serves .parquet and .csv files" in done.stderr
