@@ -149,13 +149,15 @@ class SQLFragment(Fragment):
 class Parquet(SQLFragment):
     """Parquet files: a path, a glob such as ``"data/*.parquet"``, or a list of them.
 
-    ``options`` go to DuckDB's ``read_parquet`` (e.g. ``union_by_name=True``).
+    ``options`` go to DuckDB's ``read_parquet`` (e.g. ``union_by_name=True``);
+    ``count_rows=False`` skips counting the rows when created (cheap for Parquet).
     """
 
     def __init__(self, path: "str | Path | Sequence[str | Path]", *, settings: Mapping[str, Any] | None = None,
-                 **options: Any) -> None:
+                 count_rows: bool = True, **options: Any) -> None:
         self.path = path
-        super().__init__(f"read_parquet({_paths(path)}{_options(options)})", settings=settings, files=_patterns(path))
+        super().__init__(f"read_parquet({_paths(path)}{_options(options)})", settings=settings, count_rows=count_rows,
+                         files=_patterns(path))
 
 
 class CSV(SQLFragment):
@@ -163,12 +165,14 @@ class CSV(SQLFragment):
 
     ``options`` go to DuckDB's ``read_csv`` (e.g. ``delim=";"``, ``nullstr="NA"``);
     by default DuckDB detects the dialect, the header and the column types.
+    The rows are counted by the first query (``count_rows=True``: when
+    created, a full scan).
     """
 
     def __init__(self, path: "str | Path | Sequence[str | Path]", *, settings: Mapping[str, Any] | None = None,
-                 **options: Any) -> None:
+                 count_rows: bool = False, **options: Any) -> None:
         self.path = path
-        super().__init__(f"read_csv({_paths(path)}{_options(options)})", settings=settings, count_rows=False,
+        super().__init__(f"read_csv({_paths(path)}{_options(options)})", settings=settings, count_rows=count_rows,
                          files=_patterns(path))
 
 

@@ -156,6 +156,9 @@ def test_fragments_report_rows_and_columns(files):
     assert fm.FedData([fm.Simulation(server, "b")])["id"].len().compute() == len(PART_B)
     assert csv.rows == len(PART_B) and server.info()["fragments"]["b"]["rows"] == len(PART_B)
     assert isinstance(csv, fm.fragments.Fragment)
+    # counting is a choice either way: when created, or by the first query
+    assert fm.fragments.CSV(files / "b.csv", count_rows=True).rows == len(PART_B)
+    assert fm.fragments.Parquet(files / "a-*.parquet", count_rows=False).rows is None
 
 
 def test_plain_aggregates_with_missing_values(pair):
