@@ -585,6 +585,7 @@ class Compiler:
         self.top = int(top)
         self.fragment = Table({c.name: Col(c.alias, 0, ALL, c.kind, untyped=c.untyped) for c in columns}, ALL)
         self.rows_index = self.query.select("count(*)")
+        self._never_null: set[str] = set()  # boolean columns that are never NULL: usable as a filter as they are
         # disclosure bookkeeping
         self._atoms: list[tuple[str, int, int | None]] = []  # (condition, level, flag)
         self._atom_index: dict[tuple[str, int | None], int] = {}
@@ -917,9 +918,9 @@ class Compiler:
             expr = f"({x.sql} {SYMBOL[op]} {y.sql})"
         else:
             expr = f"({x.bigint} {SYMBOL[op]} {y.bigint})"
-        if not nullable:
-            expr = f"coalesce({expr}, {'TRUE' if op == 'ne' else 'FALSE'})"
-        return self._column(expr, level, rows, BOOL, nullable)
+        if nullable:
+            return self._column(expr, level, rows, BOOL, nullable)
+        return self._boolean(f"coalesce({expr}, {'TRUE' if op == 'ne' else 'FALSE'})", level, rows)
 
     def _op_eq(self, a: Value, b: Value) -> Col:
         return self._compare("eq", a, b)
@@ -957,10 +958,16 @@ class Compiler:
         return self._logical("or", a, b)
 
     def _op_isna(self, a: Col) -> Col:
-        return self._column(f"({a.sql} IS NULL)", a.depth, a.rows, BOOL)
+        return self._boolean(f"({a.sql} IS NULL)", a.depth, a.rows)
 
     def _op_notna(self, a: Col) -> Col:
-        return self._column(f"({a.sql} IS NOT NULL)", a.depth, a.rows, BOOL)
+        return self._boolean(f"({a.sql} IS NOT NULL)", a.depth, a.rows)
+
+    def _boolean(self, expr: str, level: int, rows: Rows) -> Col:
+        """A boolean column that is never NULL (a filter takes it as it is)."""
+        column = self._column(expr, level, rows, BOOL)
+        self._never_null.add(column.sql)
+        return column
 
     def _op_fillna(self, a: Col, value: Value) -> Col:
         if isinstance(value, Const) and value.kind == NULL:
@@ -1127,6 +1134,8 @@ class Compiler:
     # -- filters -----------------------------------------------------------------------------------
     def _truthy(self, mask: Col) -> str:
         """pandas' ``mask.fillna(False).astype(bool)``."""
+        if mask.kind == BOOL and mask.sql in self._never_null:
+            return mask.sql
         if mask.kind == BOOL:
             return f"coalesce({mask.sql}, FALSE)"
         if mask.kind in (INT, FLOAT):
@@ -1141,7 +1150,10 @@ class Compiler:
         if not mask.rows.contains(table.rows):
             raise TaskFailed("Unalignable boolean Series provided as indexer (index of the boolean Series and of "
                              "the indexed object do not match).")
-        atom, atom_level = self.query.name(self._truthy(mask), mask.depth, prefix="m")
+        truthy = self._truthy(mask)
+        # a comparison's column is the filter as it is: a copy of it in a layer of its own costs a tenth of a scan
+        atom, atom_level = (mask.sql, mask.level) if truthy == mask.sql else \
+            self.query.name(truthy, mask.depth, prefix="m")
         if atom == "TRUE":
             return table
         cond, level = self.query.name(_and(table.rows.cond, atom), max(table.rows.level, atom_level), prefix="r") \
