@@ -128,6 +128,11 @@ def crosstab(a: pd.Series, b: pd.Series) -> list[list[Any]]:
     return [[_plain(i), _plain(j), int(n)] for (i, j), n in counts.items()]
 
 
+#: An infinite value makes a centred sum NaN (inf - inf), as it should: no warning on the server for it.
+_INFINITE_IS_NAN = np.errstate(invalid="ignore")
+
+
+@_INFINITE_IS_NAN
 def moments(x: pd.Series) -> list[Any]:
     """``[n, mean, M2]`` of the non-missing values, computed in two passes for accuracy."""
     values = _present(x)
@@ -139,6 +144,7 @@ def moments(x: pd.Series) -> list[Any]:
     return [builtins.len(values), float(mean), float(centred.sum())]
 
 
+@_INFINITE_IS_NAN
 def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
     """``[n, mean x, mean y, M2 x, M2 y, co-moment]`` over rows where both are present."""
     a, b = _complete_columns((x, y))
@@ -150,6 +156,7 @@ def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
             float((da * da).sum()), float((db * db).sum()), float((da * db).sum())]
 
 
+@_INFINITE_IS_NAN
 def comoment_matrix(*columns: pd.Series) -> list[Any]:
     """``[n, means, M]`` of several columns over rows where all are present; ``M`` is the centred cross-product matrix.
 
