@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
-import requests
 
 import fedmed as fm
-from fedmed import cli, wire
+from fedmed import cli
 
 SUM = "{map: fedmed.ops.private.sum, reduce: fedmed.ops.public.sum}"
 
@@ -51,27 +50,32 @@ def test_check_config_errors_name_the_line(tmp_path: Path):
     assert re.match(rf"{re.escape(str(syntax))}:\d+: ", done.stderr) and "not valid YAML" in done.stderr
 
 
+@contextlib.contextmanager
+def fedmed_serve(*args: str, lines: int) -> Iterator[tuple[list[str], str]]:
+    """``fedmed serve`` with ``args`` on a free port: its first ``lines`` of output and its URL; Ctrl-C after."""
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "fedmed.cli", "serve", "--config", "example/config.yaml", *args, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        head = [process.stdout.readline() for _ in range(lines)]  # type: ignore[union-attr]
+        yield head, re.search(r"http://127\.0\.0\.1:\d+", head[0]).group(0)  # type: ignore[union-attr]
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=20)
+    assert process.returncode == 0 and "stopped." in out
+
+
 def test_serve_loads_files_prints_them_and_stops_on_ctrl_c(tmp_path: Path):
     csv = tmp_path / "cohort.csv"
     pd.DataFrame({"age": range(30), "bmi": [20.0 + i / 10 for i in range(30)]}).to_csv(csv, index=False)
     js = tmp_path / "extra.json"
     pd.DataFrame({"x": [1, 2, 3, 4, 5, 6]}).to_json(js)
-    process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "fedmed.cli", "serve", "--config", "example/config.yaml",
-         "--data", f"cohort={csv}", "--data", f"extra={js}", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        lines = [process.stdout.readline() for _ in range(6)]  # type: ignore[union-attr]
-        url = re.search(r"http://127\.0\.0\.1:\d+", lines[0]).group(0)  # type: ignore[union-attr]
+    with fedmed_serve("--data", f"cohort={csv}", "--data", f"extra={js}", lines=6) as (lines, url):
         assert "fragment 'cohort': 30 rows" in lines[1] and "fragment 'extra': 6 rows" in lines[2]
         assert "Anonymity(k=5)" in lines[3]
         data = fm.FedData([fm.Remote(url, "cohort")], config="example/config.yaml")
         assert data["age"].sum().compute() == sum(range(30))
-    finally:
-        process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=20)
-    assert process.returncode == 0 and "stopped." in out
 
 
 def test_serve_reports_bad_input_clearly(tmp_path: Path):
@@ -96,21 +100,10 @@ def test_serve_in_place_queries_parquet_files_with_duckdb(tmp_path: Path):
     parts = [pd.DataFrame({"age": range(i * 20, i * 20 + 20)}) for i in range(3)]
     for i, part in enumerate(parts):
         part.to_parquet(tmp_path / f"part-{i}.parquet")
-    process = subprocess.Popen(
-        [sys.executable, "-u", "-m", "fedmed.cli", "serve", "--config", "example/config.yaml",
-         "--data", f"registry={tmp_path / '*.parquet'}", "--in-place", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        lines = [process.stdout.readline() for _ in range(2)]  # type: ignore[union-attr]
-        url = re.search(r"http://127\.0\.0\.1:\d+", lines[0]).group(0)  # type: ignore[union-attr]
+    with fedmed_serve("--data", f"registry={tmp_path / '*.parquet'}", "--in-place", lines=2) as (lines, url):
         assert "fragment 'registry': 60 rows (Parquet(read_parquet(" in lines[1]
         data = fm.FedData([fm.Remote(url, "registry")], config="example/config.yaml")
         assert data["age"].sum().compute() == sum(range(60))
-    finally:
-        process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=20)
-    assert process.returncode == 0
     done = run_cli("serve", "--config", "example/config.yaml", "--data", f"x={tmp_path / 'none-*.parquet'}",
                    "--in-place")
     assert done.returncode == 2 and "none-*.parquet" in done.stderr and "Traceback" not in done.stderr
