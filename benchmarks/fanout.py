@@ -31,8 +31,7 @@ Variants of the client, set by monkeypatching and measured side by side
 within each repeat (one after another, same servers):
 
 - ``pool 32``, ``pool 128``, ``pool 256``: FedMed's thread pool bounded at
-  that many threads (``fedmed.executor.MAX_PARALLEL_REQUESTS`` patched and
-  ``fedmed.executor._pool`` reset), posting through FedMed's one shared
+  that many threads (``fm.options.max_parallel_requests``), posting through FedMed's one shared
   ``urllib3`` pool (the variant equal to FedMed's own bound is ``CURRENT``);
 - ``asyncio``: a prototype transport posting every request of a round at
   once from one asyncio event loop over kept-alive connections, then
@@ -182,7 +181,7 @@ def _in_order() -> Any:
 
 @dataclass(frozen=True)
 class Variant:
-    threads: int  # MAX_PARALLEL_REQUESTS (for asyncio: requests in flight are not bounded by threads)
+    threads: int  # fm.options.max_parallel_requests (for asyncio: requests in flight are not bounded by threads)
     patches: dict[tuple[Any, str], Any] = field(default_factory=dict)
     about: str = ""
 
@@ -199,16 +198,16 @@ VARIANTS: dict[str, Variant] = {
     ),
 }
 #: FedMed as it is: the variant whose bound is fedmed.executor's
-CURRENT = next(name for name, v in VARIANTS.items() if v.threads == executor.MAX_PARALLEL_REQUESTS and not v.patches)
+CURRENT = next(name for name, v in VARIANTS.items() if v.threads == fm.options.max_parallel_requests and not v.patches)
 
 
 def use(variant: str) -> None:
     """Switch the client to ``variant``: a new pool of its size and its patches, the others' undone."""
     chosen = VARIANTS[variant]
     if executor._pool is not None:
-        executor._pool.shutdown(wait=True)  # its threads, and their sessions, end here
+        executor._pool.shutdown(wait=True)  # its threads end here, before the next variant's are made
     executor._pool = None
-    executor.MAX_PARALLEL_REQUESTS = chosen.threads
+    fm.options.max_parallel_requests = chosen.threads
     for (owner, name), original in _ORIGINAL.items():
         setattr(owner, name, chosen.patches.get((owner, name), original))
     _prefetched.clear()

@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from fedmed import executor
+import fedmed as fm
 
 from .cluster import ANALYSES, ORIGINAL_SUPPORTS, Cluster
 from .compare import VARIANTS, side_by_side, summarize
@@ -137,7 +137,7 @@ def run(settings: Any, original: Original | None, original_note: str) -> Section
         "servers and client share its driver's process.",
         f"{settings.rows:,} rows per server; each waitress server has {settings.threads} threads, so a naive plan's "
         "parallel requests to one server queue once they outnumber the threads.",
-        f"FedMed sends each round's requests to all servers at once (up to {executor.MAX_PARALLEL_REQUESTS} in "
+        f"FedMed sends each round's requests to all servers at once (up to {fm.options.max_parallel_requests} in "
         "parallel); the original sends its requests one server after another.",
         "Replayed: the optimised plan again, every server answering a repeated request with the bytes it sent "
         "the first time (its HTTP handling by waitress and the delay remain; its evaluation does not), "

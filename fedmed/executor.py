@@ -9,6 +9,7 @@ only move bytes, so Local, Simulation and Remote behave the same.
 from __future__ import annotations
 
 import atexit
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,20 +26,29 @@ from .expr.optimize import OptFlags, Request, make_plan, plan_requests
 from .ops.columns import reduce_columns
 from .options import options
 
-#: Bounded fan-out: the most requests in flight at once (threads are made as needed, up to this).
-#: Over wide-area round trips the bound sets how many waves a round takes: 200 servers at 100 ms
-#: took 7.2x one round trip with 32 (7 waves) and 3.0x with 256 (benchmarks/fanout.py).
-MAX_PARALLEL_REQUESTS = 256
-
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
 
 
 def _fan_out() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=MAX_PARALLEL_REQUESTS, thread_name_prefix="fedmed")
-        atexit.register(_pool.shutdown, wait=False)
-    return _pool
+    """The process's bounded pool (``fm.options.max_parallel_requests`` threads, made as needed)."""
+    global _pool, _pool_size
+    size = int(options.max_parallel_requests)
+    if size < 1:
+        raise ValueError(f"fm.options.max_parallel_requests must be at least 1, not {size}")
+    with _pool_lock:
+        if _pool is None or size != _pool_size:
+            if _pool is not None:
+                _pool.shutdown(wait=False)  # the option changed: requests in flight finish on the old threads
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=size, thread_name_prefix="fedmed"), size
+        return _pool
+
+
+@atexit.register
+def _shut_down() -> None:
+    if _pool is not None:
+        _pool.shutdown(wait=False)
 
 
 CHOICES = ("raise", "skip")

@@ -9,7 +9,7 @@ took 39 s to start and 12 s to stop there.)
 
 The client's thread count is sampled on the server side, inside every
 request: it must stay below the baseline plus the executor's bound
-(``fedmed.executor.MAX_PARALLEL_REQUESTS``), however many servers there are.
+(``fm.options.max_parallel_requests``), however many servers there are.
 Each request waits a little inside the server so that requests overlap: an
 unbounded fan-out would then need a thread per server (checked by hand with
 a 200-thread pool, which these tests reject). The bound is set to
@@ -39,17 +39,12 @@ BOUND = 32  # the executor's bound in these tests: fewer threads than servers
 
 @pytest.fixture(autouse=True)
 def bounded_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The executor with a pool of ``BOUND`` threads, made afresh, and its own pool back afterwards."""
-
-    def fresh_pool() -> None:
-        if executor._pool is not None:
-            executor._pool.shutdown(wait=True)
-        executor._pool = None  # the next round makes a pool of the current bound
-
-    fresh_pool()
-    monkeypatch.setattr(executor, "MAX_PARALLEL_REQUESTS", BOUND)
+    """The executor bounded at ``BOUND`` threads (it makes a new pool when the option changes)."""
+    if executor._pool is not None:
+        executor._pool.shutdown(wait=True)  # the earlier pool's threads are gone before threads are counted
+        executor._pool = None
+    monkeypatch.setattr(fm.options, "max_parallel_requests", BOUND)
     yield
-    fresh_pool()
 
 
 class SamplingServer(fm.Server):
@@ -111,12 +106,12 @@ def check_fanout(
     assert len(samples) == len(servers)
     peak = max(count for count, _ in samples)
     # +2: room for a helper thread (tqdm's monitor) that is not the fan-out's
-    assert peak <= baseline + executor.MAX_PARALLEL_REQUESTS + 2, (peak, baseline)
+    assert peak <= baseline + BOUND + 2, (peak, baseline)
     if client_threads:  # in-process servers run on the client's threads: at most the pool's, and more than one
         names = {name for _, name in samples}
         assert all(name.startswith(POOL_PREFIX) for name in names), names
-        assert 1 < len(names) <= executor.MAX_PARALLEL_REQUESTS
-    assert pool_threads() <= executor.MAX_PARALLEL_REQUESTS
+        assert 1 < len(names) <= BOUND
+    assert pool_threads() <= BOUND
 
 
 def test_100_in_process_servers_one_request_each_pandas_results_bounded_threads() -> None:
@@ -144,3 +139,14 @@ def test_100_waitress_servers_one_request_each_pandas_results_bounded_threads(st
     running = start_all(servers)
     sources = [fm.Remote(r.url, f"site {i}", timeout=20.0) for i, r in enumerate(running)]
     check_fanout(servers, parts, samples, sources, client_threads=False)
+
+
+def test_the_bound_is_an_option_checked_when_a_round_goes_out(monkeypatch) -> None:
+    servers, parts, _ = make_servers(3)
+    data = fm.FedData([fm.Simulation(s, f"site {i}") for i, s in enumerate(servers)], config=CONFIG)
+    monkeypatch.setattr(fm.options, "max_parallel_requests", 2)
+    assert data["x"].count().compute() == sum(p["x"].count() for p in parts)
+    assert executor._pool is not None and executor._pool._max_workers == 2  # a pool of the new bound
+    monkeypatch.setattr(fm.options, "max_parallel_requests", 0)
+    with pytest.raises(ValueError, match="max_parallel_requests must be at least 1"):
+        data["x"].count().compute()
