@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import fedmed as fm
 from .hosts import Hosts
-from .support import timed
+from .support import run_record, timed
 
 #: Each analysis, built from the FedData of the cohort; labels as in the tables.
 ANALYSES: dict[str, tuple[str, Callable[[fm.FedData], fm.LazyResult]]] = {
@@ -78,14 +78,7 @@ class Cluster:
         build = ANALYSES[analysis][1]
         wall, value = timed(lambda: build(self.data(optimize)).compute())
         after = self.hosts.traffic()[0]
-        change = [{k: a[k] - b[k] for k in a} for a, b in zip(after, before)]
-        return {
-            "wall": wall,
-            "value": value,
-            "requests_per_server": [c["requests"] for c in change],
-            "bytes_in": sum(c["bytes_in"] for c in change),
-            "bytes_out": sum(c["bytes_out"] for c in change),
-        }
+        return run_record(wall, value, [{k: a[k] - b[k] for k in a} for a, b in zip(after, before)])
 
     def close(self) -> None:
         self.hosts.close()

@@ -49,7 +49,7 @@ import fedmed  # noqa: E402
 from fedmed.stats import base as fstats  # noqa: E402
 from fedmed.stats.test import Welch  # noqa: E402
 
-from support import Background, Middleware, cohort, median  # noqa: E402
+from support import Background, Middleware, cohort, median, run_record  # noqa: E402
 
 BINARY = ("mul", "pow", "add", "sub", "eq", "ne", "lt", "le", "gt", "ge")
 CONFIG: dict[str, Any] = {
@@ -142,14 +142,7 @@ class Session:
             self.start(**self.spec)
             return {"error": f"{type(exc).__name__}: {exc}"}
         wall = time.perf_counter() - started
-        counts = [r.counter.counts() for r in self.running]
-        return {
-            "wall": wall,
-            "value": value,
-            "requests_per_server": [c["requests"] for c in counts],
-            "bytes_in": sum(c["bytes_in"] for c in counts),
-            "bytes_out": sum(c["bytes_out"] for c in counts),
-        }
+        return run_record(wall, value, [r.counter.counts() for r in self.running])
 
 
 def serve() -> int:

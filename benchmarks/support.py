@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from waitress import wasyncore
@@ -98,6 +98,17 @@ class Background:
             pass
         self._thread.join(timeout)
         server.task_dispatcher.shutdown(timeout=timeout)  # type: ignore[union-attr]
+
+
+def run_record(wall: float, value: Any, traffic: Sequence[dict[str, int]]) -> dict[str, Any]:
+    """One measured call: its wall seconds, its value, and the servers' traffic during it (``Middleware.counts``)."""
+    return {
+        "wall": wall,
+        "value": value,
+        "requests_per_server": [t["requests"] for t in traffic],
+        "bytes_in": sum(t["bytes_in"] for t in traffic),
+        "bytes_out": sum(t["bytes_out"] for t in traffic),
+    }
 
 
 def median(values: Iterable[float]) -> float:

@@ -122,11 +122,11 @@ def _send_all(
 ) -> dict[tuple[int, str], Any]:
     """Send every request of a round at once; the partial result of each (reduce, source)."""
     encoder = wire.Encoder(dedupe=flags.dedupe)
-    tables = {id(request): encoder.encode(request.tasks) for request in requests}  # here: one thread
+    tables = [encoder.encode(request.tasks) for request in requests]  # here, in one thread: shared tables
 
-    def send(request: Request) -> tuple[list[Any], list[str]]:
+    def send(request: Request, table: wire.Table) -> tuple[list[Any], list[str]]:
         try:
-            return _send(request, tables[id(request)], skip_suppressed)
+            return _send(request, table, skip_suppressed)
         except ServerError as exc:
             if not skip_failed or isinstance(exc, PrivacyError):
                 raise
@@ -134,7 +134,8 @@ def _send_all(
         finally:
             bar.update(1)
 
-    responses = [send(requests[0])] if len(requests) == 1 else list(_fan_out().map(send, requests))
+    one = len(requests) == 1  # sent from this thread: no pool for a single server
+    responses = [send(requests[0], tables[0])] if one else list(_fan_out().map(send, requests, tables))
     partials: dict[tuple[int, str], Any] = {}
     for request, (results, notes) in zip(requests, responses):
         for text in notes:  # warned here, in the caller's thread, so filters and pytest see them

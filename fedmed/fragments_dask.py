@@ -79,7 +79,7 @@ from .expr.node import Node
 from .expr.rowwise import Column, Elementwise, Filter, Fragment as FragmentNode, Literal, Map
 from .ops import binary, private, public
 from .ops.columns import COLUMNS
-from .server.evaluate import _REPEATING, Evaluated, Failure, fold_table
+from .server.evaluate import _REPEATING, Evaluated, Failure, _is_text, fold_table
 from .server.fragments import Fragment
 
 __all__ = ["Dask"]
@@ -214,14 +214,6 @@ def _elementwise(node: Elementwise, args: list[Any], config: Config) -> Any:
     elif any(isinstance(a, list) and node.op != "isin" for a in args):
         raise TaskFailed(f"the Dask fragment cannot combine a list of values with rows in {node.op!r}")
     return _ELEMENTWISE[id(fn)](*args)
-
-
-def _is_text(value: Any) -> bool:
-    if isinstance(value, str):
-        return True
-    if isinstance(value, dd.Series):
-        return value.dtype == object or str(value.dtype).startswith(("string", "str"))
-    return False
 
 
 def _filter(table: Any, mask: Any) -> Any:

@@ -29,7 +29,7 @@ import glob
 import os
 import threading
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 from ..config import Config
 from ..errors import TaskFailed
@@ -146,21 +146,31 @@ class SQLFragment(Fragment):
         return f"{type(self).__name__}({self.source})"
 
 
-class Parquet(SQLFragment):
+class _Files(SQLFragment):
+    """Files DuckDB reads with ``reader``: a path, a glob, or a list of them."""
+
+    reader: ClassVar[str]
+    counts_rows: ClassVar[bool]  # whether rows are counted when created, unless ``count_rows`` says
+
+    def __init__(self, path: "str | Path | Sequence[str | Path]", *, settings: Mapping[str, Any] | None = None,
+                 count_rows: bool | None = None, **options: Any) -> None:
+        self.path = path
+        super().__init__(f"{self.reader}({_paths(path)}{_options(options)})", settings=settings,
+                         count_rows=self.counts_rows if count_rows is None else count_rows, files=_patterns(path))
+
+
+class Parquet(_Files):
     """Parquet files: a path, a glob such as ``"data/*.parquet"``, or a list of them.
 
     ``options`` go to DuckDB's ``read_parquet`` (e.g. ``union_by_name=True``);
     ``count_rows=False`` skips counting the rows when created (cheap for Parquet).
     """
 
-    def __init__(self, path: "str | Path | Sequence[str | Path]", *, settings: Mapping[str, Any] | None = None,
-                 count_rows: bool = True, **options: Any) -> None:
-        self.path = path
-        super().__init__(f"read_parquet({_paths(path)}{_options(options)})", settings=settings, count_rows=count_rows,
-                         files=_patterns(path))
+    reader = "read_parquet"
+    counts_rows = True
 
 
-class CSV(SQLFragment):
+class CSV(_Files):
     """CSV files: a path, a glob such as ``"data/*.csv"``, or a list of them.
 
     ``options`` go to DuckDB's ``read_csv`` (e.g. ``delim=";"``, ``nullstr="NA"``);
@@ -169,11 +179,8 @@ class CSV(SQLFragment):
     created, a full scan).
     """
 
-    def __init__(self, path: "str | Path | Sequence[str | Path]", *, settings: Mapping[str, Any] | None = None,
-                 count_rows: bool = False, **options: Any) -> None:
-        self.path = path
-        super().__init__(f"read_csv({_paths(path)}{_options(options)})", settings=settings, count_rows=count_rows,
-                         files=_patterns(path))
+    reader = "read_csv"
+    counts_rows = False
 
 
 class DuckDB(SQLFragment):

@@ -389,6 +389,9 @@ ARITY = {
 SYMBOL = {"add": "+", "sub": "-", "mul": "*", "eq": "=", "ne": "<>", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 PYTHON_SYMBOL = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 COMPARISONS = {"eq", "ne", "lt", "le", "gt", "ge"}
+#: Operations compiled by one method per family (``_compare``, ``_arithmetic``, ``_logical``).
+FAMILIES = {**{op: "compare" for op in COMPARISONS}, **{op: "arithmetic" for op in ("add", "sub", "mul")},
+            "and": "logical", "or": "logical"}
 
 #: The built-in aggregates this compiler writes in SQL, by identity of their map function.
 AGGREGATES: dict[Any, str] = {
@@ -733,7 +736,8 @@ class Compiler:
         if not isinstance(args[0], Col) and op in ("isna", "notna", "fillna", "isin", "clip", "round", "astype",
                                                    "dummy", "log", "exp", "sqrt"):
             raise TaskFailed(f"{op} needs a column as its first operand")
-        return getattr(self, f"_op_{op}")(*args)
+        family = FAMILIES.get(op)  # operations written by one method for the family
+        return getattr(self, f"_{family}")(op, *args) if family else getattr(self, f"_op_{op}")(*args)
 
     def _constant(self, op: str, fn: Callable[..., Any], args: list[Value]) -> Const:
         """Work on constants only: computed by the configured function itself (numpy scalars, bounded)."""
@@ -776,15 +780,6 @@ class Compiler:
         if FLOAT in kinds:
             return self._column(_nan_null(f"({x.double} {SYMBOL[op]} {y.double})"), level, rows, FLOAT, nullable)
         return self._column(f"({x.bigint} {SYMBOL[op]} {y.bigint})", level, rows, INT, nullable)
-
-    def _op_add(self, a: Value, b: Value) -> Col:
-        return self._arithmetic("add", a, b)
-
-    def _op_sub(self, a: Value, b: Value) -> Col:
-        return self._arithmetic("sub", a, b)
-
-    def _op_mul(self, a: Value, b: Value) -> Col:
-        return self._arithmetic("mul", a, b)
 
     def _numeric(self, op: str, operands: Sequence[Operand], repeating: bool = False) -> None:
         for x in operands:
@@ -922,24 +917,6 @@ class Compiler:
             return self._column(expr, level, rows, BOOL, nullable)
         return self._boolean(f"coalesce({expr}, {'TRUE' if op == 'ne' else 'FALSE'})", level, rows)
 
-    def _op_eq(self, a: Value, b: Value) -> Col:
-        return self._compare("eq", a, b)
-
-    def _op_ne(self, a: Value, b: Value) -> Col:
-        return self._compare("ne", a, b)
-
-    def _op_lt(self, a: Value, b: Value) -> Col:
-        return self._compare("lt", a, b)
-
-    def _op_le(self, a: Value, b: Value) -> Col:
-        return self._compare("le", a, b)
-
-    def _op_gt(self, a: Value, b: Value) -> Col:
-        return self._compare("gt", a, b)
-
-    def _op_ge(self, a: Value, b: Value) -> Col:
-        return self._compare("ge", a, b)
-
     def _logical(self, op: str, a: Value, b: Value) -> Col:
         rows, (x, y), level = self._operands(op, [a, b], mode="logical")
         kinds = {x.kind, y.kind}
@@ -950,12 +927,6 @@ class Compiler:
             return self._column(f"({x.bigint} {'&' if op == 'and' else '|'} {y.bigint})", level, rows, INT, nullable)
         raise TaskFailed(f"unsupported operand type(s) for {'&' if op == 'and' else '|'}: "
                          f"'{_describe_kind(x.kind)}' and '{_describe_kind(y.kind)}'")
-
-    def _op_and(self, a: Value, b: Value) -> Col:
-        return self._logical("and", a, b)
-
-    def _op_or(self, a: Value, b: Value) -> Col:
-        return self._logical("or", a, b)
 
     def _op_isna(self, a: Col) -> Col:
         return self._boolean(f"({a.sql} IS NULL)", a.depth, a.rows)

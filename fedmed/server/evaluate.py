@@ -144,9 +144,10 @@ def _bounded(op: str, args: list[Any]) -> list[Any]:
 
 
 def _is_text(value: Any) -> bool:
+    """A text constant, or a column (pandas' or Dask's) of text."""
     if isinstance(value, str):
         return True
-    if isinstance(value, pd.Series):
+    if getattr(value, "ndim", None) == 1 and hasattr(value, "dtype"):
         return value.dtype == object or str(value.dtype).startswith(("string", "str"))
     return False
 
