@@ -27,6 +27,7 @@ from .errors import (
     PrivacyWarning,
     ProtocolError,
     ServerError,
+    ServerMisconfigured,
     ServerUnavailable,
     ServerWarning,
     TaskFailed,
@@ -49,6 +50,6 @@ __all__ = [
     "Remote", "Local", "Simulation", "Server",
     "Config", "load_config",
     "FedMedError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",
-    "UnknownFragment", "OperationNotAllowed", "TaskFailed", "ServerUnavailable", "PrivacyError", "PrivacyWarning",
+    "UnknownFragment", "OperationNotAllowed", "TaskFailed", "ServerMisconfigured", "ServerUnavailable", "PrivacyError", "PrivacyWarning",
     "ServerWarning", "Unauthorized", "InsecureTokenWarning",
 ]

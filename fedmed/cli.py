@@ -2,6 +2,7 @@
 
     fedmed serve --config config.yaml --data "cohort=cohort.csv" --port 5000
     fedmed serve --config config.yaml --data "registry=data/*.parquet" --in-place
+    fedmed serve --config config.yaml --data "labs=labs.csv" --person "labs*=patient"
     fedmed check-config config.yaml
     fedmed demo
 """
@@ -9,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import sys
 from pathlib import Path
@@ -40,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--in-place", action="store_true",
                        help="query .parquet and .csv files (globs allowed) where they lie with DuckDB instead of "
                             "loading them into memory (pip install 'fedmed[duckdb]')")
+    serve.add_argument("--person", action="append", default=[], metavar="GLOB=COLUMN",
+                       help="the column identifying a person in the fragments a name or glob matches, so that "
+                            "privacy rules count persons, not rows (repeatable; wins over the config's 'persons')")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     serve.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
@@ -69,6 +74,7 @@ def serve_files(args: argparse.Namespace) -> int:
 
     from waitress.server import create_server
 
+    from .config import load_config
     from .errors import ConfigError
 
     # the request log: one JSON line per request on stderr
@@ -76,7 +82,8 @@ def serve_files(args: argparse.Namespace) -> int:
     from .server import Server
 
     try:
-        server = Server(config=args.config)
+        config = load_config(args.config).with_persons(person_columns(args.person), origin="--person")
+        server = Server(config=config)
         for spec in args.data:
             name, data = load_fragment(spec, in_place=args.in_place)
             server[name] = data
@@ -87,7 +94,8 @@ def serve_files(args: argparse.Namespace) -> int:
     print(f"FedMed server on http://{args.host}:{waitress.effective_port}")  # type: ignore[union-attr]
     for name in server:
         fragment = server[name]
-        print(f"  fragment {name!r}: {fragment.rows} rows" + (f" ({fragment!r})" if args.in_place else ""))
+        print(f"  fragment {name!r}: {fragment.rows} rows" + (f" ({fragment!r})" if args.in_place else "")
+              + f"; privacy rules count {server.counting(name)}")
     policies = [p.describe() for p in server.config.privacy] or ["none: results are exact"]
     print("  privacy: " + "; ".join(policies))
     print("  auth: " + ("bearer tokens" if server.config.auth else "off (bind to 127.0.0.1 or put a proxy in front)"))
@@ -100,6 +108,19 @@ def serve_files(args: argparse.Namespace) -> int:
         waitress.close()
     print("stopped.")
     return 0
+
+
+def person_columns(specs: Sequence[str]) -> dict[str, str]:
+    """``["labs*=patient", ...]`` -> ``{"labs*": "patient", ...}``, in the order given."""
+    out = {}
+    for spec in specs:
+        glob, sep, column = spec.partition("=")
+        if not sep or not glob or not column:
+            raise ValueError(f"--person expects GLOB=COLUMN (a fragment name or glob, its person column), got {spec!r}")
+        if glob in out:
+            raise ValueError(f"--person {glob}=... is given twice")
+        out[glob] = column
+    return out
 
 
 def load_fragment(spec: str, in_place: bool = False) -> tuple[str, Any]:
@@ -148,6 +169,9 @@ def check_config(path: str) -> int:
     if not config.privacy:
         print("  privacy: none (exact results; only for synthetic data)")
     print(f"  auth: {'bearer tokens' if config.auth else 'off'}; limits: {dict(config.limits)}")
+    persons = ", ".join(f"{glob!r} by column {column!r}" for glob, column in config.persons.items())
+    print(f"  persons: fragments {persons}; any other fragment counts rows" if persons else
+          "  persons: none declared (privacy rules count rows; a person with several rows counts several times)")
     return 0
 
 
@@ -157,11 +181,14 @@ def _scope(policy: Any) -> str:
     return f" ({text})" if text else ""
 
 
-_KEY = re.compile(r": ((?:methods|privacy|auth|limits)[\w\[\].]*):")
+#: A quoted key, as ``repr`` writes it: ``persons['labs*']``.
+_QUOTED = r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\""
+_KEY = re.compile(rf": ((?:methods|privacy|auth|limits|persons)(?:[\w.]|\[\d+\]|\[(?:{_QUOTED})\])*):")
 
 
 def _line_of(path: str, message: str) -> int | None:
-    """The line of the key a config error names (``methods.add``, ``privacy[1].params``), or of a YAML error."""
+    """The line of the key a config error names (``methods.add``, ``privacy[1].params``, ``persons['labs*']``),
+    or of a YAML error."""
     found = re.search(r"line (\d+)", message)
     if found:  # YAML syntax errors carry their own position
         return int(found.group(1))
@@ -173,7 +200,9 @@ def _line_of(path: str, message: str) -> int | None:
     except (OSError, yaml.YAMLError):
         return None
     line = None
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", match.group(1)):
+    for part in re.findall(rf"\[(?:{_QUOTED})\]|[^.\[\]]+|\[\d+\]", match.group(1)):
+        if part.startswith(("['", '["')):
+            part = ast.literal_eval(part[1:-1])
         if isinstance(node, yaml.SequenceNode) and part.startswith("["):
             index = int(part[1:-1])
             if index >= len(node.value):

@@ -1,6 +1,6 @@
 """Load and check a FedMed config: which operations exist, which policies apply.
 
-A config is YAML (or an already-loaded dict) with two keys::
+A config is YAML (or an already-loaded dict) with two main keys::
 
     methods:
       add: fedmed.ops.binary.add                      # elementwise: name -> import path
@@ -8,6 +8,10 @@ A config is YAML (or an already-loaded dict) with two keys::
             reduce: fedmed.ops.public.sum}            # ... and client reduce
     privacy:
       - {policy: fedmed.privacy.SomePolicy, params: {k: 5}}
+
+and, for a server, optional ``auth``, ``limits`` and ``persons`` (which
+column of a fragment identifies a person, so that privacy rules count
+persons rather than rows: ``persons: {"labs*": patient}``).
 
 A server offers exactly the operations its own config names; a client uses
 its config to know which methods ``FedData`` has and how to reduce them.
@@ -26,6 +30,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from .errors import ConfigError
+from .globs import compile_glob
 from .privacy.base import Scoped
 from .auth import load_auth
 
@@ -54,11 +59,35 @@ class Config:
     origin: str = "<dict>"
     auth: Any = None  # an Authenticator, or None: no authentication
     limits: Mapping[str, int] = field(default_factory=lambda: dict(LIMITS))
+    persons: Mapping[str, str] = field(default_factory=dict)  # fragment-name glob -> person column, in order
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def without_privacy(self) -> "Config":
         """The same operations with no privacy policies (for exact, in-process use)."""
         return dataclasses.replace(self, privacy=(), auth=None)
+
+    def person_column(self, fragment: str) -> str | None:
+        """The column identifying a person in ``fragment``: the first ``persons`` glob that matches it.
+
+        ``None`` when no glob matches: privacy rules then count rows, and a
+        person with several rows counts several times.
+
+        Examples
+        --------
+        >>> cfg = load_config({"methods": {"add": "fedmed.ops.binary.add"},
+        ...                    "persons": {"labs*": "patient", "cohort": "id"}})
+        >>> cfg.person_column("labs 2024"), cfg.person_column("cohort"), cfg.person_column("cohort 2")
+        ('patient', 'id', None)
+        """
+        return next((column for glob, column in self.persons.items() if compile_glob(glob).fullmatch(fragment)), None)
+
+    def with_persons(self, persons: Mapping[str, str], origin: str = "<dict>") -> "Config":
+        """The same config with ``persons`` declared before its own (they win where both match a fragment).
+
+        Checked like the config's own ``persons`` (``fedmed serve --person`` uses it).
+        """
+        added = _persons(persons, origin)
+        return dataclasses.replace(self, persons={**added, **{g: c for g, c in self.persons.items() if g not in added}})
 
 
 def load_config(config: "str | Path | Mapping[str, Any] | Config | None" = None) -> Config:
@@ -104,7 +133,7 @@ def _read_yaml(path: Path) -> Any:
 def _build(raw: Any, origin: str) -> Config:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{origin}: the config must be a mapping with 'methods' and 'privacy'")
-    unknown = set(raw) - {"methods", "privacy", "auth", "limits"}
+    unknown = set(raw) - {"methods", "privacy", "auth", "limits", "persons"}
     if unknown:
         raise ConfigError(f"{origin}: unknown top-level key(s) {sorted(unknown)}")
     methods = raw.get("methods")
@@ -130,6 +159,7 @@ def _build(raw: Any, origin: str) -> Config:
     return Config(
         elementwise, aggregates, privacy, origin=origin, raw=raw,
         auth=load_auth(raw.get("auth"), origin), limits=_limits(raw.get("limits"), origin),
+        persons=_persons(raw.get("persons"), origin),
     )
 
 
@@ -142,6 +172,27 @@ def _limits(raw: Any, origin: str) -> dict[str, int]:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"{origin}: limits.{key}: expected a positive integer")
         out[key] = value
+    return out
+
+
+def _persons(raw: Any, origin: str) -> dict[str, str]:
+    """``persons``: fragment-name globs to the column identifying a person, in the order written."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"{origin}: persons: expected a mapping of fragment-name globs to person columns, "
+            f'such as "labs*": patient, not a {type(raw).__name__}'
+        )
+    out = {}
+    for glob, column in raw.items():
+        if not isinstance(glob, str) or not glob:
+            raise ConfigError(f"{origin}: persons: {glob!r} is not a fragment name or glob (quote it in YAML)")
+        if not isinstance(column, str) or not column.strip():
+            raise ConfigError(
+                f"{origin}: persons[{glob!r}]: expected the name of the column that identifies a person, got {column!r}"
+            )
+        out[glob] = column
     return out
 
 

@@ -116,6 +116,16 @@ class TaskFailed(ServerError):
     status = 422
 
 
+class ServerMisconfigured(ServerError):
+    """The server's own config does not fit its data (a declared person column the fragment lacks).
+
+    The server's owner must fix it; the server refuses the tasks concerned
+    rather than answering them under weaker rules.
+    """
+
+    status = 500
+
+
 class PrivacyError(ServerError):
     """A server's privacy policy suppressed a result or refused a query; ``policy`` says which."""
 
@@ -144,6 +154,6 @@ ERROR_TYPES: dict[str, type[ServerError]] = {
     cls.__name__: cls
     for cls in (
         ServerError, BadRequest, RequestTooLarge, Unauthorized, UnknownFragment,
-        OperationNotAllowed, TaskFailed, PrivacyError, ServerUnavailable,
+        OperationNotAllowed, TaskFailed, ServerMisconfigured, PrivacyError, ServerUnavailable,
     )
 }

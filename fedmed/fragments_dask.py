@@ -16,7 +16,11 @@ already have::
 Evaluation follows the pandas evaluator (``fedmed.server.evaluate``) node by
 node, with the same results and rules, but every node is a lazy dask
 expression: column selection, row filters and the elementwise operations of
-``fedmed.ops.binary`` build on the frame without reading it. Each
+``fedmed.ops.binary`` build on the frame without reading it. Row filters
+and elementwise operations are the pandas evaluator's own
+(``select_rows``, ``apply_elementwise``) run on each partition, so a row
+an operation cannot compute is missing here too, never a failed compute
+(see ``fedmed.ops.binary`` on why that matters for privacy). Each
 aggregate is then built lazily too, and **one** ``dask.compute`` per
 ``evaluate`` call runs all the request's outputs together, so the data are
 read once per request, on the cluster, and only the small map results come
@@ -33,9 +37,9 @@ not FedMed's own function (a server owner's custom pandas function could
 read the whole frame into memory; nothing here ever calls ``.compute()``
 on it), multi-argument aggregates over columns that are not partitioned
 alike, and nested dict fragments. If the one ``dask.compute`` itself fails
-(an error that shows only when the data are read), every output of the
-request fails with that error: one computation cannot say which output
-caused it.
+(an error that shows only when the data are read, in an aggregate), every
+output of the request fails with that error: one computation cannot say
+which output caused it.
 
 **Privacy.** A Dask fragment reports no ``disclosure`` (``None``): finding
 which rows stand behind each result would mean carrying row masks through
@@ -49,11 +53,11 @@ usual; ``Snapshot`` cannot compare two versions of a Dask fragment
 supported, serve a Dask fragment only where its config's policies need
 none.
 
-Two dask issues are worked around (dask 2026.8): a filter whose mask is a
-bare ``astype`` returned the mask filtered by itself (dask/dask#12172), and
-one ``dask.compute`` over both expression collections and ``dask.delayed``
-objects returned the results out of order; see ``_filter`` and
-``_partitions``.
+Two dask issues are avoided (dask 2026.8): a filter whose mask is a bare
+``astype`` returned the mask filtered by itself (dask/dask#12172; filters
+select on each partition instead, see ``_filter``), and one
+``dask.compute`` over both expression collections and ``dask.delayed``
+objects returned the results out of order (see ``_partitions``).
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ from .expr.node import Node
 from .expr.rowwise import Column, Elementwise, Filter, Fragment as FragmentNode, Literal, Map
 from .ops import binary, private, public
 from .ops.columns import COLUMNS
-from .server.evaluate import _REPEATING, Evaluated, Failure, _is_text, fold_table
+from .server.evaluate import (
+    _REPEATING, Evaluated, Failure, _is_text, apply_elementwise, apply_map, fold_table, select_rows,
+)
 from .server.fragments import Fragment
 
 __all__ = ["Dask"]
@@ -130,7 +136,10 @@ class Dask(Fragment):
     def rows(self) -> int | None:
         return self._rows
 
-    def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Evaluated]:
+    def evaluate(
+        self, nodes: Sequence[Node], outputs: Sequence[int], config: Config, person: str | None = None
+    ) -> list[Evaluated]:
+        # no disclosure, so none by persons either: a declared ``person`` changes nothing here
         values = fold_table(nodes, outputs, lambda node, args: _visit(node, args, self.data, config))
         results = _compute_all([values[o] for o in outputs])
         return [Evaluated(value, None) for value in results]
@@ -170,35 +179,16 @@ def _column(node: Column, table: Any) -> Any:
     raise TaskFailed(f"cannot select column {node.name!r}: the value has no columns")
 
 
-def _notna(x: Any) -> Any:
-    return x.notnull() if isinstance(x, _COLLECTIONS) else binary.notna(x)  # dask has notnull, not notna
-
-
-def _dummy(x: Any, level: Any) -> Any:
-    if not isinstance(x, _COLLECTIONS):
-        return binary.dummy(x, level)
-    return (x == level).astype("float64").where(x.notnull())
-
-
-def _astype(x: Any, dtype: str) -> Any:
-    if not isinstance(x, dd.Series):
-        return binary.astype(x, dtype)
-    if dtype not in binary.DTYPES:
-        raise ValueError(f"astype accepts {sorted(binary.DTYPES)}, not {dtype!r}")
-    # FedMed's pandas conversion on each partition, with its dtype declared: dask's own astype guesses
-    # from made-up sample values ("boolean" from floats fails) and trips dask/dask#12172 in filters
-    return x.map_partitions(binary.astype, dtype, meta=pd.Series([], dtype=binary.DTYPES[dtype], name=x.name))
-
-
-#: FedMed's own elementwise functions (by identity) and their dask versions: most work on dask
-#: Series as on pandas Series, lazily; three need help.
-_ELEMENTWISE: dict[int, Callable[..., Any]] = {
-    id(fn): fn for fn in (getattr(binary, name) for name in (
+#: FedMed's own elementwise functions, by identity: a server owner's custom function could read the
+#: whole frame into memory, so only these run on the cluster.
+_ELEMENTWISE: frozenset[int] = frozenset(
+    id(getattr(binary, name)) for name in (
         "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "abs", "eq", "ne", "lt", "le", "gt", "ge",
-        "and_", "or_", "invert", "isna", "fillna", "isin", "clip", "log", "exp", "sqrt", "round",
-    ))
-}
-_ELEMENTWISE.update({id(binary.notna): _notna, id(binary.dummy): _dummy, id(binary.astype): _astype})
+        "and_", "or_", "invert", "isna", "notna", "fillna", "isin", "clip", "log", "exp", "sqrt", "round", "astype",
+        "dummy",
+    )
+)
+
 
 def _elementwise(node: Elementwise, args: list[Any], config: Config) -> Any:
     fn = config.elementwise[node.op]
@@ -210,29 +200,28 @@ def _elementwise(node: Elementwise, args: list[Any], config: Config) -> Any:
     if node.op in _REPEATING and any(_is_text(a) for a in args):
         raise TaskFailed(f"{node.op} is not defined for text values")
     if not any(isinstance(a, _COLLECTIONS) for a in args):  # constants only: numpy rules, as the pandas path
-        args = [np.asarray(a) if isinstance(a, (int, float, list)) and not isinstance(a, bool) else a for a in args]
-    elif any(isinstance(a, list) and node.op != "isin" for a in args):
+        return fn(*[np.asarray(a) if isinstance(a, (int, float, list)) and not isinstance(a, bool) else a for a in args])
+    if any(isinstance(a, list) and node.op != "isin" for a in args):
         raise TaskFailed(f"the Dask fragment cannot combine a list of values with rows in {node.op!r}")
-    return _ELEMENTWISE[id(fn)](*args)
+    # the pandas evaluator's own operation on each partition: a row it cannot compute is missing there
+    # too, so that whether the request's one compute fails never depends on the rows (a native dask
+    # operation would fail the whole compute, and with it every output of the request)
+    meta = apply_elementwise(node.op, fn, [a._meta if isinstance(a, _COLLECTIONS) else a for a in args])
+    return dd.map_partitions(functools.partial(_per_partition, node.op, fn), *args, meta=meta,
+                             token=f"fedmed-{node.op}")
+
+
+def _per_partition(op: str, fn: Callable[..., Any], *args: Any) -> Any:
+    return apply_elementwise(op, fn, list(args))
 
 
 def _filter(table: Any, mask: Any) -> Any:
     if not isinstance(mask, dd.Series) or not isinstance(table, _COLLECTIONS):
         raise TaskFailed("a row filter needs a boolean column of the same fragment")
-    # as the pandas path: a missing value keeps no row (as in SQL), other values by their truth
-    if mask.dtype == bool:
-        pass
-    elif str(mask.dtype) in ("boolean", "bool[pyarrow]"):
-        mask = mask.fillna(False)
-    elif mask.dtype.kind in "iuf":
-        mask = mask.fillna(0) != 0
-    else:
-        mask = mask.fillna(False).astype(bool)
-    if type(getattr(mask, "expr", None)).__name__ == "AsType":
-        # dask 2026.8 pushes a filter through its mask's astype and then filters the mask by
-        # itself (dask/dask#12172): x[y.astype(bool)] gave the mask's values, not x's
-        mask = mask == True  # noqa: E712
-    return table[mask]
+    # the pandas path's selection on each partition: a missing value keeps no row (as in SQL), other
+    # values by their truth, whatever the mask's type turned out to be on that partition. (dask's own
+    # x[mask] also tripped dask/dask#12172 with a bare astype as the mask.)
+    return dd.map_partitions(select_rows, table, mask, meta=table._meta, token="fedmed-filter")
 
 
 # -- aggregates: lazy parts and how to finish them ---------------------------------
@@ -357,7 +346,8 @@ def _partitions(fn: Callable[..., Any], merge: Callable[[list[Any]], Any]) -> Ca
 def _chunk(fn: Callable[..., Any], where: tuple[int, ...], constants: tuple[Any, ...], part: pd.DataFrame) -> pd.Series:
     """One partition's partial result (a one-element object Series, for dask to concatenate)."""
     values = [part[str(i)] if i in where else a for i, a in enumerate(constants)]
-    return pd.Series([fn(*values)], dtype=object)
+    # as on pandas: values a map cannot read are missing there, so no row decides whether it fails
+    return pd.Series([apply_map(fn, values)], dtype=object)
 
 
 def _merge_moments(parts: list[Any]) -> list[Any]:

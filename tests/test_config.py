@@ -72,3 +72,49 @@ def test_a_server_can_swap_in_its_own_implementation():
     server = fm.Server(config)
     server["a"] = [10, 20, 30]
     assert fm.FedData([fm.Simulation(server, "a")], config=config).sum().compute() == 3
+
+
+PERSONS = {"methods": {"sum": SUM}, "persons": {"labs*": "patient", "cohort": "id", "site ?": "pid", "[x]*": "key"}}
+
+
+def test_persons_map_fragment_globs_to_person_columns_in_the_order_written():
+    config = load_config({**PERSONS, "persons": {"labs 2024": "visit", **PERSONS["persons"]}})
+    assert list(config.persons) == ["labs 2024", "labs*", "cohort", "site ?", "[x]*"]
+    assert config.person_column("labs 2024") == "visit"  # the first glob that matches wins
+    assert config.person_column("labs 2023") == config.person_column("labs") == "patient"
+    assert config.person_column("cohort") == "id" and config.person_column("cohort 2") is None
+    assert config.person_column("site 7") == "pid" and config.person_column("site 10") is None
+    assert config.person_column("[x] icu") == "key" and config.person_column("x icu") is None  # [ is literal
+    assert load_config({"methods": {"sum": SUM}}).persons == {} and load_config(PERSONS).without_privacy().persons
+
+
+def test_persons_given_later_come_first():
+    config = load_config(PERSONS).with_persons({"cohort": "nhs_number", "labs b": "mrn"})
+    assert list(config.persons)[:2] == ["cohort", "labs b"]
+    assert config.person_column("cohort") == "nhs_number" and config.person_column("labs b") == "mrn"
+    assert config.person_column("labs a") == "patient"
+    with pytest.raises(fm.ConfigError, match=r"--person: persons\['x'\]: expected the name of the column"):
+        config.with_persons({"x": ""}, origin="--person")
+
+
+@pytest.mark.parametrize(
+    "persons, message",
+    [
+        (["patient"], "persons: expected a mapping of fragment-name globs to person columns"),
+        ("patient", "persons: expected a mapping"),
+        ({"labs*": 3}, r"persons\['labs\*'\]: expected the name of the column that identifies a person, got 3"),
+        ({"labs*": ""}, r"persons\['labs\*'\]: expected the name of the column"),
+        ({"labs*": ["a", "b"]}, r"persons\['labs\*'\]: expected the name of the column"),
+        ({1: "id"}, "persons: 1 is not a fragment name or glob"),
+        ({"": "id"}, "persons: '' is not a fragment name or glob"),
+    ],
+)
+def test_bad_persons_name_the_wrong_entry(persons, message):
+    with pytest.raises(fm.ConfigError, match=message):
+        load_config({"methods": {"sum": SUM}, "persons": persons})
+
+
+def test_persons_from_yaml(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text('methods:\n  add: fedmed.ops.binary.add\npersons:\n  "labs*": patient\n  cohort: id\n')
+    assert load_config(path).persons == {"labs*": "patient", "cohort": "id"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from functools import cached_property
 from typing import Any, Callable, ClassVar, Iterable, Iterator
 
@@ -190,3 +191,59 @@ def render_code(root: Node, stop: Callable[[Node], bool] | None = None, literals
         code = node.code(args)
         text[id(node)] = code if len(code) <= MAX_CODE else code[: MAX_CODE - 1] + "…"
     return text[id(root)]
+
+
+#: Longest text ``render_full`` writes: a request of 4 MB can hold constants of about this size.
+MAX_FULL_CODE = 8_000_000
+
+#: Stands for child ``i`` while a node's own text is taken apart; ``repr`` of any parameter
+#: escapes NUL, so no parameter can forge one.
+_SLOT = re.compile("\x00([0-9]+)\x00")
+
+
+def render_full(root: Node, limit: int = MAX_FULL_CODE) -> str | None:
+    """The expression below ``root`` as user code, never cut; None when longer than ``limit`` characters.
+
+    ``render_code`` shortens every subexpression for display; matching a
+    pattern against that text would judge a task by a part of it. A DAG
+    renders each use of a shared node in full, so its text can be
+    exponentially longer than the DAG (``x = x + x``, 30 times): lengths are
+    added up first, once per distinct node, and nothing is written when the
+    total exceeds ``limit``. The text is then written in one pass, so the
+    work is linear in the nodes plus the text's length. None also answers a
+    node whose text cannot be taken apart reliably.
+
+    >>> from fedmed.expr.rowwise import Column, Elementwise, Fragment, Literal
+    >>> render_full(Elementwise("isin", (Column(Fragment(), "id"), Literal(list(range(3))))))
+    "data['id'].isin([0, 1, 2])"
+    """
+    pieces: dict[int, tuple[list[str], list[Node]]] = {}
+    length: dict[int, int] = {}
+    for node in walk([root]):
+        kids = node.children
+        parts = _SLOT.split(node.code(["\x00%d\x00" % i for i in range(len(kids))]))
+        texts, slots = parts[0::2], [int(i) for i in parts[1::2]]
+        if any("\x00" in t for t in texts) or any(i >= len(kids) for i in slots):
+            return None
+        order = [kids[i] for i in slots]
+        total = sum(map(len, texts)) + sum(length[id(k)] for k in order)
+        if total > limit:
+            return None
+        pieces[id(node)], length[id(node)] = (texts, order), total
+    out: list[str] = []
+    stack: list[Node | str] = [root]
+    budget = 4 * limit + 4  # visits, empty pieces included: every node writes some text of its own
+    while stack:
+        item = stack.pop()
+        budget -= 1
+        if budget < 0:
+            return None
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        texts, order = pieces[id(item)]
+        stack.append(texts[-1])
+        for text, kid in zip(reversed(texts[:-1]), reversed(order)):
+            stack.append(kid)
+            stack.append(text)
+    return "".join(out)

@@ -8,8 +8,10 @@ A server holds them like any fragment::
 
 Each ``evaluate`` compiles the request's node table (``fedmed.fragments.sql``)
 into one SQL query and runs it: the data is scanned where it lies and never
-loaded into the server's memory; only the aggregates come back. What the
-compiler cannot express fails that output with ``TaskFailed``.
+loaded into the server's memory; only the aggregates come back. A threshold
+policy's disclosure analysis may add one second statement over the same rows
+(modes, medians, sums per person). What the compiler cannot express fails
+that output with ``TaskFailed``.
 
 The files (or the database) are read at query time. The fragment's column
 names and types are read once, when it is created, and so are the sizes and
@@ -32,11 +34,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from ..config import Config
-from ..errors import TaskFailed
+from ..errors import ServerMisconfigured, TaskFailed
 from ..expr.node import Node
 from ..server.evaluate import Evaluated, Failure
 from ..server.fragments import Fragment
-from .sql import MARKER, Program, SourceColumn, compile_request, quote_identifier, quote_string
+from .sql import MARKER, Needs, Program, SourceColumn, compile_request, quote_identifier, quote_string
 
 INSTALL = "pip install 'fedmed[duckdb]'"
 
@@ -102,45 +104,70 @@ class SQLFragment(Fragment):
         with self._lock:
             return self._connection.cursor()
 
-    def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Evaluated]:
+    def cannot_count_persons(self, column: str) -> str | None:
+        if column in self.dtypes:
+            return None
+        return f"the fragment has no column {column!r}: every task on it is refused"
+
+    def evaluate(
+        self, nodes: Sequence[Node], outputs: Sequence[int], config: Config, person: str | None = None
+    ) -> list[Evaluated]:
+        """One SQL query for all ``outputs``, and one more when a privacy policy needs it; see the module docstring.
+
+        ``person`` names the column identifying a person: the disclosure then
+        counts distinct persons (a row without a key is a person of its own).
+        A fragment without that column answers no task.
+        """
         if _fingerprint(self._files) != self._fingerprint:
             changed = TaskFailed(
                 "the fragment's files changed on disk since it was registered; the server's owner must "
                 "register it again (server[name] = ...) to serve the new rows under a new version"
             )
             return [Evaluated(Failure(changed), None) for _ in outputs]
-        mode, top = disclosure_needs(config)
-        program = self._compile(nodes, outputs, config, mode, top)
+        if person is not None and person not in self.dtypes:
+            missing = ServerMisconfigured(
+                f"this fragment has no column {person!r}, which the server's config ('persons') names as its "
+                "person key: every task on it is refused until the server's owner fixes that"
+            )
+            return [Evaluated(Failure(missing), None) for _ in outputs]
+        needs = disclosure_needs(config)
+        program = self._compile(nodes, outputs, config, needs, person)
         try:
-            row = self._run(program)
-            answers = {o: program.read(o, row) for o in program.outputs}
+            row, extra = self._run(program)
+            answers = {o: program.read(o, row, extra) for o in program.outputs}
         except self._error as exc:
             if sum(not isinstance(v, Failure) for v in program.outputs.values()) == 1:
                 answers = {o: (Failure(_query_failed(exc)), None) for o in program.outputs}
             else:  # one task's runtime error (an overflow, a bad cast) must not spoil the others
                 answers = {}
                 for o in program.outputs:
-                    single = self._compile(nodes, [o], config, mode, top)
+                    single = self._compile(nodes, [o], config, needs, person)
                     try:
-                        answers[o] = single.read(o, self._run(single))
+                        answers[o] = single.read(o, *self._run(single))
                     except self._error as inner:
                         answers[o] = (Failure(_query_failed(inner)), None)
         return [Evaluated(*answers[o]) for o in outputs]
 
-    def _compile(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config, mode: str, top: int) -> Program:
-        return compile_request(nodes, outputs, config, source=self.source, columns=self.columns,
-                               disclosure=mode, top=top)
+    #: SQL over the source giving the rows' order (for the disclosure's "first" among equals), or None.
+    ordinal: ClassVar[str | None] = None
 
-    def _run(self, program: Program) -> tuple | None:
+    def _compile(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config, needs: Needs | None,
+                 person: str | None) -> Program:
+        return compile_request(nodes, outputs, config, source=self.source, columns=self.columns,
+                               needs=needs, person=person, ordinal=self.ordinal)
+
+    def _run(self, program: Program) -> tuple[tuple | None, tuple | None]:
+        """The row of the program's query, and of its second statement (None when it has none)."""
         if program.sql is None:
-            return None
+            return None, None
         connection = self.connect()
         try:
             row = connection.execute(program.sql).fetchone()
+            extra = connection.execute(program.followup).fetchone() if program.followup is not None else None
         finally:
             connection.close()
         self._rows = int(row[0])
-        return row
+        return row, extra
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source})"
@@ -168,6 +195,7 @@ class Parquet(_Files):
 
     reader = "read_parquet"
     counts_rows = True
+    ordinal = "struct_pack(f := filename, r := file_row_number)"  # DuckDB's virtual columns of Parquet files
 
 
 class CSV(_Files):
@@ -186,6 +214,8 @@ class CSV(_Files):
 class DuckDB(SQLFragment):
     """A table of a DuckDB database file, opened read-only: ``DuckDB("registry.duckdb", table="registry")``."""
 
+    ordinal = "rowid"
+
     def __init__(self, path: "str | Path", table: str, *, schema: str | None = None,
                  settings: Mapping[str, Any] | None = None) -> None:
         self.path, self.table = path, table
@@ -193,24 +223,31 @@ class DuckDB(SQLFragment):
         super().__init__(name, database=str(path), read_only=True, settings=settings)
 
 
-def disclosure_needs(config: Config) -> tuple[str, int]:
-    """Whether the config's policies ask about the rows behind results, and how many top contributions.
+def disclosure_needs(config: Config) -> Needs | None:
+    """What the config's policies ask of a result's disclosure (None: nothing, and none is compiled).
 
     Policies that only look at queries or numbers (caches, caps, budgets,
-    rounding) need nothing; anything else (Anonymity, Dominance, Noise, a
-    custom policy) gets the full disclosure.
+    rounding) need nothing; Anonymity needs the counts and the
+    singling-out analysis for its largest ``k``, Dominance the largest
+    contributions; anything else (Noise, a custom policy) gets all of it.
     """
     from ..privacy.limits import CacheLimit, ComplexityCap
     from ..privacy.noise import Budget
     from ..privacy.release import Coarsening, Saturation
     from ..privacy.snapshot import Snapshot
-    from ..privacy.threshold import Dominance
+    from ..privacy.threshold import Anonymity, Dominance
 
     quiet = (CacheLimit, ComplexityCap, Budget, Coarsening, Saturation, Snapshot)
-    policies = [getattr(p, "policy", p) for p in config.privacy]
-    mode = "full" if any(not isinstance(p, quiet) for p in policies) else "none"
-    top = max([10, *(p.n for p in policies if isinstance(p, Dominance))])
-    return mode, top
+    policies = [p for p in (getattr(p, "policy", p) for p in config.privacy) if not isinstance(p, quiet)]
+    if not policies:
+        return None
+    other = any(not isinstance(p, (Anonymity, Dominance)) for p in policies)
+    return Needs(
+        judge=other or any(isinstance(p, Anonymity) for p in policies),
+        contributions=other or any(isinstance(p, Dominance) for p in policies),
+        k=max([5, *(p.k for p in policies if isinstance(p, Anonymity))]),
+        top=max([10, *(p.n for p in policies if isinstance(p, Dominance))]),
+    )
 
 
 def _query_failed(exc: Exception) -> TaskFailed:

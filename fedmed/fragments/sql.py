@@ -23,8 +23,11 @@ NaN read from the source or produced by arithmetic (``0 / 0``) is turned into
 NULL as pandas treats NaN as missing, while infinities stay values.
 
 What a privacy policy asks about a result (``fedmed/server/disclosure.py``:
-rows contributing, rows left out, largest contributions) is computed by
-further aggregates in the same ``SELECT``; see ``SQLDisclosure``.
+persons contributing and left out, what each intermediate value singles out,
+who holds an extreme, largest contributions) is computed by further
+aggregates: counts in the same ``SELECT``, and what needs another aggregate
+first (a mode, a median, sums per person) in one second statement over the
+same CTEs, only when a policy needs it; see ``SQLDisclosure``.
 
 A node the compiler cannot express raises ``TaskFailed`` naming it; the
 output becomes a ``Failure`` and nothing is ever loaded into memory instead.
@@ -42,11 +45,12 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
-from ..errors import ServerError, TaskFailed
-from ..expr.node import Node
+from ..errors import OperationError, ServerError, TaskFailed
+from ..expr.node import Node, walk
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment as FragmentNode, Literal, Map
 from ..ops import binary, private
 from ..ops.columns import COLUMNS
+from ..server.disclosure import _POSITIONAL, _SIDE_BY_SIDE, MAX_INFLUENCE, Finding, _judged_by_cells, _under_masks
 from ..server.evaluate import Failure, _bounded, needed_nodes
 
 # -- kinds of values -----------------------------------------------------------------------
@@ -65,10 +69,6 @@ MAX_THRESHOLDS = private.MAX_BINS
 MAX_COLUMNS = 200
 #: Largest constant (characters of text, elements of a list) made from constants in a request.
 MAX_CONSTANT = 100_000
-
-#: Most indicator factors (``x * mask``) whose 0/1-ness an output's disclosure may depend on;
-#: each doubles the number of disclosure aggregates.
-MAX_FLAGS = 4
 
 FLOAT_NAN = "CAST(NULL AS DOUBLE)"
 FLOAT_INF = "CAST('inf' AS DOUBLE)"
@@ -296,6 +296,14 @@ def _nan_null(expr: str) -> str:
     return f"nullif({expr}, {NAN_LITERAL})"
 
 
+def _try(expr: str) -> str:
+    """``expr``, NULL on the rows where DuckDB raises (an integer overflow, where numpy wraps around):
+    whether a query fails must not depend on the rows (see ``fedmed.ops.binary``). TRY costs about
+    a nanosecond per row and wrapped operation (DuckDB 2.0), so only integer arithmetic that can
+    overflow is wrapped."""
+    return f"TRY({expr})"
+
+
 #: A column name the compiler made (``s3``, ``n12``...); found in expressions to know which
 #: columns a layer must pass on (a name inside a text literal only keeps a column a little longer).
 ALIAS = re.compile(r"\b[a-z][0-9]+\b")
@@ -307,9 +315,10 @@ ALIAS = re.compile(r"\b[a-z][0-9]+\b")
 class Query:
     """CTE layers of named columns and the aggregate expressions of the final ``SELECT``."""
 
-    def __init__(self, source: str, columns: Sequence[SourceColumn]) -> None:
+    def __init__(self, source: str, columns: Sequence[SourceColumn], ordinal: str | None = None) -> None:
         self.source = source
         self.columns = list(columns)
+        self.ordinal = ordinal  # the rows' order in the source, as column ``o0`` of ``t0`` (None: not known)
         self.layers: list[list[tuple[str, str]]] = [[]]
         self._named: dict[str, tuple[str, int]] = {}
         self.selects: list[str] = []
@@ -339,17 +348,33 @@ class Query:
     def sql(self) -> str:
         """The query. Each layer passes on only the columns used further up, so that a deep
         expression costs DuckDB linear work (``SELECT *`` at every layer would be quadratic)."""
+        ctes, last = self._layers(self.selects)
+        return f"WITH {', '.join(ctes)}\nSELECT {', '.join(self.selects)} FROM {last}"
+
+    def followup(self, columns: Sequence[tuple[str, str]], ctes: Sequence[str], selects: Sequence[str]) -> str:
+        """A second statement over the same layers: ``_b`` holds each ``(expression, name)`` of
+        ``columns`` per row; ``ctes`` (over ``_b``) and ``selects`` (scalar subqueries) read it.
+
+        ``_b`` is left to DuckDB to inline: scanning the source again per reading pass streams
+        and runs in parallel, and measured twice as fast as materializing it (and needs no memory)."""
+        layers, last = self._layers([expr for expr, _ in columns])
+        layers.append(f"_b AS (SELECT {', '.join(f'{expr} AS {name}' for expr, name in columns)} FROM {last})")
+        return f"WITH {', '.join([*layers, *ctes])}\nSELECT {', '.join(selects)}"
+
+    def _layers(self, uses: Sequence[str]) -> tuple[list[str], str]:
+        """The CTEs of the layers, each passing on what is used above it (by ``uses`` in the end), and the last one."""
         final = len(self.layers)
         last_use: dict[str, int] = {}
         for level, layer in enumerate(self.layers):
             for _, expr in layer:
                 for alias in ALIAS.findall(expr):
                     last_use[alias] = level
-        for expr in self.selects:
+        for expr in uses:
             for alias in ALIAS.findall(expr):
                 last_use[alias] = final
-        defined = [(c.alias, 0) for c in self.columns]
-        read = ", ".join(f"{c.expression} AS {c.alias}" for c in self.columns) or "1 AS _row"
+        defined = [(c.alias, 0) for c in self.columns] + ([("o0", 0)] if self.ordinal else [])
+        read = ", ".join([*(f"{c.expression} AS {c.alias}" for c in self.columns),
+                          *([f"{self.ordinal} AS o0"] if self.ordinal and "o0" in last_use else [])]) or "1 AS _row"
         ctes = [f"t0 AS (SELECT {read} FROM {self.source})"]
         previous = "t0"
         for level, layer in enumerate(self.layers[1:], 1):
@@ -361,7 +386,7 @@ class Query:
             defined = [(alias, at) for alias, at in defined if last_use.get(alias, -1) > level]
             defined += [(alias, level) for alias, _ in layer]
             previous = f"t{level}"
-        return f"WITH {', '.join(ctes)}\nSELECT {', '.join(self.selects)} FROM {previous}"
+        return ctes, previous
 
 
 # -- elementwise operations ----------------------------------------------------------------------
@@ -478,47 +503,167 @@ class Contributions:
         return f"Contributions(top={self.top.tolist()}, total={self.total!r}, count={self.count})"
 
 
-class SQLDisclosure:
-    """What a map result discloses, answered from aggregates computed in the same SQL query.
+@dataclass(frozen=True)
+class Needs:
+    """What the server's privacy policies will ask of each result's disclosure (``disclosure_needs``).
 
-    The same methods as ``fedmed.server.disclosure.Disclosure`` and the same
-    rules (filters, masks used as factors, missing and zeroed terms), but no
-    row-level data: ``inputs`` is only available for ``set``/``unique``
-    (counts per value), and ``used`` (a row mask) not at all.
+    ``judge``: the singling-out analysis (``singled_out``), for any ``k`` up
+    to ``k``; ``contributions``: the largest ``top`` contributions behind
+    sums (Dominance). The counts (``contributing``, ``complement``,
+    ``holders``) come with either.
     """
 
-    def __init__(self, op: str, rows: int, counts: Mapping[str, int] | None, contributions: Contributions | None,
+    judge: bool = True
+    contributions: bool = True
+    k: int = 5
+    top: int = 10
+
+
+@dataclass(frozen=True)
+class Judged:
+    """What one intermediate value does within one scope, in persons (or rows): read from the query."""
+
+    nulled: int  # missing although the raw values below it are present
+    present: int  # with a value (0: nothing to judge)
+    distinct: int  # distinct values
+    minority: int  # not holding the most frequent value (the smallest such count over tied modes)
+    spread: tuple[int, float, list[float]] | None = None  # numbers: (holders, total, largest) of |x - median|
+
+    def selects(self, k: int, share: float, unit: str, bound: int) -> str | None:
+        """``Disclosure._selects`` on these numbers: what the value does to single out 1 to k-1, or None."""
+        if 0 < self.nulled < k:
+            return f"is missing on fewer than {k} {unit} whose values are present"
+        if self.nulled and 0 < self.present < k:
+            return f"is present on fewer than {k} {unit} only"
+        if self.present == 0:
+            return None
+        if self.distinct > 1 and 0 < self.minority < k:
+            return f"takes one value on all but fewer than {k} {unit}"
+        if self.spread is not None and self.distinct > 2:
+            holders, total, largest = self.spread
+            if total > 0 and holders >= k:
+                if len(largest) < min(k - 1, holders):
+                    raise TaskFailed(f"this fragment judges intermediate values for k up to {bound}, not {k}")
+                if float(sum(largest[: k - 1])) > share * total:
+                    return f"puts almost all of its spread on fewer than {k} {unit}"
+        return None
+
+
+class SQLDisclosure:
+    """What a map result discloses, answered from aggregates of the request's SQL statements.
+
+    The methods and decisions of ``fedmed.server.disclosure.Disclosure``
+    (same findings, same counts), from numbers the query computed: no row is
+    loaded into Python. ``inputs`` exists only for ``set``/``unique``
+    (counts per value); ``used`` (a row mask) not at all; ``singled_out``
+    decides for any ``k`` up to the one it was compiled for, and ``holders``
+    knows only the extreme the query found.
+    """
+
+    def __init__(self, op: str, rows: int, *, person: str | None = None, facts: Mapping[str, Any] | None = None,
                  value_counts: Mapping[Any, int] | None = None, unavailable: str | None = None) -> None:
         self.op = op
+        self.persons = person
         self._rows = int(rows)
-        self._counts = counts
-        self._contributions = contributions
+        self._facts = facts
         self._value_counts = value_counts
         self._unavailable = unavailable
 
     @property
+    def unit(self) -> str:
+        """What the rules count: ``"persons"`` or ``"rows"``."""
+        return "rows" if self.persons is None else "persons"
+
+    @property
     def rows(self) -> int:
-        """Rows of the fragment."""
+        """Persons (or rows) of the whole fragment."""
         return self._rows
 
-    def _count(self, key: str) -> int:
-        if self._counts is None:
-            raise TaskFailed(self._unavailable or "this fragment cannot report the rows behind this result")
-        return int(self._counts[key])
+    def _fact(self, name: str) -> Any:
+        if self._facts is None:
+            raise TaskFailed(self._unavailable or f"this fragment cannot report the {self.unit} behind {self.op}")
+        fact = self._facts.get(name)
+        if fact is None:
+            raise TaskFailed(f"this fragment did not compute what a privacy policy asks about {self.op} ({name})")
+        return fact
 
-    def contributing(self, additive: bool = False) -> int:
-        """Rows that contributed; for an additive aggregate (a sum) any zero term contributes nothing."""
-        return self._count("additive" if additive else "used")
+    def contributing(self, additive: bool = False, present: bool = True) -> int:
+        """Persons behind the result: the smallest positive count over its columns (0 if none).
 
-    def complement(self, terms: bool = True) -> int:
-        """Rows with raw values that the query left out: by its filters, and with ``terms`` by its arithmetic."""
-        return self._count("left_out" if terms else "filtered_out")
+        With ``additive`` (sums) a zero term contributes nothing; with
+        ``present=False`` (``len``) missing values count too.
+        """
+        positive = [c for c in self._fact("contributing")[bool(additive), bool(present)] if c > 0]
+        return min(positive) if positive else 0
+
+    def complement(self) -> int:
+        """Persons with raw values present that the task's filters leave out."""
+        return int(self._fact("complement"))
+
+    def holders(self, value: Any, column: str | None = None) -> int:
+        """Persons, among the rows used, whose input (``column`` of a table) equals ``value``: the extreme.
+
+        The query counts the holders of the extreme of the rows used (up to
+        the largest ``k`` it was compiled for: more are reported as that
+        many); a value beyond it (the map's rows may be more than the rows
+        used) has none. Any other value is refused rather than counted.
+        """
+        held = self._fact("holders").get(column)
+        if held is None:
+            return 0
+        op, extreme, count = held
+        if extreme is None:
+            return 0
+        if value == extreme:
+            return count
+        try:
+            beyond = bool(value > extreme if op == "max" else value < extreme)
+        except TypeError:
+            beyond = False
+        if beyond:
+            return 0
+        raise TaskFailed(f"this fragment counts the holders of the {self.op} it computed, not of another value")
 
     def contributions(self) -> Contributions:
-        """Absolute contributions of the used rows, largest first (the top ones and the totals)."""
-        if self._contributions is None:
-            raise TaskFailed(self._unavailable or f"this fragment cannot report the contributions behind {self.op}")
-        return self._contributions
+        """Absolute contributions of each person (or row) used, largest first (the top ones and the totals)."""
+        return self._fact("contributions")
+
+    def singled_out(self, k: int, concentration: float = 0.9) -> Finding | None:
+        """The first step of the task that singles out 1 to ``k - 1`` persons, or None (see ``Disclosure``).
+
+        A count table counted by person is refused here: the cell rules
+        (``fedmed.privacy.cells``) size cells in persons from row-level keys,
+        which this fragment does not load, and sizing them in rows would
+        release cells of fewer than ``k`` persons.
+        """
+        if self.persons is not None and self._facts is not None and self._facts.get("cells"):
+            raise TaskFailed(f"this fragment cannot size the cells of {self.op} in persons: count tables are refused "
+                             "where a person column is declared")
+        bound, unit = self._fact("k"), self.unit
+        for node, kind, *facts in self._fact("checks"):
+            what = None
+            if kind == "list":
+                what = "combines a list constant row by row (or column by column): positions must not be addressable"
+            elif kind == "filter":
+                kept, out = facts
+                if 0 < out < k or 0 < kept < k:
+                    what = f"is a row filter that keeps or drops fewer than {k} {unit}"
+            elif kind == "derived":
+                what = facts[0].selects(k, concentration, unit, bound)
+            elif kind == "ratio":  # two inputs released side by side, proportional but on a few
+                ratio: Judged = facts[0]
+                if ratio.distinct > 1 and 0 < ratio.minority < k:
+                    what = f"differs from a multiple of another input on fewer than {k} {unit}"
+            elif kind == "weights":
+                what = facts[0].selects(k, concentration, unit, bound)
+                what = what and f"(its row weights at this beta) {what}"
+            elif kind == "steps":
+                what = f"has more than {facts[0]} row-wise steps, too many to judge; simplify it"
+            elif 0 < facts[0] < k:  # "influence": the rows through which the value reaches the result
+                what = f"reaches the result through fewer than {k} {unit} only"
+            if what:
+                return Finding(node, what)
+        return None
 
     @property
     def inputs(self) -> list[Any]:
@@ -543,58 +688,52 @@ class Output:
     """How to read one map output (and its disclosure) from the result row."""
 
     read: Callable[[tuple], Any]
-    disclosure: Callable[[tuple], Any] | None = None
+    disclosure: Callable[[tuple, Any], Any] | None = None  # (first row, second row or None)
 
 
 @dataclass
 class Program:
-    """One query for a request's outputs: ``sql`` (None when no output needs one) and how to read each output."""
+    """One query for a request's outputs: ``sql`` (None when no output needs one) and how to read each output.
+
+    ``followup`` is the second statement the disclosure needs (None when it needs none); ``extra`` its row.
+    """
 
     sql: str | None
     outputs: dict[int, "Output | Failure"] = field(default_factory=dict)
+    followup: str | None = None
 
-    def read(self, position: int, row: tuple | None) -> tuple[Any, Any]:
+    def read(self, position: int, row: tuple | None, extra: tuple | None = None) -> tuple[Any, Any]:
         output = self.outputs[position]
         if isinstance(output, Failure):
             return output, None
         assert row is not None
         value = output.read(row)
-        return value, output.disclosure(row) if output.disclosure is not None else None
-
-
-@dataclass
-class _NodeRows:
-    """Per node, what ``Disclosure._rows`` computes: selection atoms, raw values present, some raw value non-zero."""
-
-    atoms: frozenset
-    present: str
-    present_level: int
-    nonzero: str
-    nonzero_level: int
+        return value, output.disclosure(row, extra) if output.disclosure is not None else None
 
 
 class Compiler:
     """Compiles the outputs of one request over one fragment into a ``Program``.
 
-    ``disclosure`` is ``"none"`` (no policy needs it), or ``"full"``;
-    ``top`` is how many of the largest contributions to report;
+    ``needs`` says what the privacy policies ask of each result's
+    disclosure (None: nothing, and no disclosure is compiled); ``person``
+    names the column whose distinct values are the persons counted;
+    ``ordinal`` is an SQL expression over the source giving the rows' order
+    (the pandas engine's "first" among tied modes), or None.
     """
 
     def __init__(self, source: str, columns: Sequence[SourceColumn], config: Config, *,
-                 disclosure: str = "none", top: int = 10) -> None:
-        self.query = Query(source, columns)
+                 needs: Needs | None = None, person: str | None = None, ordinal: str | None = None) -> None:
+        self.query = Query(source, columns, ordinal)
         self.config = config
-        self.disclosure = disclosure
-        self.top = int(top)
+        self.needs = needs
+        self.person = person
+        key = next((c.alias for c in columns if c.name == person), None)
+        if person is not None and key is None:
+            raise TaskFailed(f"this fragment has no column {person!r} to count persons by")
+        self.later = _Followup(key)
         self.fragment = Table({c.name: Col(c.alias, 0, ALL, c.kind, untyped=c.untyped) for c in columns}, ALL)
         self.rows_index = self.query.select("count(*)")
         self._never_null: set[str] = set()  # boolean columns that are never NULL: usable as a filter as they are
-        # disclosure bookkeeping
-        self._atoms: list[tuple[str, int, int | None]] = []  # (condition, level, flag)
-        self._atom_index: dict[tuple[str, int | None], int] = {}
-        self._flags: list[int] = []  # select index of each indicator flag
-        self._flag_index: dict[str, int] = {}
-        self._rows_by_node: dict[int, _NodeRows] = {}
 
     # -- driver ----------------------------------------------------------------------------------
     def compile(self, nodes: Sequence[Node], outputs: Sequence[int]) -> Program:
@@ -623,16 +762,17 @@ class Compiler:
                 program.outputs[o] = value
                 continue
             output: Output = value
-            if self.disclosure != "none":
+            if self.needs is not None:
                 try:
                     output.disclosure = self._disclose(nodes[o], by_node)  # type: ignore[arg-type]
                 except Exception as exc:  # the policies will refuse the result, saying why
                     reason = exc.message if isinstance(exc, ServerError) else \
                         "this fragment cannot report the rows behind this result"
-                    output.disclosure = _unavailable(nodes[o].op, self.rows_index, reason)  # type: ignore[attr-defined]
+                    output.disclosure = _unavailable(nodes[o].op, self.rows_index, reason, self.person)  # type: ignore[attr-defined]
             program.outputs[o] = output
         if any(not isinstance(v, Failure) for v in program.outputs.values()):
             program.sql = self.query.sql()
+            program.followup = self.later.statement(self.query)
         return program
 
     def _visit(self, node: Node, args: list[Value]) -> Value:
@@ -779,7 +919,7 @@ class Compiler:
             return self._column(f"({x.sql} {logic} {y.sql})", level, rows, BOOL, nullable)
         if FLOAT in kinds:
             return self._column(_nan_null(f"({x.double} {SYMBOL[op]} {y.double})"), level, rows, FLOAT, nullable)
-        return self._column(f"({x.bigint} {SYMBOL[op]} {y.bigint})", level, rows, INT, nullable)
+        return self._column(_try(f"({x.bigint} {SYMBOL[op]} {y.bigint})"), level, rows, INT, nullable)
 
     def _numeric(self, op: str, operands: Sequence[Operand], repeating: bool = False) -> None:
         for x in operands:
@@ -816,6 +956,8 @@ class Compiler:
             p, q = x.bigint, y.bigint
             floor = (f"(({p} // {q}) - (CASE WHEN ({p} % {q} <> 0) AND (({p} < 0) <> ({q} < 0)) "
                      "THEN 1 ELSE 0 END))")
+            if not (y.is_const and y.const != -1):  # the smallest integer // -1 overflows
+                floor = _try(floor)
             if y.is_const and y.const != 0:
                 return self._column(floor, level, rows, INT, nullable)
             zero = _nan_null(self._by_zero(x.double, y.double))
@@ -856,15 +998,15 @@ class Compiler:
         self._numeric("pow", [x, y], repeating=True)
         nullable = x.nullable or y.nullable
         if FLOAT not in (x.kind, y.kind):
+            # an integer to a negative integer power is missing (binary.pow), in nullable integers
+            # whenever the exponents are a column: their values must not choose the result's type
             base, exponent = x.bigint, y.bigint
-            power = f"CAST(pow({base}, {exponent}) AS BIGINT)"
-            if y.is_const:
-                if y.const < 0:
-                    raise TaskFailed("Integers to negative integer powers are not allowed.")
+            power = f"TRY_CAST(pow({base}, {exponent}) AS BIGINT)"
+            if y.is_const and y.const >= 0:
                 return self._column(power, level, rows, INT, nullable)
-            guarded = (f"(CASE WHEN {exponent} < 0 THEN "
-                       f"error('{MARKER}Integers to negative integer powers are not allowed.') ELSE {power} END)")
-            return self._column(guarded, level, rows, INT, nullable)
+            if y.is_const:
+                return self._column("CAST(NULL AS BIGINT)", level, rows, INT, True)
+            return self._column(f"(CASE WHEN {exponent} >= 0 THEN {power} END)", level, rows, INT, True)
         base, exponent = x.double, y.double
         # numpy: x ** 0 and 1 ** y are 1 even for missing x or y
         expr = (f"(CASE WHEN {exponent} = 0 THEN {FLOAT_ONE} WHEN {base} = 1 THEN {FLOAT_ONE} "
@@ -878,14 +1020,16 @@ class Compiler:
         if x.kind == BOOL:
             return self._column(f"(NOT {x.sql})", level, rows, BOOL, x.nullable)
         self._numeric("neg", [x])
-        return self._column(f"(-{x.sql})", level, rows, x.kind, x.nullable)
+        expr = f"(-{x.sql})"
+        return self._column(_try(expr) if x.kind == INT else expr, level, rows, x.kind, x.nullable)
 
     def _op_abs(self, a: Col) -> Col:
         rows, (x,), level = self._operands("abs", [a])
         if x.kind == BOOL:
             return a
         self._numeric("abs", [x])
-        return self._column(f"abs({x.sql})", level, rows, x.kind, x.nullable)
+        expr = f"abs({x.sql})"
+        return self._column(_try(expr) if x.kind == INT else expr, level, rows, x.kind, x.nullable)
 
     def _op_invert(self, a: Col) -> Col:
         rows, (x,), level = self._operands("invert", [a])
@@ -1036,7 +1180,7 @@ class Compiler:
             if d >= 0:
                 return a
             scale = float_literal(10.0 ** (-d))
-            expr = f"CAST(round_even(CAST({a.sql} AS DOUBLE) / {scale}, 0) * {scale} AS BIGINT)"
+            expr = f"TRY_CAST(round_even(CAST({a.sql} AS DOUBLE) / {scale}, 0) * {scale} AS BIGINT)"
             return self._column(expr, a.depth, a.rows, INT, a.nullable)
         if a.kind != FLOAT:
             raise TaskFailed(f"round is not supported for {_describe_kind(a.kind)} values")
@@ -1050,43 +1194,35 @@ class Compiler:
         return self._column(_nan_null(expr), a.depth, a.rows, FLOAT, a.nullable)
 
     def _op_astype(self, a: Col, dtype: Value) -> Col:
+        """``binary.astype``: a value that cannot be converted is missing (NULL), never an error."""
         name = dtype.value if isinstance(dtype, Const) else None
         if not isinstance(name, str) or name not in binary.DTYPES:
             raise TaskFailed(f"astype accepts {sorted(binary.DTYPES)}, not {name!r}")
         kind, x = a.kind, a.sql
-
-        def guarded(expr: str) -> str:  # conversions that can fail only on the rows the column has
-            return expr if a.rows.cond == "TRUE" else f"(CASE WHEN {a.rows.cond} THEN {expr} END)"
-
         if kind == OTHER:
             raise TaskFailed("astype is not supported for values of this type by this fragment")
+        # text is read as a number as pd.to_numeric reads it (" 2 ", "1e3"); what is none is NULL
+        number = _nan_null(f"TRY_CAST(trim({x}) AS DOUBLE)") if kind == STR else Operand(x, kind).double
         if name == "float":
             if kind == FLOAT:
                 return replace(a, nullable=False)
-            expr = guarded(_nan_null(f"CAST({x} AS DOUBLE)")) if kind == STR else f"CAST({x} AS DOUBLE)"
-            return self._column(expr, a.depth, a.rows, FLOAT)
+            return self._column(number, a.depth, a.rows, FLOAT)
         if name == "int":
             if kind == INT:
                 return replace(a, nullable=True)
             if kind == BOOL:
                 return self._column(f"CAST({x} AS BIGINT)", a.depth, a.rows, INT, True)
-            if kind == FLOAT:
-                expr = (f"(CASE WHEN {x} <> trunc({x}) OR isinf({x}) THEN "
-                        f"error('{MARKER}cannot safely cast non-equivalent float64 to int64') "
-                        f"ELSE CAST({x} AS BIGINT) END)")
-            else:
-                expr = (f"(CASE WHEN NOT regexp_full_match(trim({x}), '[+-]?[0-9]+') THEN "
-                        f"error('{MARKER}cannot safely cast non-equivalent object to int64') "
-                        f"ELSE CAST(trim({x}) AS BIGINT) END)")
-            return self._column(guarded(expr), a.depth, a.rows, INT, True)
+            whole = (f"(CASE WHEN isfinite({number}) AND {number} = trunc({number}) AND {number} >= "
+                     f"{float_literal(-(2.0**63))} AND {number} < {float_literal(2.0**63)} "
+                     f"THEN CAST({number} AS BIGINT) END)")
+            if kind == STR:  # digits alone convert exactly, beyond a double's 53 bits
+                whole = (f"(CASE WHEN regexp_full_match(trim({x}), '[+-]?[0-9]+') THEN TRY_CAST(trim({x}) AS BIGINT) "
+                         f"ELSE {whole} END)")
+            return self._column(whole, a.depth, a.rows, INT, True)
         if name == "bool":
             if kind == BOOL:
                 return replace(a, nullable=True)
-            if kind == STR:
-                raise TaskFailed("Need to pass bool-like values")
-            expr = (f"(CASE WHEN {x} NOT IN (0, 1) THEN error('{MARKER}Need to pass bool-like values') "
-                    f"ELSE {x} = 1 END)")
-            return self._column(guarded(expr), a.depth, a.rows, BOOL, True)
+            return self._column(f"(CASE WHEN {number} IN (0, 1) THEN {number} = 1 END)", a.depth, a.rows, BOOL, True)
         # "str"
         if kind == STR:
             return replace(a, nullable=True)
@@ -1257,22 +1393,23 @@ class Compiler:
         if not isinstance(bins, Const) or not isinstance(range, Const):
             raise TaskFailed("histogram bins and range must be constants")
         self._numbers("histogram", x)
-        try:  # the same checks and edges as the pandas path: run it on no values
+        # the same checks and edges as the pandas path (run on no values): finite, strictly
+        # increasing edges, so that no count below can come out negative
+        try:
             edges = private.histogram(pd.Series([], dtype=float), bins.value, range.value)["edges"]
+        except OperationError as exc:
+            raise TaskFailed(f"map histogram failed: {exc}"[:300]) from None
         except Exception as exc:
             raise TaskFailed(f"map histogram failed: {type(exc).__name__}: {exc}"[:300]) from None
-        if any(math.isnan(e) for e in edges):
-            raise TaskFailed("histogram edges must be numbers")
         # numpy: [e_i, e_i+1) and the last bin closed; "x < e" is "x <= the float just below e"
-        below = [-math.inf if e == -math.inf else float(np.nextafter(e, -math.inf)) for e in edges]
+        below = [float(np.nextafter(e, -math.inf)) for e in edges]
         cumulative = self._cumulative(x, [*below, edges[-1]])
 
         def read(row: tuple) -> dict[str, list[Any]]:
             c = cumulative(row)
-            less = [0 if e == -math.inf else c[b] for e, b in zip(edges, below)]
+            less = [c[b] for b in below]
             counts = [less[i + 1] - less[i] for i in builtin_range(len(edges) - 2)]
-            if len(edges) >= 2:
-                counts.append(self._at_most(c, edges[-1]) - less[-2])
+            counts.append(self._at_most(c, edges[-1]) - less[-2])  # at least two edges: checked above
             return {"counts": counts, "edges": list(edges)}
 
         return read
@@ -1428,62 +1565,209 @@ class Compiler:
         return read
 
     # -- disclosure ----------------------------------------------------------------------------------
-    def _node_rows(self, node: Node, by_node: Mapping[int, Value]) -> _NodeRows:
-        """``Disclosure._rows`` for ``node``, as SQL: computed once per node, children first."""
-        from ..expr.node import walk
+    # ``fedmed.server.disclosure`` judges the evaluated values; here every fact it uses is a condition
+    # over the rows (the same graph walk, as SQL) and every number it derives is an aggregate: counts
+    # in the first statement, what needs another aggregate first (a mode, a median, per-person sums)
+    # in the second (``_Followup``).
 
-        for current in walk([node], stop=lambda n: id(n) in self._rows_by_node):
-            if id(current) in self._rows_by_node:
-                continue
-            kids = [self._rows_by_node[id(c)] for c in current.children if not isinstance(c, Literal)]
-            atoms = frozenset().union(*(k.atoms for k in kids))
-            present = _and(*(k.present for k in kids))
-            present_level = max([k.present_level for k in kids], default=0)
-            nonzero = _or(*(k.nonzero for k in kids))
-            nonzero_level = max([k.nonzero_level for k in kids], default=0)
-            value = by_node.get(id(current))
-            if isinstance(current, Column) and isinstance(value, Col):
-                # raw values: missing ones are not "left out"; rows a filter removed count as present
-                own = f"{value.sql} IS NOT NULL" if value.rows.cond == "TRUE" else \
-                    f"(NOT {value.rows.cond} OR {value.sql} IS NOT NULL)"
-                present, present_level = self.query.name(_and(present, own), max(present_level, value.depth), "p")
-                nonzero, nonzero_level = self.query.name(
-                    _or(nonzero, _and(value.rows.cond, self._nonzero(value))), max(nonzero_level, value.depth), "z"
-                )
-            elif isinstance(current, Filter):
-                mask = by_node[id(current.mask)]
-                atoms = atoms | {self._atom(_and(mask.rows.cond, self._truthy(mask)), mask.depth)}
-            elif isinstance(current, Elementwise) and current.op and ELEMENTWISE.get(
-                self.config.elementwise.get(current.op)
-            ) == "mul":
-                for child in current.children:
-                    factor = by_node.get(id(child))
-                    if isinstance(factor, Col) and factor.kind in NUMERIC:
-                        atoms = atoms | {self._indicator(factor)}
-            self._rows_by_node[id(current)] = _NodeRows(atoms, present, present_level, nonzero, nonzero_level)
-        return self._rows_by_node[id(node)]
+    def _count(self, cond: str) -> Read:
+        """Persons (or rows) where ``cond`` holds; a row without a person key is a person of its own."""
+        if cond == "FALSE":
+            return lambda row, extra: 0
+        if self.later.key is None:
+            i = self.query.select(_count_rows(cond))
+            return lambda row, extra: int(row[i])
+        return self.later.persons(self.later.column(cond))
 
-    def _atom(self, cond: str, level: int, flag: int | None = None) -> int:
-        alias, at = self.query.name(cond, level, "a")
-        key = (alias, flag)
-        if key not in self._atom_index:
-            self._atom_index[key] = len(self._atoms)
-            self._atoms.append((alias, at, flag))
-        return self._atom_index[key]
+    def _judge(self, value: Col, scope: frozenset[str], raw: frozenset[str]) -> Read:
+        """What ``value`` does within ``scope``: the numbers of ``Disclosure._selects``, as a ``Judged``."""
+        within = _and(*sorted(scope), value.rows.cond)
+        present = _and(within, f"{value.sql} IS NOT NULL")
+        nulled = self._count(_and(within, *sorted(raw), f"{value.sql} IS NULL"))
+        classes = self._classes(value.sql, value.kind, present)
+        spread = self._spread(value.sql, value.kind, present) if value.kind in (INT, FLOAT) else None
 
-    def _indicator(self, factor: Col) -> int:
-        """A factor of a product that holds only 0s and 1s is a filter (known once the query ran)."""
-        if factor.kind == BOOL:
-            check = f"count({_when(factor.rows.cond, factor.sql)}) > 0"
-            nonzero = f"coalesce({factor.sql}, FALSE)"
+        def read(row: tuple, extra: Any) -> Judged:
+            return Judged(nulled(row, extra), *classes(row, extra), spread(row, extra) if spread else None)
+
+        return read
+
+    def _classes(self, value: str, kind: str, present: str) -> Callable[[tuple, Any], tuple[int, int, int]]:
+        """``value``'s classes where ``present`` holds: (persons there, distinct values, persons without the mode).
+
+        The mode is pandas' ``value_counts().index[0]``: of the values held by
+        the most rows, the first in the rows' order. Counting rows, which of
+        them does not matter; counting persons it does, and a source that
+        does not know its rows' order (CSV) takes the one that leaves the
+        fewest persons out.
+        """
+        ordinal = "o0" if self.query.ordinal and self.later.key is not None else None
+        if kind == BOOL:  # two classes, counted in the first statement
+            true, false = _and(present, value), _and(present, _not(value))
+            rows = (self.query.select(_count_rows(true)), self.query.select(_count_rows(false)))
+            minority = (self._count(false), self._count(true))  # of the mode True, of the mode False
+            persons = self._count(present)
+            first = self.query.select(f"arg_min({_when(present, value)}, {_when(present, ordinal)})") if ordinal else None
+
+            def read_bool(row: tuple, extra: Any) -> tuple[int, int, int]:
+                t, f = int(row[rows[0]]), int(row[rows[1]])
+                modes = [i for i, n in enumerate((t, f)) if n == max(t, f)]
+                if len(modes) == 2 and first is not None and row[first] is not None:
+                    modes = [0 if row[first] else 1]
+                return persons(row, extra), (t > 0) + (f > 0), min(minority[i](row, extra) for i in modes)
+
+            return read_bool
+        later, key = self.later, self.later.key
+        x, has = later.column(value), later.column(present)
+        held = f"(CASE WHEN {has} THEN {x} END)"
+        if key is None:  # rows: any most frequent value leaves the same number of rows out
+            distinct = later.read_first(later.first(f"count(DISTINCT {held})"))
+            size = later.read_first(later.first(f"count({held})"))
+            top = later.second(f"count(CASE WHEN {has} AND {x} = {later.first(f'mode({held})')} THEN 1 END)")
+            return lambda row, extra: (int(size(row, extra)), int(distinct(row, extra)),
+                                       int(size(row, extra)) - int(top(row, extra)))
+        # persons: the persons with another value than the mode are all but those whose every value is the mode
+        low, high = later.per_person(f"min({held})", held), later.per_person(f"max({held})", held)
+        first = f", min({later.column(ordinal)}) AS _f" if ordinal else ", NULL AS _f"
+        groups = f"SELECT {x} AS _v, count(*) AS _n{first} FROM _b WHERE {has} GROUP BY {x}"
+        pure = f"SELECT {low} AS _v, count(*) AS _n FROM _p WHERE {low} = {high} GROUP BY {low}"
+        best = later.select(
+            f"(SELECT struct_pack(d := count(*) OVER (), n := _c._n, p := coalesce(_u._n, 0)) FROM ({groups}) AS _c "
+            f"LEFT JOIN ({pure}) AS _u ON _c._v = _u._v ORDER BY _c._n DESC, _c._f ASC, coalesce(_u._n, 0) DESC LIMIT 1)"
+        )
+        persons = later.persons(has)
+
+        def read(row: tuple, extra: Any) -> tuple[int, int, int]:
+            c = best(row, extra)
+            return (0, 0, 0) if c is None else (persons(row, extra), int(c["d"]), persons(row, extra) - int(c["p"]))
+
+        return read
+
+    def _spread(self, value: str, kind: str, present: str) -> Read:
+        """(persons, total, largest) of ``|value - median|`` over its finite values, summed per person."""
+        later, key = self.later, self.later.key
+        number = Operand(value, kind).double
+        v, finite = later.column(number), later.column(_and(present, f"isfinite({number})"))
+        deviation = f"(CASE WHEN {finite} THEN abs({v} - {later.first(f'median(CASE WHEN {finite} THEN {v} END)')}) END)"
+        if key is not None:
+            deviation = later.per_person(f"sum({deviation})", deviation)
+        stats = (f"struct_pack(n := count({deviation}), total := fsum({deviation}), "
+                 f"top := max({deviation}, {max(self.needs.k - 1, 1)}))")
+        spread = later.second(stats) if key is None else later.outer(stats)
+
+        def read(row: tuple, extra: Any) -> tuple[int, float, list[float]]:
+            s = spread(row, extra)
+            return int(s["n"]), float(s["total"] or 0.0), [float(t) for t in s["top"] or []]
+
+        return read
+
+    def _ratio(self, a: Col, b: Col, used: str) -> Read:
+        """``Disclosure._jointly`` for two inputs: the classes of ``a / b`` where they are not both zero."""
+        x, y = Operand(a.sql, a.kind).double, Operand(b.sql, b.kind).double
+        live = _and(used, a.rows.cond, b.rows.cond, f"{a.sql} IS NOT NULL", f"{b.sql} IS NOT NULL",
+                    f"NOT ({x} = 0 AND {y} = 0)")
+        ratio = (f"(CASE WHEN {y} = 0 THEN {self._by_zero(x, y)} WHEN isnan({x} / {y}) THEN {FLOAT_INF} "
+                 f"ELSE {x} / {y} END)")
+        classes = self._classes(ratio, FLOAT, live)
+        return lambda row, extra: Judged(0, *classes(row, extra))
+
+    def _weights(self, inputs: Sequence[Value], used: str, raw: frozenset[str]) -> Read | None:
+        """``Disclosure._glm_weights`` judged like an intermediate: the row weights a ``glm_step`` gives."""
+        if len(inputs) < 5:
+            return None
+        y, family, intercept, beta, *columns = inputs
+        if not all(isinstance(c, Col) for c in (y, *columns)) or not all(
+                isinstance(v, Const) for v in (family, intercept, beta)):
+            return None
+        coefficients = [float(b) for b in np.asarray(beta.value, dtype=float).ravel()]
+        design = ([FLOAT_ONE] if intercept.value else []) + [Operand(c.sql, c.kind).double for c in columns]
+        if len(design) != len(coefficients):
+            return None
+        rows = _and(*[c.rows.cond for c in (y, *columns)], *[f"{c.sql} IS NOT NULL" for c in (y, *columns)])
+        eta = "(" + (" + ".join(f"{float_literal(b)} * {d}" for b, d in zip(coefficients, design)) or FLOAT_ZERO) + ")"
+        if family.value == "binomial":
+            mean = f"({FLOAT_HALF} * ({FLOAT_ONE} + tanh({FLOAT_HALF} * {eta})))"
+            weight = f"({mean} * ({FLOAT_ONE} - {mean}))"
         else:
-            check = (f"(count({_when(factor.rows.cond, factor.sql)}) > 0 AND "
-                     f"coalesce(bool_and({_when(factor.rows.cond, f'{factor.sql} IN (0, 1)')}), TRUE))")
-            nonzero = f"coalesce({factor.sql} <> 0, FALSE)"
-        if check not in self._flag_index:
-            self._flag_index[check] = len(self._flags)
-            self._flags.append(self.query.select(check))
-        return self._atom(_and(factor.rows.cond, nonzero), factor.depth, self._flag_index[check])
+            weight = f"exp({eta})"
+        level = max(c.depth for c in (y, *columns))
+        weights, at = self.query.name(f"(CASE WHEN {rows} THEN {_nan_null(weight)} END)", level, "w")
+        scope = frozenset([used, f"{weights} IS NOT NULL"])
+        return self._judge(Col(weights, at, Rows(rows, level), FLOAT), scope, raw)
+
+    def _influence(self, node: Map, by_node: Mapping[int, Value], graph: "_Graph") -> list[tuple[Any, ...]]:
+        """``Disclosure._influence``: per intermediate, the persons whose terms change when it is moved."""
+        terms = [(i, v) for i, v in enumerate(by_node[id(a)] for a in node.args) if isinstance(v, Col)]
+        if not terms:
+            return []
+        candidates = [n for n in graph.order if not isinstance(n, (Literal, FragmentNode, Filter, Map))
+                      and not any(n is a for a in node.args) and isinstance(by_node.get(id(n)), Col)]
+        if len(candidates) > MAX_INFLUENCE:
+            return [(node, "steps", MAX_INFLUENCE)]
+        checks = []
+        for candidate in candidates:
+            changed = []
+            for moved in self._moves(by_node[id(candidate)]):
+                again = self._rerun(node, by_node, {id(candidate): moved})
+                if again is not None:
+                    changed += [self._differs(before, again[i]) for i, before in terms if isinstance(again[i], Col)]
+            checks.append((candidate, "influence", self._count(_or(*changed))))
+        return checks
+
+    def _moves(self, value: Col) -> list[Col]:
+        """``disclosure._moves``: the value changed on every row (a boolean flipped, a number moved far up and down)."""
+        if value.kind == BOOL:
+            return [self._column(f"(NOT {value.sql})", value.depth, value.rows, BOOL, value.nullable)]
+        if value.kind not in (INT, FLOAT):
+            return []
+        number = Operand(value.sql, value.kind).double
+        step = f"(CAST(10 AS DOUBLE) * (abs({number}) + {FLOAT_ONE}))"
+        return [self._column(_nan_null(f"({number} {sign} {step})"), value.depth, value.rows, FLOAT, value.nullable)
+                for sign in "+-"]
+
+    def _rerun(self, root: Map, by_node: Mapping[int, Value], overrides: dict[int, Value]) -> list[Value] | None:
+        """The map's arguments compiled again with some node values replaced (None when that fails to compile)."""
+        known, changed = {**by_node, **overrides}, set(overrides)
+        for n in walk(root.children):
+            if id(n) in changed or not any(id(c) in changed for c in n.children):
+                continue
+            try:
+                known[id(n)] = self._visit(n, [known[id(c)] for c in n.children])
+            except Exception:  # the engine cannot say "what if" here: as a failed rerun of the pandas engine
+                return None
+            changed.add(id(n))
+        return [known[id(c)] for c in root.children]
+
+    @staticmethod
+    def _differs(before: Col, after: Col) -> str:
+        """``disclosure._differs``: rows where two versions of a term differ (NaN equals NaN; 64 ulps are rounding)."""
+        both = _and(before.rows.cond, after.rows.cond)
+        if before.sql == after.sql:
+            same = "TRUE"
+        elif {before.kind, after.kind} <= {INT, FLOAT}:
+            x, y = Operand(before.sql, before.kind).double, Operand(after.sql, after.kind).double
+            same = (f"(({x} IS NULL AND {y} IS NULL) OR coalesce({x} = {y} OR abs({x} - {y}) <= "
+                    f"{float_literal(64 * float(np.finfo(float).eps))} * greatest(abs({x}), abs({y})), FALSE))")
+        else:
+            same = f"({before.sql} IS NOT DISTINCT FROM {after.sql})"
+        one_side = f"(({before.rows.cond}) <> ({after.rows.cond}))" if before.rows.cond != after.rows.cond else "FALSE"
+        return _or(one_side, _and(both, _not(same)))
+
+    def _holders(self, op: str, x: Col, used: str) -> Callable[[tuple, Any], tuple[str, Any, int]]:
+        """The extreme of ``x`` over the rows used, and how many persons (or rows) hold it."""
+        extreme = self.query.select(f"{op}({_when(used, x.sql)})")
+        if self.later.key is None:  # the k largest (smallest) values, ties included: enough to tell below k
+            top = self.query.select(f"{op}({_when(used, x.sql)}, {self.needs.k})")
+
+            def read_rows(row: tuple, extra: Any) -> tuple[str, Any, int]:
+                return op, row[extreme], sum(1 for v in row[top] or [] if v == row[extreme])
+
+            return read_rows
+        later = self.later
+        value, on = later.column(x.sql), later.column(used)
+        at = later.first(f"{op}(CASE WHEN {on} THEN {value} END)")
+        held = later.persons(f"({on} AND coalesce({value} = {at}, FALSE))")
+        return lambda row, extra: (op, row[extreme], held(row, extra))
 
     @staticmethod
     def _nonzero(value: Col) -> str:
@@ -1493,85 +1777,269 @@ class Compiler:
             return f"coalesce({value.sql} <> 0, FALSE)"
         return f"({value.sql} IS NOT NULL)"
 
-    def _input_terms(self, value: Value) -> tuple[str, str, str, str, int] | None:
-        """(present, zero term, non-zero term, absolute contribution) of one map input, or None for a constant."""
+    @staticmethod
+    def _contribution(value: Value) -> str | None:
+        """A row's absolute contribution to a sum over ``value`` (a table: its number columns), or None."""
         if isinstance(value, Col):
-            cols, numeric = [value], [value] if value.kind in NUMERIC else []
+            numeric = [value] if value.kind in NUMERIC else []
         elif isinstance(value, Table):
-            cols = list(value.columns.values())
-            numeric = [c for c in cols if c.kind in (INT, FLOAT)]  # select_dtypes("number"): no booleans
+            numeric = [c for c in value.columns.values() if c.kind in (INT, FLOAT)]  # select_dtypes("number")
         else:
             return None
-        rows = cols[0].rows.cond if cols else "TRUE"
-        level = max([c.depth for c in cols], default=0)
-        notna = _and(rows, *[f"{c.sql} IS NOT NULL" for c in cols])
-        nonzero = _and(rows, _or(*[self._nonzero(c) for c in cols]))
-        zero = _and(notna, _not(_or(*[self._nonzero(c) for c in cols])))
-        terms = [f"coalesce(abs({Operand(c.sql, c.kind).double}), {FLOAT_ZERO})" for c in numeric]
-        contribution = FLOAT_ZERO if not terms else (
-            " + ".join(terms) if rows == "TRUE" else f"(CASE WHEN {rows} THEN {' + '.join(terms)} ELSE {FLOAT_ZERO} END)"
-        )
-        return notna, zero, nonzero, contribution, level
+        if not numeric:
+            return None
+        terms = " + ".join(f"coalesce(abs({Operand(c.sql, c.kind).double}), {FLOAT_ZERO})" for c in numeric)
+        return f"(CASE WHEN {value.rows.cond} THEN {terms} ELSE {FLOAT_ZERO} END)" if value.rows.cond != "TRUE" else terms
 
-    def _disclose(self, node: Map, by_node: Mapping[int, Value]) -> Callable[[tuple], SQLDisclosure]:
+    def _contributions(self, inputs: Sequence[Value], used: str) -> Callable[[tuple, Any], Contributions]:
+        terms = [t for t in map(self._contribution, inputs) if t is not None]
+        level = max([c.depth for v in inputs for c in (v.columns.values() if isinstance(v, Table) else [v])
+                     if isinstance(c, Col)], default=0)
+        top = self.needs.top
+        if self.later.key is None:
+            contribution, _ = self.query.name(" + ".join(terms) or FLOAT_ZERO, level, "c")
+            parts = [self.query.select(f"max({_when(used, contribution)}, {top})"),
+                     self.query.select(f"sum({_when(used, contribution)})"),
+                     self.query.select(f"sum({_when(used, f'{contribution} * {contribution}')})")]
+            count = self._count(used)
+            return lambda row, extra: Contributions(row[parts[0]] or [], row[parts[1]] or 0.0, row[parts[2]] or 0.0,
+                                                    count(row, extra))
+        later = self.later
+        term = f"(CASE WHEN {later.column(used)} THEN {later.column(' + '.join(terms) or FLOAT_ZERO)} END)"
+        each = later.per_person(f"sum({term})", term)  # a person's contribution: the sum of their rows'
+        summed = later.outer(f"struct_pack(n := count({each}), total := sum({each}), squares := sum({each} * {each}), "
+                             f"top := max({each}, {top}))")
+
+        def read(row: tuple, extra: Any) -> Contributions:
+            s = summed(row, extra)
+            return Contributions(s["top"] or [], s["total"] or 0.0, s["squares"] or 0.0, int(s["n"]))
+
+        return read
+
+    def _disclose(self, node: Map, by_node: Mapping[int, Value]) -> Callable[[tuple, Any], SQLDisclosure]:
+        from ..privacy.shapes import CELL_OPS
+        from ..privacy.threshold import EXTREMES, SUMS
+
         op = AGGREGATES[self.config.aggregates[node.op].map]
-        info = self._node_rows(node, by_node)
+        needs = self.needs
+        graph = _Graph.of(node, by_node)
         inputs = [by_node[id(a)] for a in node.args]
-        terms = [t for t in map(self._input_terms, inputs) if t is not None]
-        level = max([info.present_level, info.nonzero_level, *[t[4] for t in terms]], default=0)
-        not_zeroed = [_not(_and(zero, info.nonzero)) for _, zero, _, _, _ in terms]
-        kept = _and(*[notna for notna, *_ in terms], *not_zeroed)
-        kept, level = self.query.name(kept, level, "k")
-        additive = terms[0][2] if terms else "FALSE"
-        contribution = " + ".join(t[3] for t in terms if t[3] != FLOAT_ZERO) or FLOAT_ZERO
-        contribution, _ = self.query.name(contribution, level, "c")
-        flags = sorted({self._atoms[a][2] for a in info.atoms if self._atoms[a][2] is not None})
-        rows_index = self.rows_index
-        value_counts = None
-        if op == "set" and isinstance(inputs[0], Col):
-            value_counts = self._counts(inputs[0])
-        if len(flags) > MAX_FLAGS:
-            reason = (f"this fragment cannot judge the rows behind a product of more than {MAX_FLAGS} "
-                      "numeric factors")
-            return _unavailable(node.op, rows_index, reason, value_counts)
-        variants: dict[tuple[bool, ...], dict[str, int]] = {}
-        for assignment in itertools.product((False, True), repeat=len(flags)):
-            on = dict(zip(flags, assignment))
-            selected = _and(*[self._atoms[a][0] for a in sorted(info.atoms)
-                              if self._atoms[a][2] is None or on[self._atoms[a][2]]])
-            used = _and(selected, kept)
-            variants[assignment] = {
-                "used": self.query.select(_count_rows(used)),
-                "additive": self.query.select(_count_rows(_and(used, additive))),
-                "left_out": self.query.select(_count_rows(_and(info.present, _not(used)))),
-                "filtered_out": self.query.select(_count_rows(_and(info.present, _not(selected)))),
-                "top": self.query.select(f"max({_when(used, contribution)}, {self.top})"),
-                "total": self.query.select(f"sum({_when(used, contribution)})"),
-                "squares": self.query.select(f"sum({_when(used, f'{contribution} * {contribution}')})"),
-            }
-        flag_indices = [self._flags[f] for f in flags]
+        series = [v for v in inputs if isinstance(v, Col)]
+        tables = [v for v in inputs if isinstance(v, Table)]
+        views = [(None, series)] if not tables else [(str(n), [c, *series]) for n, c in tables[0].columns.items()]
 
-        def read(row: tuple) -> SQLDisclosure:
-            chosen = variants[tuple(bool(row[i]) for i in flag_indices)]
-            counts = {k: int(row[chosen[k]]) for k in ("used", "additive", "left_out", "filtered_out")}
-            contributions = Contributions(row[chosen["top"]] or [], row[chosen["total"]] or 0.0,
-                                          row[chosen["squares"]] or 0.0, counts["used"])
+        def used_in(view: list[Col], present: bool = True) -> list[str]:
+            parts = sorted(graph.selected)
+            for c in view if present else ():
+                parts += [c.rows.cond, f"{c.sql} IS NOT NULL"]
+            return parts
+
+        reads: dict[str, Callable[[tuple, Any], Any]] = {"rows": self._count("TRUE")}
+        if needs.judge:
+            contributing = {
+                (additive, present): [
+                    self._count(_and(*used_in(view, present),
+                                     *([view[0].rows.cond, self._nonzero(view[0])] if additive and view else [])))
+                    for _, view in views
+                ]
+                for additive in (False, True) for present in (False, True)
+            }
+            reads["contributing"] = lambda row, extra: {
+                key: [c(row, extra) for c in counts] for key, counts in contributing.items()
+            }
+            reads["complement"] = self._count(_and(*sorted(graph.present), _not(_and(*sorted(graph.selected)))))
+            if op in ("min", "max") or node.op in EXTREMES:
+                holders = {name: self._holders("max" if op == "max" else "min", view[0], _and(*used_in(view)))
+                           for name, view in views if view}
+                reads["holders"] = lambda row, extra: {name: h(row, extra) for name, h in holders.items()}
+            # in the order of ``Disclosure.singled_out``: (node, kind, reads of its facts...)
+            checks: list[tuple[Any, ...]] = [(n, "list") for n in graph.lists]
+            for f, dropped, scopes in graph.filters:
+                checks += [(f, "filter", self._count(_and(*sorted(scope), _not(dropped))),
+                            self._count(_and(*sorted(scope), dropped))) for scope in scopes]
+            for n, scopes in graph.derived:
+                value = by_node[id(n)]
+                columns = list(value.columns.values()) if isinstance(value, Table) else [value]
+                for scope in scopes:
+                    checks += [(n, "derived", self._judge(c, scope, graph.raw[id(n)])) for c in columns]
+            if node.op in _SIDE_BY_SIDE:
+                used = _and(*sorted(graph.selected))
+                numeric = [(a, v) for a, v in zip(node.args, inputs) if isinstance(v, Col) and v.kind in NUMERIC]
+                checks += [(a, "ratio", self._ratio(x, y, used)) for (a, x), (_, y) in itertools.combinations(numeric, 2)]
+                weights = self._weights(inputs, used, graph.raw[id(node)]) if node.op == "glm_step" else None
+                checks += [(node, "weights", weights)] if weights is not None else []
+            checks += self._influence(node, by_node, graph)
+
+            def read_checks(row: tuple, extra: Any) -> list[tuple[Any, ...]]:
+                return [(n, kind, *(read if isinstance(read, int) else read(row, extra) for read in reads_))
+                        for n, kind, *reads_ in checks]
+
+            reads["checks"] = read_checks
+        if needs.contributions and (op in SUMS or node.op in SUMS):
+            reads["contributions"] = self._contributions(inputs, _or(*[_and(*used_in(view)) for _, view in views]))
+        value_counts = self._counts(inputs[0]) if op == "set" and isinstance(inputs[0], Col) else None
+        person, bound = self.person, needs.k
+
+        cells = node.op in CELL_OPS
+
+        def read(row: tuple, extra: Any) -> SQLDisclosure:
+            facts = {name: r(row, extra) for name, r in reads.items()}
+            facts["k"], facts["cells"] = bound, cells
             per_value = None
             if value_counts is not None:
                 per_value = {e["key"]: int(e["value"]) for e in row[value_counts] or []}
             elif op == "set":
                 per_value = {}
-            return SQLDisclosure(node.op, row[rows_index], counts, contributions, per_value)
+            return SQLDisclosure(node.op, facts.pop("rows"), person=person, facts=facts, value_counts=per_value)
 
         return read
 
 
-def _unavailable(op: str, rows_index: int, reason: str, value_counts: int | None = None) -> Callable[[tuple], SQLDisclosure]:
-    def read(row: tuple) -> SQLDisclosure:
-        per_value = None if value_counts is None else {e["key"]: int(e["value"]) for e in row[value_counts] or []}
-        return SQLDisclosure(op, row[rows_index], None, None, per_value, unavailable=reason)
+Read = Callable[[tuple, Any], Any]
 
-    return read
+
+class _Followup:
+    """The request's second statement: what needs another aggregate first (a mode, a median, sums per person).
+
+    It reads the same layers as the first. ``_b`` holds, per row, the
+    columns and conditions it reads (``_q0, _q1...``); ``_s`` is a first
+    pass over them (medians, modes, extremes: ``_a0...``); a second pass
+    over ``_b`` and ``_s`` computes what depends on those (``_e0...``).
+    With a person key, ``_p`` has one row per person (and one per row
+    without a key: a person of its own) with what the person has
+    (``bool_or`` of conditions, sums, smallest and largest values:
+    ``_t0...``), and ``_o0...`` aggregate it. Each pass serves every task
+    of the request; only the persons' classes of a value need a subquery
+    of their own.
+    """
+
+    def __init__(self, key: str | None) -> None:
+        self._columns: dict[str, str] = {}
+        self._first: dict[str, str] = {}
+        self._second: dict[str, str] = {}
+        self._person: dict[tuple[str, str], str] = {}  # (aggregate per person, value of a keyless row) -> name
+        self._outer: dict[str, str] = {}
+        self._selects: dict[str, int] = {}
+        self._at: dict[str, int] = {}  # position of each pass's struct in the result row
+        self.key = None if key is None else self.column(key)
+
+    def column(self, expr: str) -> str:
+        """``expr`` (over the last layer) as a column of ``_b``."""
+        return self._columns.setdefault(expr, f"_q{len(self._columns)}")
+
+    def first(self, aggregate: str) -> str:
+        """``aggregate`` (over ``_b``) as a column of ``_s``, for the later passes."""
+        return self._first.setdefault(aggregate, f"_a{len(self._first)}")
+
+    def read_first(self, name: str) -> Read:
+        return lambda row, extra: extra[self._at["first"]][name]
+
+    def second(self, aggregate: str) -> Read:
+        """``aggregate`` over ``_b`` and ``_s``."""
+        name = self._second.setdefault(aggregate, f"_e{len(self._second)}")
+        return lambda row, extra: extra[self._at["second"]][name]
+
+    def per_person(self, aggregate: str, single: str) -> str:
+        """A column of ``_p``: ``aggregate`` over a person's rows, or ``single`` for a row without a key."""
+        return self._person.setdefault((aggregate, single), f"_t{len(self._person)}")
+
+    def outer(self, aggregate: str) -> Read:
+        """``aggregate`` over ``_p``."""
+        name = self._outer.setdefault(aggregate, f"_o{len(self._outer)}")
+        return lambda row, extra: extra[self._at["outer"]][name]
+
+    def persons(self, cond: str) -> Read:
+        """Persons with some row where ``cond`` (over ``_b`` and ``_s``) holds."""
+        flag = self.per_person(f"bool_or({cond})", cond)
+        return self.outer(f"count(CASE WHEN {flag} THEN 1 END)")
+
+    def select(self, subquery: str) -> Read:
+        """A scalar ``subquery`` over ``_b``, ``_s`` and ``_p``."""
+        i = self._selects.setdefault(subquery, len(self._selects))
+        return lambda row, extra: extra[self._at["selects"] + i]
+
+    def statement(self, query: Query) -> str | None:
+        if not (self._first or self._second or self._outer or self._selects):
+            return None
+        rows = "_b, _s" if self._first else "_b"
+        ctes, selects = [], []
+        if self._first:  # one row, materialized: every later pass reads it
+            ctes.append(f"_s AS MATERIALIZED (SELECT {_pairs(self._first.items(), '{0} AS {1}')} FROM _b)")
+            self._at["first"] = len(selects)
+            selects.append(f"(SELECT struct_pack({', '.join(f'{n} := {n}' for n in self._first.values())}) FROM _s)")
+        if self._person:
+            key = self.key
+            grouped = _pairs([(aggregate, name) for (aggregate, _), name in self._person.items()], "{0} AS {1}")
+            single = _pairs([(value, name) for (_, value), name in self._person.items()], "{0} AS {1}")
+            ctes.append(f"_p AS MATERIALIZED (SELECT {grouped} FROM {rows} WHERE {key} IS NOT NULL GROUP BY {key} "
+                        f"UNION ALL SELECT {single} FROM {rows} WHERE {key} IS NULL)")
+        if self._second:
+            self._at["second"] = len(selects)
+            selects.append(f"(SELECT struct_pack({_pairs(self._second.items(), '{1} := {0}')}) FROM {rows})")
+        if self._outer:
+            self._at["outer"] = len(selects)
+            selects.append(f"(SELECT struct_pack({_pairs(self._outer.items(), '{1} := {0}')}) FROM _p)")
+        self._at["selects"] = len(selects)
+        return query.followup(list(self._columns.items()), ctes, [*selects, *self._selects])
+
+
+def _pairs(fields: Iterable[tuple[str, str]], template: str) -> str:
+    return ", ".join(template.format(expr, name) for expr, name in fields)
+
+
+@dataclass
+class _Graph:
+    """``fedmed.server.disclosure._Graph`` as SQL: the same walk, each row set a set of conditions to AND."""
+
+    selected: frozenset[str]  # rows passing every filter of the task
+    present: frozenset[str]  # rows whose raw values (every column the task reads) are present
+    raw: dict[int, frozenset[str]]  # per node: raw values below it present
+    filters: list[tuple[Filter, str, list[frozenset[str]]]]  # (filter, rows it drops, scopes)
+    derived: list[tuple[Node, list[frozenset[str]]]]  # (row-wise intermediate, scopes)
+    lists: list[Node]  # per-row list constants
+    order: list[Node]  # every node of the task, children first
+
+    @classmethod
+    def of(cls, root: Map, by_node: Mapping[int, Value]) -> "_Graph":
+        order = list(walk([root]))
+        raw: dict[int, frozenset[str]] = {}
+        dropped: dict[int, str] = {}
+        passes: dict[int, str] = {}  # id(filter) -> rows it does not drop
+        lists: list[Node] = []
+        for node in order:
+            value = by_node.get(id(node))
+            present = frozenset().union(*(raw[id(c)] for c in node.children if not isinstance(c, Literal)))
+            if isinstance(node, Column) and isinstance(value, Col):  # raw values; rows it lacks count as present
+                present |= {_or(_not(value.rows.cond), f"({value.sql} IS NOT NULL)")}
+            raw[id(node)] = present
+            if isinstance(node, Filter):
+                before, after = _rows_of(by_node.get(id(node.arg))), _rows_of(value)
+                dropped[id(node)] = _and(before, _not(after))
+                passes[id(node)] = _or(_not(before), after)
+            if isinstance(node, Elementwise) and node.op in _POSITIONAL and any(
+                isinstance(c, Literal) and isinstance(c.value, (list, tuple)) for c in node.args
+            ):
+                lists.append(node)
+        present = raw[id(root)]
+
+        def scope(excluded: frozenset[int]) -> frozenset[str]:
+            return present | {p for f, p in passes.items() if f not in excluded}
+
+        under = _under_masks(root)
+        filters = [(node, dropped[id(node)], [scope(ex | {id(node)}) for ex in under[id(node)]])
+                   for node in order if isinstance(node, Filter)]
+        derived = [(node, [scope(ex) for ex in under[id(node)]]) for node in order
+                   if isinstance(node, Elementwise) and isinstance(by_node.get(id(node)), (Col, Table))
+                   and not _judged_by_cells(node, root)]
+        return cls(frozenset(passes.values()), present, raw, filters, derived, lists, order)
+
+
+def _rows_of(value: Value) -> str:
+    return value.rows.cond if isinstance(value, (Col, Table)) else "TRUE"
+
+
+def _unavailable(op: str, rows_index: int, reason: str, person: str | None) -> Callable[[tuple, Any], SQLDisclosure]:
+    return lambda row, extra: SQLDisclosure(op, row[rows_index], person=person, unavailable=reason)
 
 
 builtin_range = range
@@ -1582,7 +2050,8 @@ def _name(fn: Any) -> str:
 
 
 def compile_request(nodes: Sequence[Node], outputs: Sequence[int], config: Config, *, source: str,
-                    columns: Sequence[SourceColumn], disclosure: str = "none", top: int = 10) -> Program:
-    """The one query (and how to read each output) for ``outputs`` of a request over a fragment."""
-    compiler = Compiler(source, columns, config, disclosure=disclosure, top=top)
+                    columns: Sequence[SourceColumn], needs: Needs | None = None, person: str | None = None,
+                    ordinal: str | None = None) -> Program:
+    """The query (and the disclosure's second statement, if any) for ``outputs`` of a request over a fragment."""
+    compiler = Compiler(source, columns, config, needs=needs, person=person, ordinal=ordinal)
     return compiler.compile(nodes, outputs)

@@ -3,6 +3,18 @@
 Each takes pandas Series (or scalars) and returns a Series of the same rows,
 so every operation is vectorised. Python's operators already do the right
 thing on Series, including pandas' alignment and missing-value rules.
+
+No operation may fail because of the values it meets, and none may choose
+its result's type from them: either would tell a client something about
+the rows before any privacy policy sees a result (a query that fails only
+when some row holds a zero is a one-bit answer about that row). Where
+pandas or numpy would raise for some values (an integer to a negative
+power, ``astype("int")`` of 2.5 or of infinity) those rows come out
+missing; where pandas would pick a type from the values (``fillna`` of a
+number column with text gives text only where something was missing), the
+operation decides from the types alone, or refuses whatever the values. The
+evaluator (``fedmed.server.evaluate``) turns any failure these rules missed,
+and any failure of a server owner's own function, into missing rows too.
 """
 
 from __future__ import annotations
@@ -19,9 +31,62 @@ add = operator.add
 sub = operator.sub
 mul = operator.mul
 truediv = operator.truediv
-floordiv = operator.floordiv
-mod = operator.mod
-pow = operator.pow
+
+
+def floordiv(x: Any, y: Any) -> Any:
+    """``x // y``; integers (or booleans) divided by a column give floats, whether or not it holds a zero.
+
+    pandas gives floats (``inf``, ``nan``) only when some divisor is 0: the
+    type of the result would tell whether one is.
+    """
+    return _float_if_divided_by_rows(operator.floordiv(x, y), x, y)
+
+
+def mod(x: Any, y: Any) -> Any:
+    """``x % y``; integers modulo a column give floats, as ``floordiv``."""
+    return _float_if_divided_by_rows(operator.mod(x, y), x, y)
+
+
+def _float_if_divided_by_rows(result: Any, x: Any, y: Any) -> Any:
+    if isinstance(y, pd.Series) and _is_integer(x, True) and _is_integer(y, True) and isinstance(result, pd.Series):
+        return result.astype("Float64" if _is_nullable(result) else "float64")
+    return result
+
+
+def pow(x: Any, y: Any) -> Any:
+    """``x ** y``; an integer to a negative integer power is missing (numpy refuses to compute it).
+
+    An integer base with integer exponents that are a column, or a negative
+    constant, gives nullable integers (``Int64``) whatever the exponents are.
+    """
+    if isinstance(x, pd.Series) and isinstance(y, pd.Series) and not x.index.equals(y.index):
+        x, y = x.align(y)  # as pandas would: rows one side lacks are missing (floats, then)
+    integers = _is_integer(x, boolean=True) and _is_integer(y)
+    if integers and isinstance(y, pd.Series):
+        negative = (y < 0).fillna(False).astype(bool)
+        some = bool(negative.any())  # only saves work: the result's type is Int64 either way
+        power = operator.pow(x, y.where(~negative, 0) if some else y)
+        if not isinstance(power, pd.Series):
+            power = pd.Series(power, index=y.index, name=y.name)
+        return power.astype("Int64").mask(negative) if some else power.astype("Int64")
+    if integers and isinstance(x, pd.Series) and y < 0:  # a negative constant: no row has a power
+        return pd.Series(pd.NA, index=x.index, dtype="Int64", name=x.name)
+    return operator.pow(x, y)
+
+
+def _is_integer(value: Any, boolean: bool = False) -> bool:
+    """An integer column (numpy's or pandas' nullable one) or an integer constant; booleans with ``boolean``."""
+    if isinstance(value, pd.Series):
+        return pd.api.types.is_integer_dtype(value.dtype) or (boolean and pd.api.types.is_bool_dtype(value.dtype))
+    if isinstance(value, (bool, np.bool_)):
+        return boolean
+    return isinstance(value, (int, np.integer))
+
+
+def _is_nullable(x: pd.Series) -> bool:
+    return isinstance(x.dtype, pd.api.extensions.ExtensionDtype)
+
+
 neg = operator.neg
 abs = operator.abs
 eq = operator.eq
@@ -49,8 +114,43 @@ def notna(x: pd.Series) -> pd.Series:
 
 
 def fillna(x: pd.Series, value: Any) -> pd.Series:
-    """Missing values replaced by ``value``."""
+    """Missing values replaced by ``value``: a number in a number column, text in a text column,
+    a boolean in a boolean one (any value in a column of mixed Python objects).
+
+    Other pairs are refused whatever the rows hold: pandas would change the
+    column's type only when it has a missing value to fill, or fail only
+    then. Integers (nullable) filled with a fraction become floats.
+    """
+    if value is None or isinstance(value, (list, tuple, dict)):
+        raise OperationError("fillna needs one value (a number, text or boolean) or a column")
+    have, fill = _kind(x), _kind(value)
+    if have != "object" and fill != "object" and have != fill:
+        raise OperationError(f"fillna cannot fill {have} values with {fill} ones")
+    if have == "number" and _is_nullable(x) and pd.api.types.is_integer_dtype(x.dtype) and not _is_integer(value):
+        x = x.astype("Float64")
     return x.fillna(value)
+
+
+def _kind(value: Any) -> str:
+    """``number``, ``bool``, ``text``, ``time`` or ``object`` (anything else): what ``fillna`` may combine."""
+    if isinstance(value, pd.Series):
+        dtype = value.dtype
+        if pd.api.types.is_bool_dtype(dtype):
+            return "bool"
+        if dtype.kind in "mM":
+            return "time"
+        if pd.api.types.is_numeric_dtype(dtype):
+            return "number"
+        if pd.api.types.is_string_dtype(dtype) and dtype != object:
+            return "text"
+        return "object"
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    if isinstance(value, (int, float, np.number)):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    return "object"
 
 
 def isin(x: pd.Series, values: list[Any]) -> pd.Series:
@@ -59,7 +159,15 @@ def isin(x: pd.Series, values: list[Any]) -> pd.Series:
 
 
 def clip(x: pd.Series, lower: Any = None, upper: Any = None) -> pd.Series:
-    """Values limited to ``[lower, upper]`` (either may be None)."""
+    """Values limited to ``[lower, upper]`` (either may be None).
+
+    Nullable integers clipped to a fraction become floats first: pandas
+    fails only when some value actually needs clipping.
+    """
+    if _is_nullable(x) and pd.api.types.is_integer_dtype(x.dtype) and any(
+        isinstance(b, (float, np.floating)) or (isinstance(b, pd.Series) and not _is_integer(b)) for b in (lower, upper)
+    ):
+        x = x.astype("Float64")
     return x.clip(lower, upper)
 
 
@@ -97,10 +205,36 @@ DTYPES = {"float": "float64", "int": "Int64", "bool": "boolean", "str": "string"
 
 
 def astype(x: pd.Series, dtype: str) -> pd.Series:
-    """Values converted to ``"float"``, ``"int"``, ``"bool"`` or ``"str"``."""
+    """Values converted to ``"float"``, ``"int"``, ``"bool"`` or ``"str"``; missing where one cannot be.
+
+    pandas refuses a whole column for one value it cannot convert (2.5 or
+    infinity to ``int``, 3 to ``bool``, ``"n/a"`` to ``float``): here that
+    value becomes missing. Text converts to numbers as ``pd.to_numeric``
+    reads it; to ``bool`` only 0 and 1 (as numbers or text) convert.
+    """
     if dtype not in DTYPES:
         raise OperationError(f"astype accepts {sorted(DTYPES)}, not {dtype!r}")
-    return x.astype(DTYPES[dtype])
+    try:
+        return x.astype(DTYPES[dtype])
+    except (TypeError, ValueError, OverflowError, ArithmeticError):
+        if isinstance(x, pd.DataFrame):
+            return pd.DataFrame({c: astype(x.iloc[:, i], dtype) for i, c in enumerate(x.columns)}, index=x.index)
+        return _convert(x, dtype)
+
+
+def _convert(x: pd.Series, dtype: str) -> pd.Series:
+    """``astype`` for a column pandas would refuse: each value that cannot be converted is missing."""
+    if dtype == "str":
+        return x.astype(object).map(lambda v: v if v is None or v is pd.NA else str(v)).astype(DTYPES[dtype])
+    numbers = x if pd.api.types.is_numeric_dtype(x.dtype) else pd.to_numeric(x.astype(object), errors="coerce")
+    values = pd.Series(numbers.to_numpy(dtype="float64", na_value=np.nan), index=x.index, name=x.name)
+    if dtype == "float":
+        return values
+    if dtype == "bool":
+        return values.where(values.isin([0.0, 1.0])).astype("boolean")
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(values) & (values == np.trunc(values)) & (values >= -(2.0**63)) & (values < 2.0**63)
+    return values.where(whole).astype("Int64")
 
 
 def dummy(x: pd.Series, level: Any) -> pd.Series:

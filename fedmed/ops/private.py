@@ -110,15 +110,49 @@ def value_counts(x: pd.Series) -> list[list[Any]]:
 def histogram(x: pd.Series, bins: Any, range: Any = None) -> dict[str, list[Any]]:
     """Counts per bin: ``bins`` are the edges, or a bin count with ``range=(lo, hi)``.
 
-    A bin count without a range would let each server pick its own edges,
-    which cannot be pooled (and would reveal its min and max), so it is refused.
+    Edges must be finite and strictly increasing, and a range finite with
+    ``lo < hi``: numpy counts NaN edges as negative numbers, which no
+    privacy rule should have to recognise, so bad edges are refused before
+    anything is counted. A bin count without a range would let each
+    server pick its own edges, which cannot be pooled (and would reveal its
+    min and max), so it is refused too. Every engine checks its arguments
+    here.
     """
-    if isinstance(bins, int) and range is None:
-        raise OperationError("a histogram with a bin count needs range=(lo, hi), the same on every server")
-    if (bins if isinstance(bins, int) else builtins.len(bins)) > MAX_BINS:
-        raise OperationError(f"at most {MAX_BINS} bins")
+    _check_histogram(bins, range)
     counts, edges = np.histogram(_present(x), bins=bins, range=range)
     return {"counts": counts.tolist(), "edges": edges.tolist()}
+
+
+def _check_histogram(bins: Any, range: Any = None) -> None:
+    """Raise ``OperationError`` unless ``bins`` and ``range`` describe bins every server draws alike."""
+    if isinstance(bins, (builtins.int, np.integer)) and not isinstance(bins, (bool, np.bool_)):
+        if range is None:
+            raise OperationError("a histogram with a bin count needs range=(lo, hi), the same on every server")
+        if not 1 <= bins <= MAX_BINS:
+            raise OperationError(f"a histogram needs between 1 and {MAX_BINS} bins")
+    else:
+        edges = _numbers_of(bins, "histogram edges must be a list of numbers, or bins a whole number")
+        if edges.ndim != 1 or builtins.len(edges) < 2:
+            raise OperationError("histogram edges must be a list of at least two numbers")
+        if builtins.len(edges) > MAX_BINS:
+            raise OperationError(f"at most {MAX_BINS} bins")
+        if not np.isfinite(edges).all():
+            raise OperationError("histogram edges must be finite numbers (no NaN or infinity)")
+        if not (np.diff(edges) > 0).all():
+            raise OperationError("histogram edges must be strictly increasing")
+    if range is not None:
+        bounds = _numbers_of(range, "a histogram range must be two numbers (lo, hi)")
+        if bounds.shape != (2,) or not np.isfinite(bounds).all() or not bounds[0] < bounds[1]:
+            raise OperationError("a histogram range must be two finite numbers (lo, hi) with lo < hi")
+
+
+def _numbers_of(value: Any, message: str) -> np.ndarray:
+    if isinstance(value, (str, bytes, dict)):
+        raise OperationError(message)
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise OperationError(message) from None
 
 
 def crosstab(a: pd.Series, b: pd.Series) -> list[list[Any]]:

@@ -22,15 +22,20 @@ def sum(parts: Sequence[Any]) -> Any:
 
 
 def min(parts: Sequence[Any]) -> Any:
-    """Smallest of the partial minima (None where no fragment had a value)."""
-    present = [p for p in parts if p is not None]
-    return builtins.min(present) if present else None
+    """Smallest of the partial minima (None where no fragment had a value; NaN where one was withheld)."""
+    return _extreme(builtins.min, parts)
 
 
 def max(parts: Sequence[Any]) -> Any:
-    """Largest of the partial maxima (None where no fragment had a value)."""
+    """Largest of the partial maxima (None where no fragment had a value; NaN where one was withheld)."""
+    return _extreme(builtins.max, parts)
+
+
+def _extreme(pick: Any, parts: Sequence[Any]) -> Any:
     present = [p for p in parts if p is not None]
-    return builtins.max(present) if present else None
+    if any(isinstance(p, float) and math.isnan(p) for p in present):
+        return math.nan  # a server withheld its extreme: the pooled one is unknown, never another server's
+    return pick(present) if present else None
 
 
 def union(parts: Sequence[Sequence[Any]]) -> list[Any]:
@@ -164,9 +169,23 @@ def comoment_matrix(parts: Sequence[Sequence[Any]]) -> CoMatrix:
     return CoMatrix(n, mean, m2)
 
 
-def count_below(parts: Sequence[Sequence[int | None]]) -> list[float]:
-    """Counts added threshold by threshold (nan where a server suppressed its count)."""
-    return np.sum(np.asarray(parts, dtype=float), axis=0).tolist()
+class Counts(list):
+    """Pooled counts, one float per threshold, that keep each source's own in ``parts``.
+
+    A pooled count is NaN where any source withheld its count; ``parts``
+    (sources in order, NaN where withheld) lets quantiles bound a withheld
+    count by the same source's released ones instead of losing the pooled one.
+    """
+
+    parts: list[list[float]]
+
+
+def count_below(parts: Sequence[Sequence[int | None]]) -> Counts:
+    """Counts added threshold by threshold (nan where a server suppressed its count); ``.parts`` keeps each source's."""
+    table = np.asarray(parts, dtype=float).reshape(builtins.len(parts), -1)
+    pooled = Counts(np.sum(table, axis=0).tolist())
+    pooled.parts = table.tolist()
+    return pooled
 
 
 def glm_step(parts: Sequence[Sequence[Any]]) -> dict[str, Any]:

@@ -21,20 +21,21 @@ gives harmless defaults:
 A policy that removes parts of a result (rare cells) says so with
 ``task.note(...)``; the client shows the note as a ``PrivacyWarning``.
 Config entries may narrow a policy to some tasks with ``filter`` and
-``reject`` glob patterns matched against ``task.signature``, e.g.
-``data['age'].sum()`` or ``*.len()``.
+``reject`` glob patterns, e.g. ``data['age'].sum()`` or ``*.len()``,
+matched against ``task.full_signature``: the whole task as code, never the
+shortened ``task.signature`` shown in messages (see ``Scoped.applies``).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import cached_property
 from typing import Any, Sequence
 
 from ..errors import PrivacyError
-from ..expr.node import Node, render_code, rewrite, walk
+from ..expr.node import Node, render_code, render_full, rewrite, walk
 from ..expr.rowwise import Elementwise
+from ..globs import compile_glob
 
 MISSING = object()
 
@@ -54,6 +55,8 @@ class Task:
     epsilon : the differential-privacy cost the ``Noise`` policies that
         apply to this task will charge.
     delta : the same for delta (gaussian ``Noise``; 0 otherwise).
+    noised : set by a ``Noise`` policy's ``admit``: the released value will
+        be noisy, so other policies should judge the noisy value.
     disclosure : the rows behind the value (set after evaluation; ``None``
         for a fragment kind that cannot tell).
     """
@@ -64,6 +67,7 @@ class Task:
     client: str = "unknown"
     epsilon: float = 0.0
     delta: float = 0.0
+    noised: bool = False
     disclosure: Any = None
     notes: list[str] = field(default_factory=list)
 
@@ -73,8 +77,17 @@ class Task:
 
     @cached_property
     def signature(self) -> str:
-        """The task as readable code, e.g. ``data['age'].sum()``."""
+        """The task as readable code, e.g. ``data['age'].sum()``, long parts cut (for messages and logs)."""
         return render_code(self.node)
+
+    @cached_property
+    def full_signature(self) -> str | None:
+        """The task as code, never cut: what ``filter``/``reject`` patterns are matched against.
+
+        None when that text would be too long to write (``render_full``: a
+        DAG that reuses nodes can stand for an exponentially long text).
+        """
+        return render_full(self.node)
 
     @cached_property
     def size(self) -> int:
@@ -127,13 +140,6 @@ class Policy:
         return f"{type(self).__name__}({params})"
 
 
-@lru_cache(maxsize=256)
-def _glob(pattern: str) -> re.Pattern[str]:
-    """``*`` matches anything, ``?`` one character; everything else literally (``[`` too: signatures
-    are full of brackets, and a character class would make ``data['age'].sum()`` match nothing)."""
-    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.DOTALL)
-
-
 class Scoped:
     """A configured policy with the ``filter``/``reject`` patterns that choose its tasks."""
 
@@ -144,10 +150,22 @@ class Scoped:
         self.applied = 0  # how many results it has seen (status page)
 
     def applies(self, task: Task) -> bool:
-        signature = task.signature
-        if self.filter and not any(_glob(p).fullmatch(signature) for p in self.filter):
+        """Whether the task matches a ``filter`` pattern (or there is none) and no ``reject`` pattern.
+
+        Patterns see the whole task (``task.full_signature``): a shortened
+        text would let a long constant push ``.len()`` out of sight of a
+        ``*.len()`` filter. A task too long to write fails closed: every
+        ``filter`` pattern counts as matching and no ``reject`` pattern
+        does, so the policy applies.
+        """
+        if not self.filter and not self.reject:
+            return True
+        text = task.full_signature
+        if text is None:
+            return True
+        if self.filter and not any(_fullmatch(p, text) for p in self.filter):
             return False
-        return not any(_glob(p).fullmatch(signature) for p in self.reject)
+        return not any(_fullmatch(p, text) for p in self.reject)
 
     def hook(self, name: str) -> Any:
         """The policy's hook ``name``, or None when a custom policy does not define it."""
@@ -156,3 +174,29 @@ class Scoped:
     def describe(self) -> str:
         describe = getattr(self.policy, "describe", None)
         return describe() if describe else type(self.policy).__name__
+
+
+def _fullmatch(pattern: str, text: str) -> bool:
+    """``compile_glob(pattern).fullmatch(text)``, in time linear in the text.
+
+    A regular expression with several ``.*`` backtracks over the text once
+    per star, and a task's text can be megabytes long. Between two stars a
+    pattern is a run of fixed length (``?`` is one character), so: the first
+    run must start the text, the last must end it, and each run between
+    them is taken at its leftmost place after the previous one (a later
+    place never leaves more room for the rest).
+    """
+    runs = pattern.split("*")
+    if len(runs) == 1:
+        return compile_glob(pattern).fullmatch(text) is not None
+    first, *middle, last = runs
+    start, end = len(first), len(text) - len(last)
+    if start > end or not compile_glob(first).fullmatch(text, 0, start) or \
+            not compile_glob(last).fullmatch(text, end):
+        return False
+    for run in middle:
+        found = compile_glob(run).search(text, start, end)
+        if found is None:
+            return False
+        start = found.end()
+    return True

@@ -35,7 +35,7 @@ class Pipeline:
 
     def release(self, task: Task, value: Any, active: Sequence[Scoped]) -> Any:
         """``value`` after every active policy's ``apply``; raises ``PrivacyError`` to suppress it."""
-        for policy in active:
+        for policy in _noise_first(task, active):
             apply = policy.hook("apply")
             if apply:
                 value = apply(task, value)
@@ -45,3 +45,13 @@ class Pipeline:
             if released:
                 released(task, value)
         return value
+
+
+def _noise_first(task: Task, active: Sequence[Scoped]) -> Sequence[Scoped]:
+    """Config order, except that on a noised task the policies that charge privacy loss (noise) go
+    first: every other policy then judges the noisy value, so its refusals are post-processing of an
+    accounted release instead of an exact answer outside the accounting."""
+    if not getattr(task, "noised", False):
+        return active
+    charges = lambda p: bool(getattr(p.policy, "cost", 0) or getattr(p.policy, "delta_cost", 0))  # noqa: E731
+    return sorted(active, key=lambda p: not charges(p))

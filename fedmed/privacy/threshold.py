@@ -6,101 +6,127 @@ from typing import Any
 
 from ..ops.columns import COLUMNS
 from .base import Policy, Task
+from .cells import withhold_task_cells
 from .shapes import CELL_OPS
 
 #: Aggregates where a zero term adds nothing: a row with x = 0 does not contribute to sum(x).
 ADDITIVE = {"sum", "sqsum"}
 #: Aggregates built from sums of the values, for the dominance rule.
 SUMS = {"sum", "sqsum", "moments", "comoments", "comoment_matrix", "glm_step"}
+#: Aggregates that release one row's own value.
+EXTREMES = {"min", "max"}
 
 
 class Anonymity(Policy):
-    """Suppress what fewer than ``k`` rows stand behind, and subsets that leave fewer than ``k`` out.
+    """Suppress what fewer than ``k`` persons stand behind, or what singles out fewer than ``k``.
 
-    - An aggregate over fewer than ``k`` contributing rows is suppressed.
-      Contributing rows are counted after row filters, masks used as
-      multipliers (``x * (id == 17)``) and missing values; for a sum, a row
-      whose term is zero contributes nothing.
-    - An aggregate whose query leaves between 1 and ``k - 1`` rows out of
-      its subset (filters, masks, or values made missing by arithmetic) is
-      suppressed: this blocks ``sum(all) - sum(all but one)``.
-    - Each cell of ``value_counts``, ``crosstab`` and ``histogram``, each
-      element of ``set``/``unique``, and each count of ``count_below``
-      backed by 1 to ``k - 1`` rows is removed from the result (the client
-      is told how many).
+    Judged on the values the server computed (``fedmed.server.disclosure``),
+    counting persons where the server declares a person column, rows
+    otherwise:
+
+    - A task any step of which singles out 1 to ``k - 1`` persons is
+      refused: a row filter that keeps or drops that few (within the rows
+      its other filters keep), an intermediate value that is the same on
+      all persons but that few, that the arithmetic makes missing for that
+      few, or whose spread that few hold almost entirely
+      (``concentration``), and any per-row list constant. However the
+      indicator is built (``x * (id == 17)``, ``x ** (id == 17)``,
+      ``0 ** abs(id - 17)``...), some step of it does one of these.
+    - An aggregate over 1 to ``k - 1`` contributing persons is refused; for
+      a sum, a person whose terms are all zero contributes nothing.
+    - A task whose filters leave 1 to ``k - 1`` persons out is refused
+      (``sum(all) - sum(all but one)``).
+    - ``min``/``max`` are withheld (NaN) unless at least ``k`` persons hold
+      the extreme value: otherwise it is one person's value.
+    - Cells of count tables (``value_counts``, ``crosstab``, ``histogram``,
+      ``count_below``, ``set``/``unique``) backed by 1 to ``k - 1`` persons
+      are withheld, with secondary suppression (``fedmed.privacy.cells``).
+
+    Under a ``Noise`` policy (``task.noised``) these exact-data rules would
+    answer outside the privacy accounting; the task is then judged only on
+    its noisy value: noisy counts and cells below ``k`` are withheld.
+    Refusals never state a count.
 
     Examples
     --------
     >>> import fedmed as fm
     >>> server = fm.Server({"methods": {"sum": {"map": "fedmed.ops.private.sum", "reduce": "fedmed.ops.public.sum"},
-    ...                                 "eq": "fedmed.ops.binary.eq"},
+    ...                                 "eq": "fedmed.ops.binary.eq", "mul": "fedmed.ops.binary.mul"},
     ...                     "privacy": [{"policy": "fedmed.privacy.Anonymity", "params": {"k": 5}}]})
     >>> server["a"] = {"id": list(range(20)), "x": [1.0] * 20}
     >>> data = fm.FedData([fm.Simulation(server, "a")], config=server.config)
     >>> data["x"].sum().compute()
     20.0
-    >>> data[data["id"] == 17]["x"].sum().compute()
+    >>> (data["x"] * (data["id"] == 17)).sum().compute()
     Traceback (most recent call last):
     ...
-    fedmed.errors.PrivacyError: computed from 1 row; this server releases aggregates of at least 5 rows [...]
+    fedmed.errors.PrivacyError: (data['id'] == ?) takes one value on all but fewer than 5 rows; ...
     """
 
-    def __init__(self, k: int = 5) -> None:
+    def __init__(self, k: int = 5, concentration: float = 0.9) -> None:
         if int(k) < 1:
             raise ValueError("k must be at least 1")
+        if not 0 < float(concentration) <= 1:
+            raise ValueError("concentration must be in (0, 1]")
         self.k = int(k)
+        self.concentration = float(concentration)
 
     def apply(self, task: Task, value: Any) -> Any:
+        if getattr(task, "noised", False):
+            return self._noisy(task, value)
         disclosure = task.disclosure
         if disclosure is None:
             raise task.refuse(self, "this fragment cannot report the rows behind a result")
-        cells = task.op in CELL_OPS
-        if not cells:
-            rows = disclosure.contributing(additive=task.op in ADDITIVE)
-            if 0 < rows < self.k:
-                raise task.refuse(
-                    self, f"computed from {rows} row{'s' if rows > 1 else ''}; "
-                    f"this server releases aggregates of at least {self.k} rows"
-                )
-        left_out = disclosure.complement(terms=not cells)
-        if 0 < left_out < self.k:
-            raise task.refuse(
-                self, f"the query leaves {left_out} row{'s' if left_out > 1 else ''} out of its subset; "
-                f"this server requires at least {self.k} on each side"
-            )
-        return self._cells(task, value) if cells else value
+        k, unit = self.k, disclosure.unit
+        finding = disclosure.singled_out(k, self.concentration)
+        if finding is not None:
+            raise task.refuse(self, f"{finding}; this server releases nothing that singles out fewer than {k} {unit}")
+        if task.op not in CELL_OPS:
+            rows = disclosure.contributing(additive=task.op in ADDITIVE, present=task.op != "len")
+            if 0 < rows < k:
+                raise task.refuse(self, f"computed from fewer than {k} {unit}; "
+                                  f"this server releases aggregates of at least {k} {unit}")
+        if 0 < disclosure.complement() < k:
+            raise task.refuse(self, f"the query leaves fewer than {k} {unit} out of its subset; "
+                              f"this server requires at least {k} on each side")
+        if task.op in EXTREMES:
+            return self._extremes(task, value)
+        return self._cells(task, value) if task.op in CELL_OPS else value
 
-    def _cells(self, task: Task, value: Any) -> Any:
+    def describe(self) -> str:
+        extra = "" if self.concentration == 0.9 else f", concentration={self.concentration!r}"
+        return f"Anonymity(k={self.k!r}{extra})"
+
+    def _extremes(self, task: Task, value: Any) -> Any:
+        """A min or max stays only when at least k persons hold it: else it is one person's value."""
+        def keep(column: str | None, extreme: Any) -> Any:
+            if extreme is not None and task.disclosure.holders(extreme, column) in range(1, self.k):
+                withheld.append(column)
+                return float("nan")
+            return extreme
+
+        withheld: list[str | None] = []
         if isinstance(value, dict) and COLUMNS in value:
-            return {COLUMNS: {c: self._cells(task, v) for c, v in value[COLUMNS].items()}}
-        small = lambda n: n is not None and 0 < n < self.k  # noqa: E731
-        op = task.op
-        # a withheld cell of a labelled table loses its labels too: a rare value's
-        # presence is the disclosure. It is sent as an entry of Nones, so that the
-        # pooled table shows NaN where it may be, never a wrong 0 (ops.public).
-        if op == "value_counts":
-            kept = [[None, None] if small(n) else [v, n] for v, n in value]
-        elif op == "crosstab":
-            kept = [[None, None, None] if small(n) else [a, b, n] for a, b, n in value]
-        elif op == "histogram":
-            kept = {**value, "counts": [None if small(n) else n for n in value["counts"]]}
-        elif op == "count_below":
-            total = task.disclosure.contributing() if task.disclosure is not None else None
-            kept = [None if small(n) or (total is not None and small(total - n)) else n for n in value]
-        else:  # set / unique: each element's own count decides
-            counts = task.disclosure.inputs[0].value_counts() if task.disclosure is not None else {}
-            kept = [v for v in value if not small(int(counts.get(v, 0)))]
-        removed = _removed(value, kept, op)
-        if removed:
-            task.note(f"{removed} cell{'s' if removed > 1 else ''} of fewer than {self.k} rows suppressed")
+            kept = {COLUMNS: {c: keep(c, v) for c, v in value[COLUMNS].items()}}
+        else:
+            kept = keep(None, value)
+        if withheld:
+            task.note(f"{task.op} withheld: held by fewer than {self.k} {task.disclosure.unit}")
         return kept
 
+    def _noisy(self, task: Task, value: Any) -> Any:
+        """Post-processing of a noisy release: counts and cells below k are withheld (costs nothing)."""
+        small = lambda n: isinstance(n, (int, float)) and n < self.k  # noqa: E731
+        if task.op in ("len", "count"):
+            if small(value):
+                raise task.refuse(self, f"the noisy count is below {self.k}")
+            return value
+        if task.op == "histogram":
+            return {**value, "counts": [None if small(n) else n for n in value["counts"]]}
+        return value
 
-def _removed(before: Any, after: Any, op: str) -> int:
-    if op in ("set", "unique"):
-        return len(before) - len(after)
-    counts = {"histogram": lambda v: v["counts"], "count_below": lambda v: v}.get(op, lambda v: [c[-1] for c in v])
-    return sum(1 for a, b in zip(counts(before), counts(after)) if a is not None and b is None)
+    def _cells(self, task: Task, value: Any) -> Any:
+        return withhold_task_cells(task, value, self.k)
 
 
 class Dominance(Policy):
@@ -117,8 +143,8 @@ class Dominance(Policy):
         self.p = float(p)
 
     def apply(self, task: Task, value: Any) -> Any:
-        if task.op not in SUMS:
-            return value
+        if task.op not in SUMS or getattr(task, "noised", False):
+            return value  # under Noise an exact-data refusal would answer outside the accounting
         if task.disclosure is None:
             raise task.refuse(self, "this fragment cannot report the contributions behind a result")
         terms = task.disclosure.contributions()
@@ -127,7 +153,7 @@ class Dominance(Policy):
         total = float(terms.sum())
         if total > 0 and float(terms[: self.n].sum()) > self.p * total:
             raise task.refuse(
-                self, f"the largest {self.n} contribution{'s make' if self.n > 1 else ' makes'} up more than "
-                f"{self.p:.0%} of the total"
+                self, f"{'the largest contribution makes' if self.n == 1 else f'the {self.n} largest contributions make'}"
+                f" up more than {self.p:.0%} of the total"
             )
         return value

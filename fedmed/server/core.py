@@ -20,7 +20,9 @@ import pandas as pd
 
 from .. import wire
 from ..config import Config, load_config
-from ..errors import ERROR_TYPES, BadRequest, OperationNotAllowed, ProtocolError, ServerError, UnknownFragment
+from ..errors import (
+    ERROR_TYPES, BadRequest, OperationNotAllowed, PrivacyError, ProtocolError, ServerError, UnknownFragment,
+)
 from ..expr.node import Node, render_code
 from ..expr.rowwise import Elementwise, Fragment as FragmentNode, Map
 from ..privacy.base import MISSING, Task
@@ -119,14 +121,34 @@ class Server:
         """The version of fragment ``name``: 1 when first set, +1 on every replacement."""
         return self._fragments[name][1]
 
+    def counting(self, name: str) -> str:
+        """What the privacy rules of fragment ``name`` count: persons (by which column) or rows.
+
+        Examples
+        --------
+        >>> server = Server({"methods": {"add": "fedmed.ops.binary.add"}, "persons": {"labs*": "patient"}})
+        >>> server["labs"] = {"patient": [1, 1, 2], "value": [5.0, 6.0, 7.0]}
+        >>> server["cohort"] = {"age": [50, 60]}
+        >>> server.counting("labs")
+        "persons by column 'patient'"
+        >>> server.counting("cohort")
+        'rows: no person key declared; a person with several rows counts several times'
+        """
+        person = self.config.person_column(name)
+        if person is None:
+            return "rows: no person key declared; a person with several rows counts several times"
+        problem = self[name].cannot_count_persons(person)
+        return f"persons by column {person!r}" + (f", but {problem}" if problem else "")
+
     def info(self) -> dict[str, Any]:
-        """Protocol version, fragment names with rows and versions, and offered operations."""
+        """Protocol version, fragments (rows, version, and person column where declared), offered operations."""
+        fragments = {}
+        for name, (fragment, version) in list(self._fragments.items()):
+            person = self.config.person_column(name)
+            fragments[name] = {"rows": fragment.rows, "version": version, **({"person": person} if person else {})}
         return {
             "protocol": wire.PROTOCOL,
-            "fragments": {
-                name: {"rows": fragment.rows, "version": version}
-                for name, (fragment, version) in list(self._fragments.items())
-            },
+            "fragments": fragments,
             "operations": sorted([*self.config.elementwise, *self.config.aggregates]),
         }
 
@@ -194,7 +216,8 @@ class Server:
                 results[o] = _task_value(task, answer)
         for name, outs in pending.items():
             fragment, _ = snapshot[name]
-            for o, evaluated in zip(outs, fragment.evaluate(nodes, outs, self.config)):
+            person = self.config.person_column(name)
+            for o, evaluated in zip(outs, fragment.evaluate(nodes, outs, self.config, person=person)):
                 results[o] = self._release(tasks[o], evaluated, active[o])
         if record is not None:
             record.update(_summary(tasks, results, snapshot))
@@ -235,6 +258,12 @@ class Server:
             return _task_value(task, self.pipeline.release(task, evaluated.value, active))
         except ServerError as exc:
             return _task_error(task, exc)
+        except Exception:
+            # a policy that breaks on some values must not answer with a 500 for them (an oracle),
+            # nor let the value through: the task is withheld, the same way whatever broke
+            log.exception("a privacy policy failed while judging a result; the result is withheld")
+            return _task_error(task, PrivacyError("withheld: this server's privacy policies could not judge "
+                                                  "the result (the server's log says why)"))
 
 
 def _status_of(results: list[dict[str, Any]]) -> int:

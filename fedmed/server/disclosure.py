@@ -1,156 +1,468 @@
-"""What a map result discloses: which of the fragment's rows it was computed from.
+"""What a map result discloses, judged on the values the server computed.
 
-Privacy policies need more than the value: how many rows contributed, how
-many rows a query's subset leaves out (the differencing attack
-``sum(all) - sum(all but one)``), and how large each row's contribution is
-(the dominance rule). ``Disclosure`` answers these from the evaluated
-expression, computed only when a policy asks.
+Privacy policies need more than the released value: how many persons stand
+behind it, how many its subset leaves out (the differencing attack
+``sum(all) - sum(all but one)``), how large each person's contribution is
+(the dominance rule), and above all whether any step of the expression
+*singles out* a few persons. ``Disclosure`` answers these from the evaluated
+node values, computed only when a policy asks.
 
-A row is *left out* of a result when
+Singling out is judged on values, not on the shape of the expression: an
+analyst can make one row different in endless ways (``x * (id == 17)``,
+``x ** (id == 17)``, ``0 ** abs(id - 17)``, ``clip(1 - abs(age - 97), 0, 1)``,
+``2 ** (-30 * (id - 17) ** 2)``...), so every intermediate row-wise value of
+the task is examined on the rows it can influence (its *scope*). An
+intermediate singles out when, within its scope,
 
-- a row filter ``data[mask]`` dropped it, or
-- its term came out missing although its raw values are present
-  (``x * mask / mask``, ``x + mask * nan``), or
-- it was multiplied by 0 in a factor made only of 0s and 1s (a mask, however
-  it was computed, or a list of 0s and 1s sent by the client), even if a
-  constant is added afterwards (``x * (id == 17) + 1000``), or
-- its term came out zero although one of its raw values is not zero: a
-  zero factor is a filter in disguise (``x * (id != 17)``).
+- it takes one value on all persons but 1 to k-1 of them (a mask, a shifted
+  mask, a power or a clip that is 0 except on one row: any indicator);
+- the arithmetic makes it missing on 1 to k-1 persons whose raw values are
+  present (``x / mask``, ``log`` of a value that is negative for one row);
+- 1 to k-1 persons hold almost all of its spread around its median
+  (``concentration``): soft indicators whose other rows are tiny but not
+  exactly equal, and weights that grow geometrically (``2 ** id``), which pack
+  many persons into one number;
+- it combines a list constant by position, row by row or column by column
+  (a row's position must not be addressable).
 
-Natural missing values and natural zeros are not left out: they are what
-the data say. The rule is conservative: ``(x * w).sum()`` with a few zero
-weights counts those rows as left out.
+Row filters are judged the same way: each filter, within the rows that pass
+the task's other filters, must keep and drop 0 or at least k persons.
+
+Raw columns are not judged as selectors (their rare values are what the cell
+rules of count tables are for); only what the analyst's arithmetic makes of
+them. Natural missing values and natural zeros are what the data say: they
+never count as left out.
+
+Counting is by person when the server declares a person column for the
+fragment (``persons:`` in its config), by row otherwise.
 """
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 
-from ..expr.node import walk
+from ..expr.node import Node, render_code, walk
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map
+
+#: Elementwise operations whose list operands broadcast by position (one entry per row or column).
+_POSITIONAL = {
+    "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "eq", "ne", "lt", "le", "gt", "ge",
+    "and", "or", "fillna", "clip",
+}
+
+
+#: Most row-wise steps whose influence one task's disclosure judges (each costs a recomputation).
+MAX_INFLUENCE = 100
+
+#: Aggregates that release sums of several inputs side by side (whose differences are then released too).
+_SIDE_BY_SIDE = {"comoments", "comoment_matrix", "glm_step"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Why a task singles out persons: the subexpression and what it does (no values, no counts)."""
+
+    node: Node
+    what: str
+
+    def __str__(self) -> str:
+        return f"{render_code(self.node, literals=False)[:120]} {self.what}"
 
 
 class Disclosure:
-    """The rows behind one map result, computed lazily from the evaluated node values."""
+    """The persons (or rows) behind one map result, judged from the evaluated node values.
 
-    def __init__(self, node: Map, values: Mapping[int, Any], index: pd.Index) -> None:
+    Parameters
+    ----------
+    node : the ``Map`` node of the task.
+    values : ``id(node) -> evaluated value`` for every node of the task.
+    index : the fragment's row labels.
+    persons : the person key of every row (a Series on ``index``), or None to count rows.
+    rerun : ``rerun(map, overrides)``, the map's arguments recomputed with some node values
+        replaced (the engine's "what if"), or None when the engine cannot (then influence is
+        not judged and every other rule still is).
+    """
+
+    def __init__(self, node: Map, values: Mapping[int, Any], index: pd.Index, persons: Any = None,
+                 rerun: Any = None) -> None:
         self.node = node
-        self._values = values  # id(node) -> evaluated value
-        self.index = index  # the fragment's row labels
+        self._values = values
+        self.index = index
+        self.persons = persons
+        self._rerun = rerun  # (map, {id(node): value}) -> the map's arguments recomputed, or None
+
+    # -- counting ------------------------------------------------------------------------------
+    @property
+    def unit(self) -> str:
+        """What the rules count: ``"persons"`` or ``"rows"``."""
+        return "rows" if self.persons is None else "persons"
 
     @property
     def rows(self) -> int:
-        """Rows of the fragment."""
-        return len(self.index)
+        """Persons (or rows) of the whole fragment."""
+        return self.count(pd.Series(True, index=self.index))
 
+    def count(self, mask: pd.Series) -> int:
+        """Persons (or rows) where ``mask`` holds; a row without a person key is a person of its own."""
+        mask = self._align(mask)
+        if self.persons is None:
+            return int(mask.sum())
+        keys = self.persons[mask.to_numpy()]
+        return int(keys.nunique(dropna=True) + keys.isna().sum())
+
+    # -- what the aggregate was computed from ---------------------------------------------------
     @cached_property
     def inputs(self) -> list[Any]:
         """The map's evaluated arguments (Series, tables or constants)."""
         return [self._values[id(arg)] for arg in self.node.args]
 
-    @cached_property
-    def _rows(self) -> tuple[pd.Series, pd.Series, pd.Series]:
-        """(selected by filters, raw values present, some raw value non-zero), per fragment row."""
-        selected: dict[int, pd.Series] = {}
-        present: dict[int, pd.Series] = {}
-        raw_nonzero: dict[int, pd.Series] = {}
-        everything = pd.Series(True, index=self.index)
-        nothing = pd.Series(False, index=self.index)
-        for node in walk([self.node]):
-            value = self._values.get(id(node))
-            kids = [c for c in node.children if not isinstance(c, Literal)]
-            sel = _all(everything, [selected[id(c)] for c in kids])
-            pres = _all(everything, [present[id(c)] for c in kids])
-            nonzero = _any(nothing, [raw_nonzero[id(c)] for c in kids])
-            # raw values: a selected column, or a fragment that is itself one column; rows a
-            # filter already removed count as present (conservative: they join the complement)
-            if (isinstance(node, Column) and isinstance(value, (pd.Series, pd.DataFrame))) or (
-                isinstance(node, Fragment) and isinstance(value, pd.Series)
-            ):
-                pres = pres & _notna(value).reindex(self.index, fill_value=True).astype(bool)
-                nonzero = nonzero | self._align(_nonzero(value))
-            elif isinstance(node, Filter):
-                sel = sel & self._align(_truthy(self._values[id(node.mask)]))
-            elif isinstance(node, Elementwise) and node.op == "mul":
-                # a factor that is only 0s and 1s is a filter, whatever else is added later
-                for factor in _indicators([self._values.get(id(c)) for c in node.children]):
-                    sel = sel & self._align(factor != 0)
-            selected[id(node)], present[id(node)], raw_nonzero[id(node)] = sel, pres, nonzero
-        key = id(self.node)
-        return selected[key], present[key], raw_nonzero[key]
+    def views(self) -> Iterator[tuple[str | None, list[pd.Series]]]:
+        """The aggregate's row-wise inputs, one view per column of a whole-table input.
 
-    def _terms(self, zero_is_out: bool) -> pd.Series:
-        """Rows whose terms are present (and, with ``zero_is_out``, not zeroed by the arithmetic)."""
-        selected, _, raw_nonzero = self._rows
-        used = selected
-        for value in self.inputs:
-            if isinstance(value, (pd.Series, pd.DataFrame)):
-                used = used & self._align(_notna(value))
-                if zero_is_out:
-                    used = used & ~(self._align(~_nonzero(value) & _notna(value)) & raw_nonzero)
+        ``data.max()`` over a table is one result per column, each computed
+        from that column's own present values: each is judged on its own.
+        """
+        series = [v for v in self.inputs if isinstance(v, pd.Series)]
+        tables = [v for v in self.inputs if isinstance(v, pd.DataFrame)]
+        if not tables:
+            yield None, series
+            return
+        for name in tables[0].columns:
+            yield str(name), [tables[0][name], *series]
+
+    def used_in(self, view: list[pd.Series], present: bool = True) -> pd.Series:
+        """Rows that pass the task's filters and (with ``present``) have every input of ``view``."""
+        used = self._graph.selected
+        if present:
+            for value in view:
+                used = used & self._align(value.notna())
         return used
 
     @property
     def used(self) -> pd.Series:
-        """Rows the result was computed from: selected by filters, terms present and not zeroed."""
-        return self._terms(zero_is_out=True)
+        """Rows the result was computed from (for a whole table: rows with a value in some column)."""
+        masks = [self.used_in(view) for _, view in self.views()]
+        return _any(pd.Series(False, index=self.index), masks) if masks else self._graph.selected
 
-    def contributing(self, additive: bool = False) -> int:
-        """Rows that contributed; for an additive aggregate (a sum) any zero term contributes nothing."""
-        used = self.used
-        if additive:
-            used = used & self._align(_nonzero(self.inputs[0]))
-        return int(used.sum())
+    def contributing(self, additive: bool = False, present: bool = True) -> int:
+        """Persons behind the result: the smallest positive count over its columns (0 if none).
 
-    def complement(self, terms: bool = True) -> int:
-        """Rows with raw values that the query left out: by its filters, and with ``terms`` by its arithmetic.
-
-        Tables of counts use ``terms=False``: their small cells are handled cell by cell.
+        With ``additive`` (sums) a zero term contributes nothing; with
+        ``present=False`` (``len``) missing values count too.
         """
-        _, present, _ = self._rows
-        used = self._terms(zero_is_out=True) if terms else self._rows[0]
-        return int((present & ~used).sum())
+        counts = []
+        for _, view in self.views():
+            used = self.used_in(view, present)
+            if additive and view:
+                used = used & self._align(_nonzero(view[0]))
+            counts.append(self.count(used))
+        positive = [c for c in counts if c > 0]
+        return min(positive) if positive else 0
+
+    def complement(self) -> int:
+        """Persons with raw values present that the task's filters leave out."""
+        graph = self._graph
+        return self.count(graph.present & ~graph.selected)
+
+    def holders(self, value: Any, column: str | None = None) -> int:
+        """Persons, among the rows used, whose input (``column`` of a table) equals ``value``."""
+        for name, view in self.views():
+            if name == column and view:
+                used = self.used_in(view)
+                return self.count(used & self._align(view[0] == value))
+        return 0
 
     def contributions(self) -> np.ndarray:
-        """Absolute contribution of each used row (summed over the inputs), largest first."""
+        """Each used person's absolute contribution (summed over the inputs), largest first."""
         used = self.used
         total = pd.Series(0.0, index=self.index)
         for value in self.inputs:
             if isinstance(value, pd.DataFrame):
                 value = value.select_dtypes("number").abs().sum(axis=1)
-            if isinstance(value, pd.Series) and value.dtype.kind in "fiub":
-                total = total.add(self._align_values(value.astype(float).abs()), fill_value=0.0)
-        return np.sort(total[used].to_numpy())[::-1]
+            if isinstance(value, pd.Series) and _is_number(value):
+                total = total.add(value.astype(float).abs().reindex(self.index).fillna(0.0), fill_value=0.0)
+        return np.sort(self._per_person(total[used]).to_numpy())[::-1]
+
+    # -- singling out ---------------------------------------------------------------------------
+    def singled_out(self, k: int, concentration: float = 0.9) -> Finding | None:
+        """The first step of the task that singles out 1 to ``k - 1`` persons, or None.
+
+        ``concentration`` is the share of an intermediate's spread around its
+        median that ``k - 1`` persons may not exceed.
+        """
+        graph = self._graph
+        for node in graph.lists:
+            return Finding(node, "combines a list constant row by row (or column by column): positions must not be addressable")
+        for node, dropped, scopes in graph.filters:
+            for scope in scopes:
+                kept, out = self.count(scope & ~dropped), self.count(scope & dropped)
+                if 0 < out < k or 0 < kept < k:
+                    return Finding(node, f"is a row filter that keeps or drops fewer than {k} {self.unit}")
+        for node, scopes in graph.derived:
+            value = self._values.get(id(node))
+            columns = value.items() if isinstance(value, pd.DataFrame) else [(None, value)]
+            for scope in scopes:
+                for _, column in columns:
+                    what = self._selects(node, column, scope, k, concentration)
+                    if what:
+                        return Finding(node, what)
+        return self._jointly(k, concentration) or self._influence(k)
+
+    def _influence(self, k: int) -> Finding | None:
+        """An intermediate whose value reaches the result through 1 to k-1 persons' rows only.
+
+        The result's terms are recomputed with each intermediate changed on
+        every row (a boolean flipped, a number moved far up and far down):
+        the rows whose terms change are the rows through which that value
+        reaches the result. ``id + y * (id <= 17) - y * (id < 17)`` has no
+        step that singles anyone out, yet ``y`` reaches its sum through row
+        17 alone; the same holds for a bit of ``y`` taken with a comparison.
+        Which rows change depends on the expression and on the other
+        columns, not on the value being protected, so a refusal says no more
+        than the analyst's own expression does.
+        """
+        if self._rerun is None:
+            return None
+        terms = [v for v in self.inputs if isinstance(v, pd.Series)]
+        if not terms:
+            return None
+        candidates = [node for node in self._graph.order
+                      if not isinstance(node, (Literal, Fragment, Filter, Map)) and not any(node is a for a in self.node.args)
+                      and isinstance(self._values.get(id(node)), pd.Series)]
+        if len(candidates) > MAX_INFLUENCE:
+            return Finding(self.node, f"has more than {MAX_INFLUENCE} row-wise steps, too many to judge; simplify it")
+        for node in candidates:
+            changed = pd.Series(False, index=self.index)
+            for moved in _moves(self._values[id(node)]):
+                again = self._rerun(self.node, {id(node): moved})
+                if again is None:
+                    continue
+                for before, after in zip(self.inputs, again):
+                    if isinstance(before, pd.Series) and isinstance(after, pd.Series):
+                        changed = changed | self._align(_differs(before, after))
+            if 0 < self.count(changed) < k:
+                return Finding(node, f"reaches the result through fewer than {k} {self.unit} only")
+        return None
+
+    def _jointly(self, k: int, share: float) -> Finding | None:
+        """What the aggregate does with its inputs together that no single input shows.
+
+        Several inputs of one sum are released side by side, so their
+        differences are released too: ``comoment_matrix(y * (id <= 17),
+        y * (id < 17))`` gives ``y`` of one row. Any two numeric inputs that
+        are proportional on all rows but 1 to k-1 single those rows out. And
+        ``glm_step`` weighs each row by the model at the analyst's ``beta``:
+        a ``beta`` that puts all the weight on one row makes its Hessian that
+        row's value, so the weights are judged like any intermediate.
+        """
+        used = self._graph.selected
+        numeric = [(arg, v) for arg, v in zip(self.node.args, self.inputs) if isinstance(v, pd.Series) and _is_number(v)]
+        if self.node.op not in _SIDE_BY_SIDE:
+            numeric = []
+        for (node, a), (other, b) in itertools.combinations(numeric, 2):
+            if _is_raw_column(node) and _is_raw_column(other):
+                continue  # two columns as the data hold them: nothing the analyst shaped
+            both = used & self._align(a.notna()) & self._align(b.notna())
+            rows = both.to_numpy()
+            x = a.reindex(self.index)[rows].astype(float).to_numpy()
+            y = b.reindex(self.index)[rows].astype(float).to_numpy()
+            # a - lam * b vanishes where the two are zero together and where a / b == lam: for the most
+            # common ratio lam, the rows left are all that their difference (scaled) is made of
+            live = ~((x == 0) & (y == 0))
+            with np.errstate(all="ignore"):
+                ratio = pd.Series(x[live] / y[live], index=self.index[rows][live]).fillna(np.inf)
+            counts = ratio.value_counts()
+            if len(counts) > 1 and 0 < self.count(self._align(ratio != counts.index[0])) < k:
+                return Finding(node, f"differs from a multiple of another input on fewer than {k} {self.unit}")
+        weights = self._glm_weights()
+        if weights is not None:
+            what = self._selects(self.node, weights, used & self._align(weights.notna()), k, share)
+            if what:
+                return Finding(self.node, f"(its row weights at this beta) {what}")
+        return None
+
+    def _glm_weights(self) -> pd.Series | None:
+        """The per-row weights a ``glm_step`` gives at the analyst's ``beta`` (None for other aggregates)."""
+        if self.node.op != "glm_step" or len(self.inputs) < 5:
+            return None
+        y, family, intercept, beta, *columns = self.inputs
+        if not all(isinstance(c, pd.Series) for c in (y, *columns)):
+            return None
+        # read as the map reads them: what is not a number is missing (fedmed.server.evaluate.apply_map)
+        frame = pd.concat([pd.to_numeric(c, errors="coerce") for c in (y, *columns)], axis=1).dropna()
+        design = frame.iloc[:, 1:].to_numpy(dtype=float)
+        if intercept:
+            design = np.column_stack([np.ones(len(frame)), design])
+        with np.errstate(all="ignore"):
+            eta = design @ np.asarray(beta, dtype=float)
+            if family == "binomial":
+                mean = 0.5 * (1.0 + np.tanh(0.5 * eta))
+                weight = mean * (1.0 - mean)
+            else:
+                weight = np.exp(eta)
+        return pd.Series(weight, index=frame.index)
+
+    def _selects(self, node: Node, value: pd.Series, scope: pd.Series, k: int, share: float) -> str | None:
+        """What ``value`` does to single out 1 to k-1 persons within ``scope``, or None."""
+        scope = scope & self._align(pd.Series(True, index=value.index))
+        present = scope & self._align(value.notna())
+        nulled = scope & self._graph.raw_present[id(node)] & ~present
+        if 0 < self.count(nulled) < k:
+            return f"is missing on fewer than {k} {self.unit} whose values are present"
+        if self.count(nulled) and 0 < self.count(present) < k:  # the other side: kept on only a few
+            return f"is present on fewer than {k} {self.unit} only"
+        values = value.reindex(self.index)[present.to_numpy()]
+        if values.empty:
+            return None
+        counts = values.value_counts(dropna=True, sort=True)
+        if len(counts) > 1:
+            minority = present & self._align(values != counts.index[0])
+            if 0 < self.count(minority) < k:
+                return f"takes one value on all but fewer than {k} {self.unit}"
+        if _is_number(values) and values.dtype != bool and len(counts) > 2:
+            finite = values.astype(float)
+            finite = finite[np.isfinite(finite.to_numpy())]
+            spread = self._per_person((finite - finite.median()).abs())
+            total = float(spread.sum())
+            if total > 0 and len(spread) >= k:
+                top = float(np.sort(spread.to_numpy())[::-1][: k - 1].sum())
+                if top > share * total:
+                    return f"puts almost all of its spread on fewer than {k} {self.unit}"
+        return None
+
+    # -- the walk --------------------------------------------------------------------------------
+    @cached_property
+    def _graph(self) -> "_Graph":
+        return _Graph.of(self)
+
+    def _per_person(self, values: pd.Series) -> pd.Series:
+        if self.persons is None:
+            return values
+        keys = self.persons.reindex(values.index)
+        keys = keys.where(keys.notna(), pd.Series([("row", i) for i in values.index], index=values.index, dtype=object))
+        return values.groupby(keys.to_numpy(), sort=False).sum()
 
     def _align(self, mask: pd.Series) -> pd.Series:
+        if mask.index is self.index:
+            return mask.astype(bool)
         return mask.reindex(self.index, fill_value=False).astype(bool)
 
-    def _align_values(self, values: pd.Series) -> pd.Series:
-        return values.reindex(self.index).fillna(0.0)
+
+@dataclass
+class _Graph:
+    """Per-task facts gathered in one walk: filters, derived values, and the scope of each."""
+
+    selected: pd.Series  # rows passing every filter of the task
+    present: pd.Series  # rows whose raw values (every column the task reads) are present
+    raw_present: dict[int, pd.Series]  # per node: raw values below it present
+    filters: list[tuple[Filter, pd.Series, list[pd.Series]]]  # (filter, rows it drops, scopes)
+    derived: list[tuple[Node, list[pd.Series]]]  # (row-wise intermediate, scopes)
+    lists: list[Node]  # per-row list constants
+    order: list[Node]  # every node of the task, children first
+
+    @classmethod
+    def of(cls, d: Disclosure) -> "_Graph":
+        everything = pd.Series(True, index=d.index)
+        values = d._values
+        order = list(walk([d.node]))
+        raw_present: dict[int, pd.Series] = {}
+        dropped: dict[int, pd.Series] = {}  # id(filter) -> rows it drops from its own input
+        lists: list[Node] = []
+        for node in order:
+            value = values.get(id(node))
+            kids = [c for c in node.children if not isinstance(c, Literal)]
+            present = _all(everything, [raw_present[id(c)] for c in kids])
+            if _is_raw(node, value):
+                present = present & _notna(value).reindex(d.index, fill_value=True).astype(bool)
+            raw_present[id(node)] = present
+            if isinstance(node, Filter):
+                before = _rows_of(values.get(id(node.arg)), d.index)
+                after = _rows_of(value, d.index)
+                dropped[id(node)] = before & ~after
+            if isinstance(node, Elementwise) and node.op in _POSITIONAL and any(
+                isinstance(c, Literal) and isinstance(c.value, (list, tuple)) for c in node.args
+            ):
+                lists.append(node)
+        passes = {f: ~rows for f, rows in dropped.items()}
+        selected = _all(everything, list(passes.values()))
+        present = raw_present[id(d.node)]
+
+        def scope(excluded: frozenset[int]) -> pd.Series:
+            return _all(present, [p for f, p in passes.items() if f not in excluded])
+
+        under = _under_masks(d.node)
+        filters = [
+            (node, dropped[id(node)], [scope(ex | {id(node)}) for ex in under[id(node)]])
+            for node in order if isinstance(node, Filter)
+        ]
+        derived = [
+            (node, [scope(ex) for ex in under[id(node)]])
+            for node in order
+            if isinstance(node, Elementwise) and isinstance(values.get(id(node)), (pd.Series, pd.DataFrame))
+            and not _judged_by_cells(node, d.node)
+        ]
+        return cls(selected, present, raw_present, filters, derived, lists, order)
+
+
+def _under_masks(root: Map) -> dict[int, set[frozenset[int]]]:
+    """For each node, the sets of filters whose mask it lies under, one set per path from the root."""
+    under: dict[int, set[frozenset[int]]] = {id(root): {frozenset()}}
+    for node in reversed(list(walk([root]))):  # parents before children
+        for context in under.get(id(node), ()):
+            for child in node.children:
+                inner = context | {id(node)} if isinstance(node, Filter) and child is node.mask else context
+                under.setdefault(id(child), set()).add(inner)
+    return under
+
+
+def _judged_by_cells(node: Node, root: Map) -> bool:
+    """The values a count table or an extreme is made of (an input, filtered or not): their rare
+    values are judged cell by cell, or by who holds the extreme."""
+    if root.op not in ("value_counts", "crosstab", "histogram", "count_below", "set", "unique", "min", "max"):
+        return False
+    for arg in root.args:
+        while isinstance(arg, Filter):
+            arg = arg.arg
+        if arg is node:
+            return True
+    return False
+
+
+def _is_raw_column(node: Node) -> bool:
+    """A column of the fragment as it is (through row filters only)."""
+    while isinstance(node, Filter):
+        node = node.arg
+    if not isinstance(node, Column):
+        return False
+    table = node.arg
+    while isinstance(table, Filter):
+        table = table.arg
+    return isinstance(table, Fragment)
+
+
+def _is_raw(node: Node, value: Any) -> bool:
+    """Raw values: a selected column, or a fragment that is itself one column."""
+    return (isinstance(node, Column) and isinstance(value, (pd.Series, pd.DataFrame))) or (
+        isinstance(node, Fragment) and isinstance(value, pd.Series)
+    )
+
+
+def _rows_of(value: Any, index: pd.Index) -> pd.Series:
+    if isinstance(value, (pd.Series, pd.DataFrame)):
+        return pd.Series(index.isin(value.index), index=index)
+    return pd.Series(True, index=index)
 
 
 def _all(start: pd.Series, masks: list[pd.Series]) -> pd.Series:
     out = start
     for mask in masks:
         out = out & mask
-    return out
-
-
-def _indicators(values: list[Any]) -> list[pd.Series]:
-    """The operands of a product that hold only 0s and 1s (lists aligned by position to the Series)."""
-    index = next((v.index for v in values if isinstance(v, pd.Series)), None)
-    out = []
-    for value in values:
-        if isinstance(value, list) and index is not None and len(value) == len(index):
-            value = pd.Series(value, index=index)
-        if isinstance(value, pd.Series) and value.dtype.kind in "fiub" or str(getattr(value, "dtype", "")) == "boolean":
-            present = value.dropna()
-            if len(present) and present.isin([0, 1]).all():
-                out.append(value.fillna(0))
     return out
 
 
@@ -161,6 +473,43 @@ def _any(start: pd.Series, masks: list[pd.Series]) -> pd.Series:
     return out
 
 
+def _moves(value: pd.Series) -> list[pd.Series]:
+    """The value changed on every row: a boolean flipped; a number moved far up, and far down."""
+    if value.dtype == bool or str(value.dtype) == "boolean":
+        return [~value]
+    if _is_number(value) and value.dtype != bool:
+        numbers = value.astype(float)
+        step = 10.0 * (numbers.abs() + 1.0)
+        return [numbers + step, numbers - step]
+    return []
+
+
+def _differs(before: pd.Series, after: pd.Series) -> pd.Series:
+    """Rows where two versions of a term differ (a row present in one only differs; NaN equals NaN).
+
+    Numbers that differ by a few units in the last place differ by rounding
+    (``id + y' - y'`` against ``id + y - y``), not by the moved value: 64 ulps
+    is far below what a sum can carry of one row, and far above rounding.
+    """
+    aligned = before.index is after.index or before.index.equals(after.index)
+    index = before.index if aligned else before.index.union(after.index, sort=False)
+    a, b = (before, after) if aligned else (before.reindex(index), after.reindex(index))
+    if _is_number(a) and _is_number(b):
+        x, y = a.to_numpy(dtype=float, na_value=np.nan), b.to_numpy(dtype=float, na_value=np.nan)
+        with np.errstate(all="ignore"):
+            close = (np.abs(x - y) <= 64 * np.finfo(float).eps * np.maximum(np.abs(x), np.abs(y))) | (x == y)
+        same = pd.Series(close | (np.isnan(x) & np.isnan(y)), index=index)
+    else:
+        same = (a == b).fillna(False).astype(bool) | (a.isna() & b.isna())
+    if not aligned:
+        same &= index.isin(before.index) == index.isin(after.index)
+    return ~same
+
+
+def _is_number(value: pd.Series) -> bool:
+    return value.dtype.kind in "fiub" or str(value.dtype) in ("boolean", "Int64", "Float64", "Int32", "Float32")
+
+
 def _notna(value: Any) -> pd.Series:
     if isinstance(value, pd.DataFrame):
         return value.notna().all(axis=1)
@@ -169,19 +518,10 @@ def _notna(value: Any) -> pd.Series:
     return pd.Series(dtype=bool)
 
 
-def _truthy(value: Any) -> pd.Series:
-    if not isinstance(value, pd.Series):
-        return pd.Series(dtype=bool)
-    return value.fillna(0).astype(bool) if value.dtype.kind != "O" else value.notna() & value.astype(bool)
-
-
 def _nonzero(value: Any) -> pd.Series:
     """Non-zero numbers (True for text and other present values)."""
-    if isinstance(value, pd.DataFrame):
-        return value.apply(_nonzero).any(axis=1) if len(value.columns) else pd.Series(False, index=value.index)
     if isinstance(value, pd.Series):
-        if value.dtype.kind in "fiub" or str(value.dtype) in ("boolean", "Int64", "Float64"):
-            return (value.fillna(0) != 0).astype(bool)
+        if _is_number(value):
+            return pd.Series(np.nan_to_num(value.to_numpy(dtype=float, na_value=0.0)) != 0, index=value.index)
         return value.notna()
     return pd.Series(dtype=bool)
-

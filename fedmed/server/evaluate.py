@@ -4,10 +4,18 @@ Each node is computed once, in table order, by the visitor for its kind;
 shared subexpressions are therefore computed once on the server too. A node
 that fails turns into a ``Failure`` that propagates to the outputs above it,
 so one bad task does not spoil the others in the same request.
+
+Only the request may make a node fail, never the rows: a failure reaches
+the client before any privacy policy, so one that depends on the values
+would answer a yes/no question about them exactly. Elementwise operations,
+row filters and maps are therefore total (``apply_elementwise``,
+``select_rows``, ``apply_map``): what they cannot compute for some rows is
+missing there. The Dask engine runs the same three on each partition.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -15,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import Config
-from ..errors import OperationError, ServerError, TaskFailed
-from ..expr.node import Node
+from ..errors import OperationError, ServerError, ServerMisconfigured, TaskFailed
+from ..expr.node import Node, walk
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map
 from .disclosure import Disclosure
 from ..ops.columns import map_columns
@@ -37,15 +45,54 @@ class Evaluated:
     disclosure: Disclosure | None = None
 
 
-def evaluate_pandas(nodes: Sequence[Node], outputs: Sequence[int], data: Any, config: Config) -> list[Evaluated]:
-    """Evaluate the map nodes at ``outputs`` over ``data`` (pandas objects)."""
+def evaluate_pandas(
+    nodes: Sequence[Node], outputs: Sequence[int], data: Any, config: Config, person: str | None = None
+) -> list[Evaluated]:
+    """Evaluate the map nodes at ``outputs`` over ``data`` (pandas objects).
+
+    ``person`` is the column identifying a person (the server config's
+    ``persons``): each ``Disclosure`` gets it, so that privacy rules count
+    persons, not rows. A fragment without that column answers no task:
+    counting its rows instead would quietly weaken every rule.
+    """
+    persons = None
+    if person is not None:
+        persons = data.get(person) if isinstance(data, pd.DataFrame) else None
+        if not isinstance(persons, pd.Series):
+            missing = ServerMisconfigured(
+                f"this fragment has no column {person!r}, which the server's config ('persons') names as its "
+                "person key: every task on it is refused until the server's owner fixes that"
+            )
+            return [Evaluated(Failure(missing)) for _ in outputs]
     values = fold_table(nodes, outputs, lambda node, args: _visit(node, args, data, config))
     by_node = {id(nodes[i]): value for i, value in values.items()}
     index = row_index(data)
+    rerun = _rerun(by_node, lambda node, args: _visit(node, args, data, config))
     return [
-        Evaluated(values[o], Disclosure(nodes[o], by_node, index) if index is not None else None)  # type: ignore[arg-type]
+        Evaluated(values[o], Disclosure(nodes[o], by_node, index, persons=persons, rerun=rerun)  # type: ignore[arg-type]
+                  if index is not None else None)
         for o in outputs
     ]
+
+
+def _rerun(values: dict[int, Any], visit: Callable[[Node, list[Any]], Any]) -> Callable[[Node, dict[int, Any]], Any]:
+    """How the disclosure asks "what if": the map's arguments recomputed with some node values replaced.
+
+    Only the nodes above a replaced one are visited again; a failure gives None.
+    """
+    def rerun(root: Node, overrides: dict[int, Any]) -> list[Any] | None:
+        known, changed = {**values, **overrides}, set(overrides)
+        for node in walk(root.children):
+            if id(node) in changed or not any(id(c) in changed for c in node.children):
+                continue
+            value = visit(node, [known[id(c)] for c in node.children])
+            if isinstance(value, Failure):
+                return None
+            known[id(node)] = value
+            changed.add(id(node))
+        return [known[id(c)] for c in root.children]
+
+    return rerun
 
 
 def row_index(data: Any) -> pd.Index | None:
@@ -123,7 +170,134 @@ _REPEATING = {"mul", "pow", "mod", "floordiv", "add"}
 
 # The server checked every operation name against its config before evaluating.
 def visit_elementwise(node: Elementwise, args: list[Any], data: Any, config: Config) -> Any:
-    return config.elementwise[node.op](*_bounded(node.op, args))
+    return apply_elementwise(node.op, config.elementwise[node.op], _bounded(node.op, args))
+
+
+def apply_elementwise(op: str, fn: Callable[..., Any], args: list[Any]) -> Any:
+    """``fn(*args)``, with every row ``fn`` cannot compute missing instead of a failed task.
+
+    Whether a task fails reaches the client before any privacy policy sees
+    a value, so it must not depend on the rows: ``astype("int")`` of a
+    column that holds infinity in one person's row, or ``x ** (id - 17)``
+    on integers, would otherwise answer "does that row exist" exactly.
+    The operation runs as it is; only when it raises (and then at no cost
+    to the other operations) ``total`` finds the rows it cannot compute and
+    makes them missing. What still fails depends on the request alone: an
+    ``OperationError`` (an unknown type name for ``astype``), a wrong
+    number of operands, or a failure of constants combined with constants.
+    """
+    try:
+        return fn(*args)
+    except (ServerError, OperationError):
+        raise
+    except Exception:
+        if not any(isinstance(a, (pd.Series, pd.DataFrame)) for a in args):
+            raise  # constants only: the request alone decides
+        _check_operands(op, fn, args)
+        return total(fn, args)
+
+
+#: Most calls of an operation ``total`` spends finding the rows it cannot compute; rows still
+#: undecided then are all missing (the cost of a failure stays bounded, its outcome stays success).
+MAX_CALLS = 4096
+
+
+def total(fn: Callable[..., Any], args: list[Any]) -> Any:
+    """``fn(*args)`` over rows (Series or DataFrames among ``args``), missing where it raises.
+
+    Rows are found by halving: a block of rows that raises is split in two
+    and each half tried again, so ``k`` failing rows among ``n`` cost about
+    ``2 k log2(n / k)`` calls (at most ``MAX_CALLS``). An operation that
+    raises even on no rows is a type error: every row is missing. A table
+    is done column by column, so that one text column does not blank the
+    numbers. Missing rows take the nullable form of the type the operation
+    gives on no rows (``Int64`` for ``int64``, ``boolean`` for ``bool``),
+    so a failure changes values, never the kind of values.
+    """
+    frames = [a for a in args if isinstance(a, (pd.Series, pd.DataFrame))]
+    tables = [a for a in frames if isinstance(a, pd.DataFrame)]
+    if tables and len(tables) == len(frames) and all(list(t.columns) == list(tables[0].columns) for t in tables):
+        return pd.DataFrame(
+            {c: total(fn, [a.iloc[:, i] if isinstance(a, pd.DataFrame) else a for a in args])
+             for i, c in enumerate(tables[0].columns)},
+            index=tables[0].index,
+        ) if tables[0].columns.is_unique else pd.DataFrame(np.nan, index=tables[0].index, columns=tables[0].columns)
+    index = frames[0].index
+    if any(not f.index.equals(index) for f in frames[1:]):
+        if not all(f.index.is_unique for f in frames):
+            return _all_missing(index)
+        for f in frames[1:]:
+            index = index.union(f.index, sort=False)
+        args = [a.reindex(index) if isinstance(a, (pd.Series, pd.DataFrame)) else a for a in args]
+
+    def part(a: Any, lo: int, hi: int) -> Any:  # a list as long as the rows is one value per row
+        if isinstance(a, (pd.Series, pd.DataFrame)):
+            return a.iloc[lo:hi]
+        return a[lo:hi] if isinstance(a, list) and len(a) == len(index) else a
+
+    def call(lo: int, hi: int) -> Any:
+        value = fn(*[part(a, lo, hi) for a in args])
+        if not isinstance(value, (pd.Series, pd.DataFrame)) or len(value) != hi - lo:
+            raise TypeError("an elementwise operation must give one value per row")
+        return value
+
+    try:
+        empty = call(0, 0)
+    except Exception:
+        # it fails on no rows at all: the kinds of values (the schema), not the rows, are the cause;
+        # all-missing would make a sum of it a confident 0
+        raise TaskFailed("the operation is not defined for these kinds of values (for example text where "
+                         "numbers are needed); convert them first, e.g. with astype('float')") from None
+    pieces: list[tuple[int, int, Any]] = []
+    todo, calls = [(0, len(index))], 0
+    while todo:
+        lo, hi = todo.pop()
+        value = None
+        if calls < MAX_CALLS:
+            calls += 1
+            try:
+                value = call(lo, hi)
+            except Exception:
+                if hi - lo > 1:
+                    mid = (lo + hi) // 2
+                    todo += [(mid, hi), (lo, mid)]
+                    continue
+        pieces.append((lo, hi, value))
+    pieces.sort(key=lambda p: p[0])
+    return pd.concat([value if value is not None else _missing(empty, index[lo:hi]) for lo, hi, value in pieces])
+
+
+def _missing(empty: Any, index: pd.Index) -> Any:
+    """Missing values over ``index`` of the nullable form of ``empty``'s type(s)."""
+    if isinstance(empty, pd.DataFrame):
+        return pd.DataFrame({c: _missing(empty.iloc[:, i], index) for i, c in enumerate(empty.columns)}, index=index)
+    dtype = empty.dtype
+    if dtype.kind in "iu":
+        dtype = "Int64"
+    elif dtype.kind == "b":
+        dtype = "boolean"
+    return pd.Series(None, index=index, dtype=dtype, name=empty.name)
+
+
+def _all_missing(index: pd.Index) -> pd.Series:
+    """Every row missing (floats): the operation could not compute any."""
+    return pd.Series(np.nan, index=index, dtype="float64")
+
+
+def _check_operands(op: str, fn: Callable[..., Any], args: list[Any]) -> None:
+    """Raise ``TaskFailed`` when ``fn`` cannot take ``len(args)`` operands (the request's fault, not the rows')."""
+    if isinstance(fn, np.ufunc):
+        fits = fn.nin <= len(args) <= fn.nargs
+    else:
+        try:
+            inspect.signature(fn).bind(*args)
+            fits = True
+        except TypeError:
+            fits = False
+        except ValueError:  # no signature to check (some builtins)
+            fits = True
+    if not fits:
+        raise TaskFailed(f"elementwise {op} does not take {len(args)} operand(s)")
 
 
 def _bounded(op: str, args: list[Any]) -> list[Any]:
@@ -156,14 +330,63 @@ def visit_filter(node: Filter, args: list[Any], data: Any, config: Config) -> An
     table, mask = args
     if not isinstance(mask, pd.Series) or not isinstance(table, (pd.DataFrame, pd.Series)):
         raise TaskFailed("a row filter needs a boolean column of the same fragment")
+    return select_rows(table, mask)
+
+
+def select_rows(table: Any, mask: pd.Series) -> Any:
+    """The rows of ``table`` where ``mask`` is true: missing, false or absent from the mask keeps none."""
+    if not mask.index.equals(table.index):
+        # rows the mask lacks are not kept (pandas would refuse the mask, but only when some row is
+        # lacking, which depends on the rows an earlier filter kept)
+        if not (mask.index.is_unique and table.index.is_unique):
+            return table.iloc[:0]
+        mask = mask.reindex(table.index)
     if mask.dtype != bool:
-        # pandas' nullable booleans: a missing comparison keeps no row, as in SQL
+        # a missing value keeps no row, as in SQL; other values by their truth
+        if pd.api.types.is_numeric_dtype(mask.dtype) and not pd.api.types.is_bool_dtype(mask.dtype):
+            mask = (mask != 0) & mask.notna()  # numpy's truth of NaN is True
         mask = mask.fillna(False).astype(bool)
     return table[mask]
 
 
 def visit_map(node: Map, args: list[Any], data: Any, config: Config) -> Any:
-    return map_columns(config.aggregates[node.op].map, *args)
+    return apply_map(config.aggregates[node.op].map, args)
+
+
+def apply_map(fn: Callable[..., Any], args: list[Any]) -> Any:
+    """A map over each column (``map_columns``), reading the values it cannot read as missing.
+
+    As for elementwise operations, whether a map fails must not depend on
+    the rows. A map that raises on some values (statistics of a column of
+    Python objects that holds text among numbers) is run again per column
+    with those values missing: first with objects read as numbers where
+    they are numbers (``pd.to_numeric``), then, if it still raises, with
+    every value missing. What fails then fails on no rows at all: the
+    request's fault (bad arguments), not the data's.
+    """
+    try:
+        return map_columns(fn, *args)
+    except (ServerError, OperationError):
+        raise
+    except Exception:
+        return map_columns(lambda *a: _map_total(fn, list(a)), *args)
+
+
+def _map_total(fn: Callable[..., Any], args: list[Any]) -> Any:
+    """``fn(*args)``; failing that, with objects read as numbers; failing that, with every value missing."""
+    attempts = (
+        lambda a: a,
+        lambda a: pd.to_numeric(a, errors="coerce") if a.dtype == object else a,
+        lambda a: pd.Series(np.nan, index=a.index, name=a.name),
+    )
+    for i, attempt in enumerate(attempts):
+        try:
+            return fn(*[attempt(a) if isinstance(a, pd.Series) else a for a in args])
+        except (ServerError, OperationError):
+            raise
+        except Exception:
+            if i == len(attempts) - 1:
+                raise
 
 
 VISITORS: dict[type, Callable[[Any, list[Any], Any, Config], Any]] = {

@@ -1,9 +1,10 @@
 """What a server holds: fragments, each able to evaluate a node table over its rows.
 
 A ``Fragment`` owns its data and its version and answers
-``evaluate(nodes, outputs, config)``. ``InMemory`` does it with pandas; a
-later out-of-core fragment (DuckDB over Parquet, Dask) compiles the same
-table its own way. Fragments are replaced, never mutated, so a query that
+``evaluate(nodes, outputs, config, person=...)``, where ``person`` is the
+column identifying a person (the server config's ``persons``).
+``InMemory`` does it with pandas; a later out-of-core fragment (DuckDB over
+Parquet, Dask) compiles the same table its own way. Fragments are replaced, never mutated, so a query that
 picked one up sees one version throughout.
 """
 
@@ -28,11 +29,20 @@ class Fragment(ABC):
         """Number of rows, where the fragment knows it cheaply."""
         return None
 
+    def cannot_count_persons(self, column: str) -> str | None:
+        """Why privacy rules cannot count persons here by ``column`` (None when they can); shown to the owner."""
+        return f"a {type(self).__name__} fragment cannot count persons: policies that need them refuse its results"
+
     @abstractmethod
-    def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Evaluated]:
+    def evaluate(
+        self, nodes: Sequence[Node], outputs: Sequence[int], config: Config, person: str | None = None
+    ) -> list[Evaluated]:
         """Values (or ``Failure``s) of the map nodes at ``outputs``, with the rows behind each.
 
-        ``nodes`` is the request's table, in wire order.
+        ``nodes`` is the request's table, in wire order. ``person`` names the
+        column identifying a person, or is None to count rows. A fragment
+        that cannot count persons returns ``disclosure=None`` when it is
+        set, so that policies that count refuse (fail closed).
         """
 
 
@@ -50,8 +60,15 @@ class InMemory(Fragment):
     def rows(self) -> int | None:
         return len(self.data) if isinstance(self.data, (pd.DataFrame, pd.Series)) else None
 
-    def evaluate(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> list[Evaluated]:
-        return evaluate_pandas(nodes, outputs, self.data, config)
+    def cannot_count_persons(self, column: str) -> str | None:
+        if isinstance(self.data, pd.DataFrame) and isinstance(self.data.get(column), pd.Series):
+            return None
+        return f"the fragment has no column {column!r}: every task on it is refused"
+
+    def evaluate(
+        self, nodes: Sequence[Node], outputs: Sequence[int], config: Config, person: str | None = None
+    ) -> list[Evaluated]:
+        return evaluate_pandas(nodes, outputs, self.data, config, person=person)
 
 
 def as_pandas(data: Any) -> Any:

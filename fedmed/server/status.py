@@ -38,8 +38,9 @@ th{font-weight:600;color:#4a5568;font-size:13px}code{font:12.5px ui-monospace,Me
  <div><div class="stat">{{ "on" if auth else "off" }}</div><div class="muted">authentication</div></div>
 </section>
 <section id="fragments"><h2>Fragments</h2>
-{% if fragments %}<table><tr><th>name</th><th>rows</th><th>version</th><th>columns</th></tr>
+{% if fragments %}<table><tr><th>name</th><th>rows</th><th>version</th><th>privacy rules count</th><th>columns</th></tr>
 {% for f in fragments %}<tr><td><code>{{ f.name }}</code></td><td>{{ f.rows }}</td><td>{{ f.version }}</td>
+<td class="counting">{{ f.counting }}</td>
 <td>{% for c, t in f.columns %}<span class="tag">{{ c }}: {{ t }}</span>{% endfor %}</td></tr>{% endfor %}</table>
 {% else %}<p class="muted">No fragments yet.</p>{% endif %}</section>
 <section id="policies"><h2>Privacy policies</h2>
@@ -65,7 +66,8 @@ def render_status(server: "Server", recent: bool = True) -> str:
     fragments = []
     for name in server:
         fragment, version = server._fragments[name]
-        fragments.append({"name": name, "rows": fragment.rows, "version": version, "columns": _columns(fragment)})
+        fragments.append({"name": name, "rows": fragment.rows, "version": version, "counting": server.counting(name),
+                          "columns": _columns(fragment)})
     return render_template_string(
         TEMPLATE,
         protocol=wire.PROTOCOL,

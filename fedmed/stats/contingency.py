@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..errors import FedMedError
 from ..lazy import FedData, LazyResult
 from ..results import Chi2Result
 from .lazy_call import aggregate, call
@@ -29,6 +30,13 @@ def chi2_contingency(a: FedData, b: FedData, correction: bool = True) -> LazyRes
 def _chi2(table: pd.DataFrame, correction: bool) -> Chi2Result:
     from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
 
+    if table.isna().to_numpy().any():
+        raise FedMedError(
+            "chi2_contingency: a server's privacy policy withheld cells of this table (too few rows in them), "
+            "so the pooled counts are unknown; merge rare levels or analyse a coarser grouping"
+        )
+    if table.size == 0:
+        raise FedMedError("chi2_contingency: the table is empty (no rows with both values present)")
     result = sps.chi2_contingency(table.to_numpy(), correction=correction)
     expected = pd.DataFrame(result.expected_freq, index=table.index, columns=table.columns)
     return Chi2Result(

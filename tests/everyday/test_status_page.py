@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -61,6 +62,21 @@ def test_status_page_requires_the_token_when_auth_is_on(serve):
     url = serve(fm.Server(config)).url
     assert requests.get(url + "/", timeout=10).status_code == 401
     assert requests.get(url + "/", headers={"Authorization": "Bearer s3cret"}, timeout=10).status_code == 200
+
+
+def test_status_page_says_whether_each_fragment_counts_persons_or_rows(serve):
+    config = {"methods": {"sum": {"map": "fedmed.ops.private.sum", "reduce": "fedmed.ops.public.sum"}},
+              "persons": {"labs*": "patient", "visits": "mrn"}}
+    server = fm.Server(config)
+    server["labs 2024"] = pd.DataFrame({"patient": [1, 1, 2], "value": [4.0, 5.0, 6.0]})
+    server["visits"] = pd.DataFrame({"patient": [1, 2]})
+    server["cohort"] = cohort()
+    text = requests.get(serve(server).url + "/", timeout=10).text
+    assert "privacy rules count" in text
+    cells = dict(re.findall(r"<code>([^<]*)</code>.*?<td class=\"counting\">([^<]*)</td>", text, re.DOTALL))
+    assert cells["labs 2024"] == "persons by column &#39;patient&#39;"
+    assert cells["visits"].startswith("persons by column &#39;mrn&#39;, but the fragment has no column &#39;mrn&#39;")
+    assert cells["cohort"] == "rows: no person key declared; a person with several rows counts several times"
 
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

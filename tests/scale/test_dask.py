@@ -301,12 +301,16 @@ def test_policies_needing_row_facts_refuse_dask_fragments(cluster) -> None:
 
 def test_policies_needing_only_the_value_apply_to_dask_fragments(cluster) -> None:
     methods = fm.load_config(None).raw["methods"]
-    noise = {"policy": "fedmed.privacy.Noise", "params": {"epsilon": 1.0, "seed": 3}}
+    noise = {"policy": "fedmed.privacy.Noise", "params": {"epsilon": 1.0}}
     config = {"methods": methods, "privacy": [noise]}
     server = fm.Server(config)
     server["cohort"] = Dask(dd.from_pandas(PARTS[0], npartitions=2))
     data = fm.FedData([fm.Simulation(server, "cohort")], config=config)
-    noisy = float(data["x"].count())  # a count: noise needs no row facts
-    assert noisy != PARTS[0]["x"].count() and abs(noisy - PARTS[0]["x"].count()) < 50
+    exact = PARTS[0]["x"].count()
+    # a count: noise needs no row facts. Discrete Laplace at epsilon 1 returns the exact count about
+    # 46% of the time; in 20 releases (new questions each: the filter keeps every row) some must differ
+    noisy = fm.compute(*(data[data["x"] > -1e9 - i]["x"].count() for i in range(20)))
+    assert all(float(v).is_integer() and abs(v - exact) < 50 for v in noisy)
+    assert any(v != exact for v in noisy)
     with pytest.raises(fm.PrivacyError):  # a sum: bounded terms need the rows
         data["x"].sum().compute()
