@@ -234,10 +234,13 @@ def assert_crosstab_protected(table: list[list[Any]], kept: list[list[Any]]) -> 
 # -- attacks through a server running example/config.yaml ---------------------------------------
 
 
-@pytest.fixture
-def example():
+@pytest.fixture(params=["simulation", "http"])
+def example(request, serve):
+    """The example config over the red-team cohort, in process or over a real waitress server."""
     frame = rt.cohort()
     server, data = rt.serve(rt.EXAMPLE_CONFIG, frame)
+    if request.param == "http":
+        data = fm.FedData([fm.Remote(ip=serve(server).url, fragment="cohort")], config=rt.EXAMPLE_CONFIG)
     return server, data, frame
 
 
