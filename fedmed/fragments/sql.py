@@ -355,8 +355,8 @@ class Query:
         """A second statement over the same layers: ``_b`` holds each ``(expression, name)`` of
         ``columns`` per row; ``ctes`` (over ``_b``) and ``selects`` (scalar subqueries) read it.
 
-        ``_b`` is left to DuckDB to inline: scanning the source again per reading pass streams
-        and runs in parallel, and measured twice as fast as materializing it (and needs no memory)."""
+        ``_b`` is left to DuckDB to inline: each pass that reads it scans the source again,
+        streaming, instead of holding every row's columns in memory (measured about as fast)."""
         layers, last = self._layers([expr for expr, _ in columns])
         layers.append(f"_b AS (SELECT {', '.join(f'{expr} AS {name}' for expr, name in columns)} FROM {last})")
         return f"WITH {', '.join([*layers, *ctes])}\nSELECT {', '.join(selects)}"
@@ -470,7 +470,7 @@ class ValueCounts:
 
 
 class Contributions:
-    """The largest absolute contributions of the used rows (largest first) and totals over all of them.
+    """The largest absolute contributions of the persons (or rows) used, largest first, and totals over all.
 
     Answers what the dominance rule does with ``Disclosure.contributions()``:
     ``terms[:n].sum()``, ``terms.sum()`` and ``terms ** 2``.
@@ -525,11 +525,11 @@ class Judged:
 
     nulled: int  # missing although the raw values below it are present
     present: int  # with a value (0: nothing to judge)
-    distinct: int  # distinct values
-    minority: int  # not holding the most frequent value (the smallest such count over tied modes)
+    distinct: int  # distinct values (3: three or more)
+    minority: int  # with another value than the mode (see ``Compiler._classes``)
     spread: tuple[int, float, list[float]] | None = None  # numbers: (holders, total, largest) of |x - median|
 
-    def selects(self, k: int, share: float, unit: str, bound: int) -> str | None:
+    def selects(self, k: int, share: float, unit: str) -> str | None:
         """``Disclosure._selects`` on these numbers: what the value does to single out 1 to k-1, or None."""
         if 0 < self.nulled < k:
             return f"is missing on fewer than {k} {unit} whose values are present"
@@ -541,11 +541,8 @@ class Judged:
             return f"takes one value on all but fewer than {k} {unit}"
         if self.spread is not None and self.distinct > 2:
             holders, total, largest = self.spread
-            if total > 0 and holders >= k:
-                if len(largest) < min(k - 1, holders):
-                    raise TaskFailed(f"this fragment judges intermediate values for k up to {bound}, not {k}")
-                if float(sum(largest[: k - 1])) > share * total:
-                    return f"puts almost all of its spread on fewer than {k} {unit}"
+            if total > 0 and holders >= k and float(sum(largest[: k - 1])) > share * total:
+                return f"puts almost all of its spread on fewer than {k} {unit}"
         return None
 
 
@@ -639,7 +636,9 @@ class SQLDisclosure:
         if self.persons is not None and self._facts is not None and self._facts.get("cells"):
             raise TaskFailed(f"this fragment cannot size the cells of {self.op} in persons: count tables are refused "
                              "where a person column is declared")
-        bound, unit = self._fact("k"), self.unit
+        unit, bound = self.unit, self._fact("k")
+        if k > bound:  # the order statistics behind the checks were taken for k up to ``bound``
+            raise TaskFailed(f"this fragment judges what singles out fewer than {bound} {unit}, not {k}")
         for node, kind, *facts in self._fact("checks"):
             what = None
             if kind == "list":
@@ -649,13 +648,13 @@ class SQLDisclosure:
                 if 0 < out < k or 0 < kept < k:
                     what = f"is a row filter that keeps or drops fewer than {k} {unit}"
             elif kind == "derived":
-                what = facts[0].selects(k, concentration, unit, bound)
+                what = facts[0].selects(k, concentration, unit)
             elif kind == "ratio":  # two inputs released side by side, proportional but on a few
                 ratio: Judged = facts[0]
                 if ratio.distinct > 1 and 0 < ratio.minority < k:
                     what = f"differs from a multiple of another input on fewer than {k} {unit}"
             elif kind == "weights":
-                what = facts[0].selects(k, concentration, unit, bound)
+                what = facts[0].selects(k, concentration, unit)
                 what = what and f"(its row weights at this beta) {what}"
             elif kind == "steps":
                 what = f"has more than {facts[0]} row-wise steps, too many to judge; simplify it"
@@ -1621,11 +1620,7 @@ class Compiler:
         x, has = later.column(value), later.column(present)
         held = f"(CASE WHEN {has} THEN {x} END)"
         if key is None:  # rows: any most frequent value leaves the same number of rows out
-            distinct = later.read_first(later.first(f"count(DISTINCT {held})"))
-            size = later.read_first(later.first(f"count({held})"))
-            top = later.second(f"count(CASE WHEN {has} AND {x} = {later.first(f'mode({held})')} THEN 1 END)")
-            return lambda row, extra: (int(size(row, extra)), int(distinct(row, extra)),
-                                       int(size(row, extra)) - int(top(row, extra)))
+            return self._row_classes(x, has)
         # persons: the persons with another value than the mode are all but those whose every value is the mode
         low, high = later.per_person(f"min({held})", held), later.per_person(f"max({held})", held)
         first = f", min({later.column(ordinal)}) AS _f" if ordinal else ", NULL AS _f"
@@ -1640,6 +1635,38 @@ class Compiler:
         def read(row: tuple, extra: Any) -> tuple[int, int, int]:
             c = best(row, extra)
             return (0, 0, 0) if c is None else (persons(row, extra), int(c["d"]), persons(row, extra) - int(c["p"]))
+
+        return read
+
+    def _row_classes(self, x: str, has: str) -> Callable[[tuple, Any], tuple[int, int, int]]:
+        """``_classes`` counting rows, from order statistics rather than a hash of every value.
+
+        A value held by all rows but fewer than k is held by more than half
+        of them once there are more than 2k rows: it is then the median
+        (``quantile_disc``), and the rows without it are counted in the
+        second pass. Up to 2k rows, the 2k smallest values are all of them.
+        Whether there are 1, 2 or more distinct values follows from the
+        extremes and the rows strictly between them.
+        """
+        later, few = self.later, 2 * self.needs.k
+        held = f"(CASE WHEN {has} THEN {x} END)"
+        size, low, high, middle, smallest = (later.first(f"{aggregate}({held}{more})") for aggregate, more in (
+            ("count", ""), ("min", ""), ("max", ""), ("quantile_disc", ", 0.5"), ("min", f", {few}")))
+        at_middle = later.second(f"count(CASE WHEN {has} AND {x} = {middle} THEN 1 END)")
+        between = later.second(f"count(CASE WHEN {has} AND {x} <> {low} AND {x} <> {high} THEN 1 END)")
+        first = {name: later.read_first(name) for name in (size, low, high, smallest)}
+
+        def read(row: tuple, extra: Any) -> tuple[int, int, int]:
+            n = int(first[size](row, extra))
+            if n == 0:
+                return 0, 0, 0
+            distinct = 1 if first[low](row, extra) == first[high](row, extra) else 2 if not between(row, extra) else 3
+            if n <= few:
+                values = first[smallest](row, extra) or []
+                mode = max(sum(1 for w in values if w == v) for v in values)
+            else:
+                mode = int(at_middle(row, extra))
+            return n, distinct, n - mode
 
         return read
 
@@ -1878,9 +1905,7 @@ class Compiler:
         if needs.contributions and (op in SUMS or node.op in SUMS):
             reads["contributions"] = self._contributions(inputs, _or(*[_and(*used_in(view)) for _, view in views]))
         value_counts = self._counts(inputs[0]) if op == "set" and isinstance(inputs[0], Col) else None
-        person, bound = self.person, needs.k
-
-        cells = node.op in CELL_OPS
+        person, bound, cells = self.person, needs.k, node.op in CELL_OPS
 
         def read(row: tuple, extra: Any) -> SQLDisclosure:
             facts = {name: r(row, extra) for name, r in reads.items()}

@@ -175,7 +175,8 @@ class Disclosure:
         for name, view in self.views():
             if name == column and view:
                 used = self.used_in(view)
-                return self.count(used & self._align(view[0] == value))
+                equal = pd.Series(view[0].to_numpy(dtype=object) == value, index=view[0].index)
+                return self.count(used & self._align(equal))
         return 0
 
     def contributions(self) -> np.ndarray:
