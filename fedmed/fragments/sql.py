@@ -50,7 +50,8 @@ from ..expr.node import Node, walk
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment as FragmentNode, Literal, Map
 from ..ops import binary, private
 from ..ops.columns import COLUMNS
-from ..server.disclosure import _POSITIONAL, _SIDE_BY_SIDE, MAX_INFLUENCE, Finding, _judged_by_cells, _under_masks
+from ..server.disclosure import (_CELLS_AND_EXTREMES, _POSITIONAL, _SIDE_BY_SIDE, MAX_INFLUENCE, Finding, _judged_by_cells,
+                                 _under_masks)
 from ..server.evaluate import Failure, _bounded, needed_nodes
 
 # -- kinds of values -----------------------------------------------------------------------
@@ -296,6 +297,24 @@ def _nan_null(expr: str) -> str:
     return f"nullif({expr}, {NAN_LITERAL})"
 
 
+#: Integers that an influence move (``v +- 10 * (|v| + 1)``) takes nowhere near 64 bits' overflow.
+SMALL = 838_000_000_000_000_000
+
+
+def _wrapped(huge: str) -> str:
+    """A HUGEINT ``huge`` as numpy's int64 arithmetic has it: wrapped around into 64 bits (NULL where it is
+    beyond even a HUGEINT: a source column of 128 bits, which pandas cannot hold anyway)."""
+    return _try(f"CAST((({huge} + {2**63}) % {2**64} + {2**64}) % {2**64} - {2**63} AS BIGINT)")
+
+
+def _positive_zero(expr: str) -> str:
+    """A float without -0.0 (``fedmed.server.evaluate._positive_zero``): ``-0.0 + 0.0`` is ``+0.0`` in IEEE
+    arithmetic, every other value (and NULL) is unchanged. -0.0 equals 0.0 to every comparison and count,
+    yet ``1 / -0.0`` is ``-inf``: one row's sign would carry past every rule that looks at values.
+    (DuckDB keeps ``x + 0.0`` as written: its optimizer does not drop the addition, see the tests.)"""
+    return f"({expr} + {FLOAT_ZERO})"
+
+
 def _try(expr: str) -> str:
     """``expr``, NULL on the rows where DuckDB raises (an integer overflow, where numpy wraps around):
     whether a query fails must not depend on the rows (see ``fedmed.ops.binary``). TRY costs about
@@ -364,8 +383,15 @@ class Query:
     def _layers(self, uses: Sequence[str]) -> tuple[list[str], str]:
         """The CTEs of the layers, each passing on what is used above it (by ``uses`` in the end), and the last one."""
         final = len(self.layers)
+        # only the columns ``uses`` reads, directly or through others: a statement does not carry what
+        # only another statement reads (the disclosure's recomputed steps, most of all)
+        needed = {alias for expr in uses for alias in ALIAS.findall(expr)}
+        layers = [[]] * len(self.layers)
+        for level in range(final - 1, 0, -1):
+            layers[level] = [(alias, expr) for alias, expr in self.layers[level] if alias in needed]
+            needed.update(a for _, expr in layers[level] for a in ALIAS.findall(expr))
         last_use: dict[str, int] = {}
-        for level, layer in enumerate(self.layers):
+        for level, layer in enumerate(layers):
             for _, expr in layer:
                 for alias in ALIAS.findall(expr):
                     last_use[alias] = level
@@ -377,7 +403,7 @@ class Query:
                           *([f"{self.ordinal} AS o0"] if self.ordinal and "o0" in last_use else [])]) or "1 AS _row"
         ctes = [f"t0 AS (SELECT {read} FROM {self.source})"]
         previous = "t0"
-        for level, layer in enumerate(self.layers[1:], 1):
+        for level, layer in enumerate(layers[1:], 1):
             if not layer:
                 continue
             kept = [alias for alias, at in defined if last_use.get(alias, -1) > level]
@@ -658,7 +684,9 @@ class SQLDisclosure:
                 what = what and f"(its row weights at this beta) {what}"
             elif kind == "steps":
                 what = f"has more than {facts[0]} row-wise steps, too many to judge; simplify it"
-            elif 0 < facts[0] < k:  # "influence": the rows through which the value reaches the result
+            elif kind == "unjudged":  # a move the task cannot be compiled with: fail closed
+                what = "cannot be judged: changing its values makes the task fail"
+            elif kind == "influence" and 0 < facts[0] < k:  # the rows through which the value reaches the result
                 what = f"reaches the result through fewer than {k} {unit} only"
             if what:
                 return Finding(node, what)
@@ -730,9 +758,11 @@ class Compiler:
         if person is not None and key is None:
             raise TaskFailed(f"this fragment has no column {person!r} to count persons by")
         self.later = _Followup(key)
+        self._key = key  # the person column in ``t0`` (None: rows are counted)
         self.fragment = Table({c.name: Col(c.alias, 0, ALL, c.kind, untyped=c.untyped) for c in columns}, ALL)
         self.rows_index = self.query.select("count(*)")
         self._never_null: set[str] = set()  # boolean columns that are never NULL: usable as a filter as they are
+        self._unsigned: set[str] = set()  # float columns that are never -0.0 (every elementwise result)
 
     # -- driver ----------------------------------------------------------------------------------
     def compile(self, nodes: Sequence[Node], outputs: Sequence[int]) -> Program:
@@ -807,8 +837,14 @@ class Compiler:
         raise TaskFailed(f"this fragment cannot compile a {node.kind} node")
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _column(self, expr: str, level: int, rows: Rows, kind: str, nullable: bool = False) -> Col:
+    def _column(self, expr: str, level: int, rows: Rows, kind: str, nullable: bool = False,
+                signed: bool = True) -> Col:
+        """``expr`` as a named column; a float one without -0.0 (``signed=False``: it never is -0.0)."""
+        if kind == FLOAT and signed:
+            expr = _positive_zero(expr)
         alias, at = self.query.name(expr, level)
+        if kind == FLOAT:
+            self._unsigned.add(alias)
         return Col(alias, at, rows, kind, nullable)
 
     def _align(self, op: str, cols: Sequence[Col], mode: str) -> tuple[Rows, list[str]]:
@@ -960,9 +996,10 @@ class Compiler:
             if y.is_const and y.const != 0:
                 return self._column(floor, level, rows, INT, nullable)
             zero = _nan_null(self._by_zero(x.double, y.double))
-            if y.is_const:
-                return self._column(zero, level, rows, FLOAT, nullable)
-            return self._column(f"(CASE WHEN {q} = 0 THEN {zero} ELSE {floor} END)", level, rows, FLOAT, nullable)
+            if y.is_const:  # +-inf or missing, never -0.0 (nor is an integer quotient)
+                return self._column(zero, level, rows, FLOAT, nullable, signed=False)
+            return self._column(f"(CASE WHEN {q} = 0 THEN {zero} ELSE {floor} END)", level, rows, FLOAT, nullable,
+                                signed=False)
         # numpy's npy_divmod for floats, step by step
         p, q = x.double, y.double
         mod, at = self.query.name(f"(CASE WHEN {q} <> 0 THEN {p} % {q} END)", level)
@@ -986,7 +1023,7 @@ class Compiler:
             if y.is_const and y.const != 0:
                 return self._column(python, at, rows, INT, nullable)
             # pandas gives floats (NaN) once a divisor is 0: as floordiv, a column divisor gives floats
-            return self._column(f"CAST({python} AS DOUBLE)", at, rows, FLOAT, nullable)
+            return self._column(f"CAST({python} AS DOUBLE)", at, rows, FLOAT, nullable, signed=False)
         p, q = x.double, y.double
         mod, at = self.query.name(f"(CASE WHEN {q} <> 0 THEN {p} % {q} END)", level)
         python = f"(CASE WHEN {mod} <> 0 AND (({q} < 0) <> ({mod} < 0)) THEN {mod} + {q} ELSE {mod} END)"
@@ -1007,9 +1044,10 @@ class Compiler:
                 return self._column("CAST(NULL AS BIGINT)", level, rows, INT, True)
             return self._column(f"(CASE WHEN {exponent} >= 0 THEN {power} END)", level, rows, INT, True)
         base, exponent = x.double, y.double
-        # numpy: x ** 0 and 1 ** y are 1 even for missing x or y
+        # numpy: x ** 0 and 1 ** y are 1 even for missing x or y; 0 ** -y is inf, -0.0 ** -odd is -inf
         expr = (f"(CASE WHEN {exponent} = 0 THEN {FLOAT_ONE} WHEN {base} = 1 THEN {FLOAT_ONE} "
-                f"WHEN {base} = 0 AND {exponent} < 0 THEN {FLOAT_INF} "
+                f"WHEN {base} = 0 AND {exponent} < 0 THEN (CASE WHEN signbit({base}) AND isfinite({exponent}) AND "
+                f"{exponent} = trunc({exponent}) AND {exponent} % 2 <> 0 THEN {FLOAT_NINF} ELSE {FLOAT_INF} END) "
                 f"WHEN {base} < 0 AND {exponent} <> trunc({exponent}) THEN {FLOAT_NAN} "
                 f"ELSE pow({base}, {exponent}) END)")
         return self._column(_nan_null(expr), level, rows, FLOAT, nullable)
@@ -1027,8 +1065,8 @@ class Compiler:
         if x.kind == BOOL:
             return a
         self._numeric("abs", [x])
-        expr = f"abs({x.sql})"
-        return self._column(_try(expr) if x.kind == INT else expr, level, rows, x.kind, x.nullable)
+        expr = f"abs({x.sql})"  # abs(-0.0) is 0.0
+        return self._column(_try(expr) if x.kind == INT else expr, level, rows, x.kind, x.nullable, signed=False)
 
     def _op_invert(self, a: Col) -> Col:
         rows, (x,), level = self._operands("invert", [a])
@@ -1156,19 +1194,21 @@ class Compiler:
             expr = f"(CASE WHEN {expr} > {high} THEN {high} ELSE {expr} END)"
         return self._column(expr, a.depth, a.rows, FLOAT if as_float else INT, a.nullable)
 
-    def _unary_float(self, op: str, a: Col, template: str) -> Col:
+    def _unary_float(self, op: str, a: Col, template: str, signed: bool = True) -> Col:
         if a.kind not in NUMERIC:
             raise TaskFailed(f"{op} is not supported for {_describe_kind(a.kind)} values")
         x = Operand(a.sql, a.kind).double
-        return self._column(_nan_null(template.format(x=x)), a.depth, a.rows, FLOAT, a.nullable)
+        return self._column(_nan_null(template.format(x=x)), a.depth, a.rows, FLOAT, a.nullable, signed)
 
-    def _op_log(self, a: Col) -> Col:
-        return self._unary_float("log", a, f"(CASE WHEN {{x}} > 0 THEN ln({{x}}) WHEN {{x}} = 0 THEN {FLOAT_NINF} END)")
+    def _op_log(self, a: Col) -> Col:  # ln(1) is +0.0
+        return self._unary_float("log", a, f"(CASE WHEN {{x}} > 0 THEN ln({{x}}) WHEN {{x}} = 0 THEN {FLOAT_NINF} END)",
+                                 signed=False)
 
     def _op_exp(self, a: Col) -> Col:
-        return self._unary_float("exp", a, f"(CASE WHEN {{x}} > 709.78 THEN {FLOAT_INF} ELSE exp({{x}}) END)")
+        return self._unary_float("exp", a, f"(CASE WHEN {{x}} > 709.78 THEN {FLOAT_INF} ELSE exp({{x}}) END)",
+                                 signed=False)
 
-    def _op_sqrt(self, a: Col) -> Col:
+    def _op_sqrt(self, a: Col) -> Col:  # sqrt(-0.0) is -0.0
         return self._unary_float("sqrt", a, "(CASE WHEN {x} >= 0 THEN sqrt({x}) END)")
 
     def _op_round(self, a: Col, decimals: Value = Const(0)) -> Col:
@@ -1203,9 +1243,10 @@ class Compiler:
         # text is read as a number as pd.to_numeric reads it (" 2 ", "1e3"); what is none is NULL
         number = _nan_null(f"TRY_CAST(trim({x}) AS DOUBLE)") if kind == STR else Operand(x, kind).double
         if name == "float":
-            if kind == FLOAT:
+            if kind == FLOAT and a.sql in self._unsigned:
                 return replace(a, nullable=False)
-            return self._column(number, a.depth, a.rows, FLOAT)
+            # a raw column's -0.0 becomes 0.0 (pandas: an elementwise float result); integers never are -0.0
+            return self._column(number, a.depth, a.rows, FLOAT, signed=kind in (FLOAT, STR))
         if name == "int":
             if kind == INT:
                 return replace(a, nullable=True)
@@ -1235,7 +1276,7 @@ class Compiler:
             raise TaskFailed("dummy needs one level (a number, text or boolean)")
         equal = self._compare("eq", a, level)
         expr = f"(CASE WHEN {a.sql} IS NULL THEN NULL WHEN {equal.sql} THEN {FLOAT_ONE} ELSE {FLOAT_ZERO} END)"
-        return self._column(expr, max(a.depth, equal.depth), a.rows, FLOAT)
+        return self._column(expr, max(a.depth, equal.depth), a.rows, FLOAT, signed=False)
 
     # -- filters -----------------------------------------------------------------------------------
     def _truthy(self, mask: Col) -> str:
@@ -1722,34 +1763,66 @@ class Compiler:
         scope = frozenset([used, f"{weights} IS NOT NULL"])
         return self._judge(Col(weights, at, Rows(rows, level), FLOAT), scope, raw)
 
+    @staticmethod
+    def _influence_candidates(node: Map, by_node: Mapping[int, Value], graph: "_Graph") -> list[Node]:
+        """``Disclosure._influence_candidates``: the row-wise steps whose influence is judged."""
+        return [n for n in graph.order if not isinstance(n, (Literal, FragmentNode, Filter, Map))
+                and not any(n is a for a in node.args) and isinstance(by_node.get(id(n)), Col)]
+
     def _influence(self, node: Map, by_node: Mapping[int, Value], graph: "_Graph") -> list[tuple[Any, ...]]:
-        """``Disclosure._influence``: per intermediate, the persons whose terms change when it is moved."""
+        """``Disclosure._influence``: per intermediate, the persons with raw values present whose terms
+        change when it is moved, by each move (not for count tables and extremes) and by either move;
+        a move the task cannot be compiled with is refused (fail closed), as the pandas engine's failed rerun."""
         terms = [(i, v) for i, v in enumerate(by_node[id(a)] for a in node.args) if isinstance(v, Col)]
         if not terms:
             return []
-        candidates = [n for n in graph.order if not isinstance(n, (Literal, FragmentNode, Filter, Map))
-                      and not any(n is a for a in node.args) and isinstance(by_node.get(id(n)), Col)]
-        if len(candidates) > MAX_INFLUENCE:
-            return [(node, "steps", MAX_INFLUENCE)]
-        checks = []
-        for candidate in candidates:
-            changed = []
+        present = sorted(graph.present)
+        each_move = node.op not in _CELLS_AND_EXTREMES
+        checks: list[tuple[Any, ...]] = []
+        for candidate in self._influence_candidates(node, by_node, graph):
+            union = []
             for moved in self._moves(by_node[id(candidate)]):
                 again = self._rerun(node, by_node, {id(candidate): moved})
-                if again is not None:
-                    changed += [self._differs(before, again[i]) for i, before in terms if isinstance(again[i], Col)]
-            checks.append((candidate, "influence", self._count(_or(*changed))))
+                if again is None:
+                    checks.append((candidate, "unjudged"))
+                    break  # pandas returns here: nothing after it is ever read
+                changed = _or(*[self._differs(before, again[i]) for i, before in terms if isinstance(again[i], Col)])
+                union.append(changed)
+                if each_move:
+                    checks.append((candidate, "influence", self._distinct(_and(*present, changed))))
+            else:
+                if union and not (each_move and len(union) == 1):  # one move: its own count was judged already
+                    checks.append((candidate, "influence", self._distinct(_and(*present, _or(*union)))))
         return checks
 
+    def _distinct(self, cond: str) -> Read:
+        """``_count`` in the first statement: persons as distinct keys, plus the rows without a key.
+
+        The recomputed steps stay out of the second statement, whose every pass would otherwise carry
+        them (DuckDB plans each pass over the layers anew: seconds for a few dozen steps)."""
+        if cond == "FALSE" or self._key is None:
+            return self._count(cond)
+        keyed = self.query.select(f"count(DISTINCT CASE WHEN {cond} THEN {self._key} END)")
+        single = self.query.select(_count_rows(_and(cond, f"{self._key} IS NULL")))
+        return lambda row, extra: int(row[keyed]) + int(row[single])
+
     def _moves(self, value: Col) -> list[Col]:
-        """``disclosure._moves``: the value changed on every row (a boolean flipped, a number moved far up and down)."""
+        """``disclosure._moves``: the value changed on every row (a boolean flipped, a number moved far up and
+        down, keeping its type: integers stay integers, wrapping around on overflow as numpy's do)."""
         if value.kind == BOOL:
             return [self._column(f"(NOT {value.sql})", value.depth, value.rows, BOOL, value.nullable)]
-        if value.kind not in (INT, FLOAT):
+        if value.kind == INT:
+            v = value.sql
+            return [self._column(f"(CASE WHEN {v} BETWEEN -{SMALL} AND {SMALL} THEN "
+                                 f"CAST({v} AS BIGINT) {sign} 10 * (abs(CAST({v} AS BIGINT)) + 1) "
+                                 f"ELSE {_wrapped(f'(CAST({v} AS HUGEINT) {sign} 10 * (abs(CAST({v} AS HUGEINT)) + 1))')} "
+                                 "END)", value.depth, value.rows, INT, value.nullable)
+                    for sign in "+-"]
+        if value.kind != FLOAT:
             return []
-        number = Operand(value.sql, value.kind).double
-        step = f"(CAST(10 AS DOUBLE) * (abs({number}) + {FLOAT_ONE}))"
-        return [self._column(_nan_null(f"({number} {sign} {step})"), value.depth, value.rows, FLOAT, value.nullable)
+        # pandas: value.astype(float) +- 10 * (|value| + 1), plain float64 (never -0.0: |step| > |value|)
+        step = f"(CAST(10 AS DOUBLE) * (abs({value.sql}) + {FLOAT_ONE}))"
+        return [self._column(_nan_null(f"({value.sql} {sign} {step})"), value.depth, value.rows, FLOAT, signed=False)
                 for sign in "+-"]
 
     def _rerun(self, root: Map, by_node: Mapping[int, Value], overrides: dict[int, Value]) -> list[Value] | None:
@@ -1879,23 +1952,26 @@ class Compiler:
                 holders = {name: self._holders("max" if op == "max" else "min", view[0], _and(*used_in(view)))
                            for name, view in views if view}
                 reads["holders"] = lambda row, extra: {name: h(row, extra) for name, h in holders.items()}
-            # in the order of ``Disclosure.singled_out``: (node, kind, reads of its facts...)
-            checks: list[tuple[Any, ...]] = [(n, "list") for n in graph.lists]
-            for f, dropped, scopes in graph.filters:
+            # in the order of ``Disclosure.singled_out``: (node, kind, reads of its facts...); too many steps
+            # to judge are refused before anything else is compiled (each costs a recomputation)
+            steps = len(self._influence_candidates(node, by_node, graph)) > MAX_INFLUENCE
+            checks: list[tuple[Any, ...]] = [(node, "steps", MAX_INFLUENCE)] if steps else \
+                [(n, "list") for n in graph.lists]
+            for f, dropped, scopes in [] if steps else graph.filters:
                 checks += [(f, "filter", self._count(_and(*sorted(scope), _not(dropped))),
                             self._count(_and(*sorted(scope), dropped))) for scope in scopes]
-            for n, scopes in graph.derived:
+            for n, scopes in [] if steps else graph.derived:
                 value = by_node[id(n)]
                 columns = list(value.columns.values()) if isinstance(value, Table) else [value]
                 for scope in scopes:
                     checks += [(n, "derived", self._judge(c, scope, graph.raw[id(n)])) for c in columns]
-            if node.op in _SIDE_BY_SIDE:
+            if node.op in _SIDE_BY_SIDE and not steps:
                 used = _and(*sorted(graph.selected))
                 numeric = [(a, v) for a, v in zip(node.args, inputs) if isinstance(v, Col) and v.kind in NUMERIC]
                 checks += [(a, "ratio", self._ratio(x, y, used)) for (a, x), (_, y) in itertools.combinations(numeric, 2)]
                 weights = self._weights(inputs, used, graph.raw[id(node)]) if node.op == "glm_step" else None
                 checks += [(node, "weights", weights)] if weights is not None else []
-            checks += self._influence(node, by_node, graph)
+            checks += [] if steps else self._influence(node, by_node, graph)
 
             def read_checks(row: tuple, extra: Any) -> list[tuple[Any, ...]]:
                 return [(n, kind, *(read if isinstance(read, int) else read(row, extra) for read in reads_))

@@ -58,7 +58,7 @@ _POSITIONAL = {
 
 
 #: Most row-wise steps whose influence one task's disclosure judges (each costs a recomputation).
-MAX_INFLUENCE = 100
+MAX_INFLUENCE = 64
 
 #: Aggregates that release sums of several inputs side by side (whose differences are then released too).
 _SIDE_BY_SIDE = {"comoments", "comoment_matrix", "glm_step"}
@@ -198,6 +198,9 @@ class Disclosure:
         median that ``k - 1`` persons may not exceed.
         """
         graph = self._graph
+        if self._rerun is not None and len(self._influence_candidates()) > MAX_INFLUENCE:
+            # before any other work: judging each step costs a recomputation of the task
+            return Finding(self.node, f"has more than {MAX_INFLUENCE} row-wise steps, too many to judge; simplify it")
         for node in graph.lists:
             return Finding(node, "combines a list constant row by row (or column by column): positions must not be addressable")
         for node, dropped, scopes in graph.filters:
@@ -219,37 +222,47 @@ class Disclosure:
         """An intermediate whose value reaches the result through 1 to k-1 persons' rows only.
 
         The result's terms are recomputed with each intermediate changed on
-        every row (a boolean flipped, a number moved far up and far down):
-        the rows whose terms change are the rows through which that value
-        reaches the result. ``id + y * (id <= 17) - y * (id < 17)`` has no
-        step that singles anyone out, yet ``y`` reaches its sum through row
-        17 alone; the same holds for a bit of ``y`` taken with a comparison.
-        Which rows change depends on the expression and on the other
-        columns, not on the value being protected, so a refusal says no more
-        than the analyst's own expression does.
+        every row (a boolean flipped; a number moved far up, then far down,
+        keeping its type): the rows whose terms change are the rows through
+        which that value reaches the result. ``id + y * (id <= 17) - y * (id
+        < 17)`` has no step that singles anyone out, yet ``y`` reaches its
+        sum through row 17 alone; the same holds for a bit of ``y`` taken
+        with a comparison. Each move is judged on its own, so that a decoy
+        that only one direction trips (``+ (y > 13)``) hides nothing; rows
+        with a natural missing value are left out (what the data say, as
+        elsewhere); a move the task cannot be recomputed with is refused,
+        not skipped. Which rows change depends on the expression and on the
+        other columns, not on the value being protected, so a refusal says
+        no more than the analyst's own expression does.
         """
-        if self._rerun is None:
+        if self._rerun is None or not any(isinstance(v, pd.Series) for v in self.inputs):
             return None
-        terms = [v for v in self.inputs if isinstance(v, pd.Series)]
-        if not terms:
-            return None
-        candidates = [node for node in self._graph.order
-                      if not isinstance(node, (Literal, Fragment, Filter, Map)) and not any(node is a for a in self.node.args)
-                      and isinstance(self._values.get(id(node)), pd.Series)]
-        if len(candidates) > MAX_INFLUENCE:
-            return Finding(self.node, f"has more than {MAX_INFLUENCE} row-wise steps, too many to judge; simplify it")
-        for node in candidates:
-            changed = pd.Series(False, index=self.index)
+        present = self._graph.present
+        # a count table or an extreme judges the small side of its own input itself (cells, holders):
+        # there, a comparison whose one side is small must not be refused for what each move alone trips
+        each_move = self.node.op not in _CELLS_AND_EXTREMES
+        for node in self._influence_candidates():
+            union = pd.Series(False, index=self.index)
             for moved in _moves(self._values[id(node)]):
                 again = self._rerun(self.node, {id(node): moved})
                 if again is None:
-                    continue
+                    return Finding(node, "cannot be judged: changing its values makes the task fail")
+                changed = pd.Series(False, index=self.index)
                 for before, after in zip(self.inputs, again):
                     if isinstance(before, pd.Series) and isinstance(after, pd.Series):
                         changed = changed | self._align(_differs(before, after))
-            if 0 < self.count(changed) < k:
+                union |= changed
+                if each_move and 0 < self.count(changed & present) < k:
+                    return Finding(node, f"reaches the result through fewer than {k} {self.unit} only")
+            if 0 < self.count(union & present) < k:
                 return Finding(node, f"reaches the result through fewer than {k} {self.unit} only")
         return None
+
+    def _influence_candidates(self) -> list[Node]:
+        """The row-wise steps whose influence is judged (not the map's own arguments: they reach every row)."""
+        return [node for node in self._graph.order
+                if not isinstance(node, (Literal, Fragment, Filter, Map)) and not any(node is a for a in self.node.args)
+                and isinstance(self._values.get(id(node)), pd.Series)]
 
     def _jointly(self, k: int, share: float) -> Finding | None:
         """What the aggregate does with its inputs together that no single input shows.
@@ -422,10 +435,14 @@ def _under_masks(root: Map) -> dict[int, set[frozenset[int]]]:
     return under
 
 
+#: Aggregates whose input's rare values are judged cell by cell, or by who holds the extreme.
+_CELLS_AND_EXTREMES = {"value_counts", "crosstab", "histogram", "count_below", "set", "unique", "min", "max"}
+
+
 def _judged_by_cells(node: Node, root: Map) -> bool:
     """The values a count table or an extreme is made of (an input, filtered or not): their rare
     values are judged cell by cell, or by who holds the extreme."""
-    if root.op not in ("value_counts", "crosstab", "histogram", "count_below", "set", "unique", "min", "max"):
+    if root.op not in _CELLS_AND_EXTREMES:
         return False
     for arg in root.args:
         while isinstance(arg, Filter):
@@ -475,10 +492,13 @@ def _any(start: pd.Series, masks: list[pd.Series]) -> pd.Series:
 
 
 def _moves(value: pd.Series) -> list[pd.Series]:
-    """The value changed on every row: a boolean flipped; a number moved far up, and far down."""
+    """The value changed on every row: a boolean flipped; a number moved far up, and far down (same type)."""
     if value.dtype == bool or str(value.dtype) == "boolean":
         return [~value]
-    if _is_number(value) and value.dtype != bool:
+    if _is_number(value) and value.dtype.kind in "iu" or str(value.dtype) in ("Int64", "Int32"):
+        step = 10 * (value.abs() + 1)  # integers stay integers: integer-only operations (&, |) still run
+        return [value + step, value - step]
+    if _is_number(value):
         numbers = value.astype(float)
         step = 10.0 * (numbers.abs() + 1.0)
         return [numbers + step, numbers - step]

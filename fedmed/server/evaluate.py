@@ -187,14 +187,27 @@ def apply_elementwise(op: str, fn: Callable[..., Any], args: list[Any]) -> Any:
     number of operands, or a failure of constants combined with constants.
     """
     try:
-        return fn(*args)
+        return _positive_zero(fn(*args))
     except (ServerError, OperationError):
         raise
     except Exception:
         if not any(isinstance(a, (pd.Series, pd.DataFrame)) for a in args):
             raise  # constants only: the request alone decides
         _check_operands(op, fn, args)
-        return total(fn, args)
+        return _positive_zero(total(fn, args))
+
+
+def _positive_zero(value: Any) -> Any:
+    """Float results without -0.0: it equals 0.0 to every comparison and count, yet ``1 / -0.0`` is
+    ``-inf``, a sign that one row could carry past every rule that looks at values."""
+    if isinstance(value, pd.Series) and value.dtype.kind == "f":
+        return value + 0.0  # IEEE: -0.0 + 0.0 is +0.0; every other value is unchanged
+    if isinstance(value, pd.DataFrame):
+        floats = [c for c, kind in zip(value.columns, value.dtypes) if getattr(kind, "kind", "") == "f"]
+        if floats:
+            value = value.copy()
+            value[floats] = value[floats] + 0.0
+    return value
 
 
 #: Most calls of an operation ``total`` spends finding the rows it cannot compute; rows still

@@ -146,6 +146,9 @@ def in_one_expression(d: fm.FedData) -> dict[str, Callable[[], float]]:
             (age * (ids <= T)).comoment_matrix(age * (ids < T)).compute()),
         "glm weights at a crafted beta": lambda: float(np.sqrt(
             age.glm_step("poisson", False, [0.0, -50.0], age, weight).compute()["hessian"][0][0])),
+        # found by a second red-team pass
+        "a decoy that one move trips": lambda: (ids + age * (ids <= T) - age * (ids < T) + (age > 200)).sum().compute() - base,
+        "integer-only operations": lambda: (ids + (age & ((ids <= T) * -1)) - (age & ((ids < T) * -1))).sum().compute() - base,
     }
 
 
@@ -156,6 +159,34 @@ def test_family_1_trackers_inside_one_expression(attacked):
     data, _ = attacked
     leaks = {name: outcome(attack) for name, attack in in_one_expression(data).items()}
     assert all(v == "refused" for v in leaks.values()), leaks
+
+
+def test_family_1_a_negative_zero_carries_no_sign_past_the_rules(attacked):
+    """-0.0 equals 0.0 to every comparison and count, yet ``1 / -0.0`` is ``-inf``: a zero that is
+    negative on the target's row alone chose whether a min was -inf (withheld: one row holds it) or inf,
+    one bit of the age per task. Elementwise results carry no negative zero now."""
+    data, frame = attacked
+    ids, age = data["id"], data["age"]
+    signed = -(((ids - T) * 0.0) * ((T - ids) * 0.0))  # -0.0 on row 17 only, before the fix
+    bits = [outcome(lambda j=j: (1.0 / ((((age // 2**j) % 2) - 0.5) * 0.0 + signed)).min().compute()) for j in range(7)]
+    assert bits == [math.inf] * 7
+
+
+def test_known_limit_trackers_inside_one_expression():
+    """KNOWN LIMIT, asserted as working attacks: a tracker needs two subsets, and one expression can
+    hold both when the check cannot see them apart: two copies of a column (each moved alone reaches 18
+    and 17 rows), decoys that both moves trip, or three inputs released side by side. Each is the
+    tracker of docs/privacy.md 5.1 in one task; like it, only Noise with a Budget bounds it."""
+    frame = rt.cohort()
+    _, data = rt.serve(rt.EXAMPLE_CONFIG, frame)
+    ids, age = data["id"], data["age"]
+    base = rt.N * (rt.N - 1) / 2
+    copy = data[ids >= 0]["age"]
+    two_copies = (ids + age * (ids <= T) - copy * (ids < T)).sum().compute() - base
+    decoys = (ids + age * (ids <= T) - age * (ids < T) + (age > 200) + (age < -200)).sum().compute() - base
+    m = (ids + age * (ids <= T)).comoment_matrix(age * (ids < T), ids).compute()
+    three_inputs = rt.N * (m.mean[0] - m.mean[1] - m.mean[2])
+    assert [round(v) for v in (two_copies, decoys, three_inputs)] == [rt.TARGET_AGE] * 3
 
 
 # -- family 2: many rows packed into one number -------------------------------------------------

@@ -37,7 +37,7 @@ def chain(x: fm.FedData, links: int) -> fm.FedData:
 
 def test_complexity_cap_refuses_more_nodes_than_the_cap_and_says_how_many():
     frame = rt.cohort()
-    _, data = rt.serve(rt.EXAMPLE_CONFIG, frame)
+    _, data = rt.serve(rt.config(rt.policy("ComplexityCap", cap=200)), frame)
     # fragment, column, 2 per link, the map: 3 + 2 * links distinct nodes
     assert chain(data["age"], 98).sum().compute() == frame["age"].sum() + rt.N * sum(range(98))  # 199 nodes
     err = rt.suppressed(lambda: chain(data["age"], 99).sum().compute(), "ComplexityCap", data)  # 201 nodes
@@ -47,6 +47,11 @@ def test_complexity_cap_refuses_more_nodes_than_the_cap_and_says_how_many():
     # the cap counts distinct nodes: a 122-node subtree used four times is 2 + 122 + 3 + 1 = 128 nodes
     shared = chain(data["age"], 60)
     assert (shared + shared + shared + shared).sum().compute() == 4 * (frame["age"] + sum(range(60))).sum()
+    # next to Anonymity, which judges each row-wise step by recomputing the task, at most 64 steps
+    _, example = rt.serve(rt.EXAMPLE_CONFIG, frame)
+    assert chain(example["age"], 60).sum().compute() == frame["age"].sum() + rt.N * sum(range(60))
+    err = rt.suppressed(lambda: chain(example["age"], 98).sum().compute(), "Anonymity", example)
+    assert "more than 64 row-wise steps" in err.message
 
 
 def test_complexity_cap_alone_with_a_small_cap():

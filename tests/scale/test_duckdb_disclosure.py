@@ -19,6 +19,7 @@ import importlib.util
 import inspect
 import itertools
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +43,8 @@ EXAMPLE = ROOT / "example" / "config.yaml"
 POLICIES = [{"policy": "fedmed.privacy.Anonymity", "params": {"k": 5}},
             {"policy": "fedmed.privacy.Dominance", "params": {"n": 1, "p": 0.9}}]
 N = 48
+#: Random analyses per property test (``FEDMED_EXAMPLES=2000`` for a longer search).
+EXAMPLES = int(os.environ.get("FEDMED_EXAMPLES", "120"))
 
 
 def cohort() -> pd.DataFrame:
@@ -195,11 +198,20 @@ def analyses(draw: Callable[[Any], Any]) -> Callable[[fm.FedData], Any]:
     whole = draw(st.booleans()) and draw(st.booleans())
     aggregate = draw(st.sampled_from(sorted(TABLES if whole else AGGREGATES)))
 
-    def build(d: fm.FedData) -> Any:
-        c = Choices(drawn)
-        return TABLES[aggregate](d, masks(c, d)) if whole else AGGREGATES[aggregate](numbers(c, d)[0])
+    return Analysis(drawn, whole, aggregate)
 
-    return build
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """One drawn analysis (its repr replays it: ``Analysis([...], False, "sum")(data)``)."""
+
+    drawn: list[int]
+    whole: bool
+    aggregate: str
+
+    def __call__(self, d: fm.FedData) -> Any:
+        c = Choices(self.drawn)
+        return TABLES[self.aggregate](d, masks(c, d)) if self.whole else AGGREGATES[self.aggregate](numbers(c, d)[0])
 
 
 # -- comparing the engines ------------------------------------------------------------------------
@@ -240,7 +252,7 @@ def same(a: Any, b: Any) -> bool:
 
 
 @pytest.mark.parametrize("persons", [False, True], ids=["rows", "persons"])
-@settings(max_examples=120, deadline=None, database=None,
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(build=analyses())
 def test_duckdb_makes_the_decisions_of_pandas(engines, persons, build):
@@ -285,7 +297,7 @@ def _is_object(value: Any) -> bool:
 
 
 @pytest.mark.parametrize("persons", [False, True], ids=["rows", "persons"])
-@settings(max_examples=120, deadline=None, database=None,
+@settings(max_examples=EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(build=analyses())
 def test_duckdb_disclosure_reports_the_numbers_of_pandas(engines, persons, build):
@@ -355,6 +367,150 @@ def test_judged_for_the_k_of_the_policies_only(engines):
     assert evaluated.disclosure.singled_out(5) is None and evaluated.disclosure.singled_out(2) is None
     with pytest.raises(fm.TaskFailed, match="not 6"):
         evaluated.disclosure.singled_out(6)
+
+
+def served(frame: pd.DataFrame, cfg: dict[str, Any], path: Path) -> dict[str, fm.FedData]:
+    """``frame`` served as a pandas and as a Parquet fragment (written to ``path``) under ``cfg``."""
+    write_parquet(frame, path)
+    out = {}
+    for engine, fragment in (("pandas", frame), ("duckdb", fm.fragments.Parquet(path))):
+        server = fm.Server(config=cfg)
+        server["cohort"] = fragment
+        out[engine] = fm.FedData([fm.Simulation(server, "cohort")], config=server.config)
+    return out
+
+
+# -- the influence rule, case by case -------------------------------------------------------------
+
+T = 17
+
+
+def _chain(x: fm.FedData, links: int) -> fm.FedData:
+    for i in range(links):
+        x = x + i
+    return x
+
+
+#: (analysis, what both engines must say: a refusal's words, or None for a release)
+INFLUENCE = {
+    "a tracker": (lambda d: (d["id"] + d["age"] * (d["id"] <= T) - d["age"] * (d["id"] < T)).sum(),
+                  "reaches the result through fewer than 5"),
+    # each move judged on its own: a decoy that the upward move trips on every row hides nothing
+    "a decoy one move trips": (lambda d: (d["id"] + d["age"] * (d["id"] <= T) - d["age"] * (d["id"] < T)
+                                          + (d["age"] > 200)).sum(), "reaches the result through fewer than 5"),
+    # integers moved as integers: & still runs on the moved values (floats would fail the recomputation)
+    "integer-only operations": (lambda d: (d["id"] + (d["age"] & ((d["id"] <= T) * -1))
+                                           - (d["age"] & ((d["id"] < T) * -1))).sum(),
+                                "reaches the result through fewer than 5"),
+    # age * 2 reaches the sum through the 3 rows whose y is missing only: natural missing values are exempt
+    "natural missing values": (lambda d: (d["id"] + d["y"].isna() * (d["age"] * 2)).sum(), None),
+    # an extreme is judged by either move (its holders are counted by the extreme's own rule)
+    "an extreme": (lambda d: (d["age"] * (d["id"] <= T) - d["age"] * (d["id"] < T)).max(),
+                   "reaches the result through fewer than 5"),
+    # too many steps: refused before anything else (the filter would single out row 17 too)
+    "more than 64 steps": (lambda d: _chain(d[d["id"] != T]["age"], 70).sum(), "more than 64 row-wise steps"),
+    "64 steps or fewer": (lambda d: _chain(d["age"], 60).sum(), None),
+}
+
+
+@pytest.mark.parametrize("persons", [False, True], ids=["rows", "persons"])
+@pytest.mark.parametrize("case", sorted(INFLUENCE))
+def test_influence_cases(engines, persons, case):
+    analysis, refused = INFLUENCE[case]
+    data = engines[persons].data
+    expected, got = outcome(analysis, data["pandas"]), outcome(analysis, data["duckdb"])
+    assert expected[0] == got[0] == ("released" if refused is None else "refused"), (expected, got)
+    if refused is None:
+        assert same(expected[1], got[1]) and expected[2] == got[2]
+    else:
+        assert expected[1:] == got[1:] and refused in got[2]
+
+
+def test_a_move_that_cannot_be_judged_is_refused(engines, monkeypatch):
+    """Fail closed: a move the task cannot be recomputed with (pandas: the rerun fails; SQL: the
+    compiler refuses the changed input) refuses the task instead of skipping the step."""
+    from fedmed.fragments import sql
+    from fedmed.server import evaluate
+
+    analysis = lambda d: (d["age"] * 2).sum()  # noqa: E731  (released as it is)
+    data = engines[False].data
+    assert outcome(analysis, data["duckdb"])[0] == outcome(analysis, data["pandas"])[0] == "released"
+    monkeypatch.setattr(evaluate, "_rerun", lambda values, visit: lambda root, overrides: None)
+    monkeypatch.setattr(sql.Compiler, "_rerun", lambda self, root, by_node, overrides: None)
+    expected, got = outcome(analysis, data["pandas"]), outcome(analysis, data["duckdb"])
+    assert expected == got and got[0] == "refused" and "data['age'] cannot be judged" in got[2], (expected, got)
+
+
+# -- no negative zero -----------------------------------------------------------------------------
+
+#: Elementwise steps whose result would be -0.0 on one row: ``z`` (the ids made -0.0 on row ``t`` by
+#: arithmetic) and ``w`` (a column that holds -0.0 on row ``t``, 0.0 elsewhere), each under a division.
+SIGNED_ZEROS: dict[str, Callable[[fm.FedData, int], Any]] = {
+    "1 / (z * 0 + z)": lambda d, t: (1.0 / (_z(d, t) * 0.0 + _z(d, t))).min(),
+    "-1 / z": lambda d, t: (-1.0 / _z(d, t)).max(),
+    "1 / -(z * 1)": lambda d, t: (1.0 / -(_z(d, t) * 1.0)).min(),
+    "1 / z, clipped": lambda d, t: (1.0 / _z(d, t)).clip(-1, 1).sum(),
+    "1 // z": lambda d, t: (1.0 // _z(d, t)).min(),
+    "1 % z": lambda d, t: (1.0 % (_z(d, t) - 1.0)).min(),
+    "z ** -1": lambda d, t: (_z(d, t) ** -1.0).min(),
+    "1 / w": lambda d, t: (1.0 / d["w"]).min(),  # the data's own -0.0: both engines give -inf
+    "1 / (w * 1)": lambda d, t: (1.0 / (d["w"] * 1.0)).min(),
+    "1 / (w + 0)": lambda d, t: (1.0 / (d["w"] + 0)).min(),
+    "1 / (w - 0)": lambda d, t: (1.0 / (d["w"] - 0.0)).min(),
+    "1 / -(-w)": lambda d, t: (1.0 / -(-d["w"])).min(),
+    "1 / w / 1": lambda d, t: (1.0 / (d["w"] / 1.0)).min(),
+    "1 / sqrt(w)": lambda d, t: (1.0 / d["w"].sqrt()).min(),
+    "1 / round(w)": lambda d, t: (1.0 / d["w"].round(0)).min(),
+    "1 / round(w - 0.3)": lambda d, t: (1.0 / ((d["w"] - 0.3 * (d["id"] == t)).round(0))).min(),
+    "1 / clip(w)": lambda d, t: (1.0 / d["w"].clip(-1, 1)).min(),
+    "1 / clip(w, upper)": lambda d, t: (1.0 / d["w"].clip(upper=0)).min(),
+    "1 / fillna(w)": lambda d, t: (1.0 / d["w"].fillna(1.0)).min(),
+    "1 / float(w)": lambda d, t: (1.0 / d["w"].astype("float")).min(),
+    "1 / (w % 1)": lambda d, t: (1.0 / (d["w"] % 1.0)).min(),
+    "1 / (w // 1)": lambda d, t: (1.0 / (d["w"] // 1.0)).min(),
+    "1 / abs(w)": lambda d, t: (1.0 / abs(d["w"])).min(),
+    "1 / w ** 3": lambda d, t: (1.0 / d["w"] ** 3).min(),
+    "w ** -1 (the data's)": lambda d, t: (d["w"] ** -1.0).min(),  # -0.0 to an odd negative power is -inf
+    "-0.0 ** (id - t)": lambda d, t: ((-0.0) ** (d["id"] - float(t))).min(),
+    "1 / (0 * -w)": lambda d, t: (1.0 / (0.0 * -(d["w"]))).max(),
+}
+
+
+def _z(d: fm.FedData, t: int) -> fm.FedData:
+    ids = d["id"]
+    return -(((ids - t) * 0.0) * ((t - ids) * 0.0))  # -0.0 on row t alone, without normalisation
+
+
+def _signed_cohort(t: int) -> pd.DataFrame:
+    frame = cohort()
+    frame["w"] = np.where(frame["id"] == t, -0.0, 0.0)
+    return frame
+
+
+@pytest.mark.parametrize("policies", [False, True], ids=["exact", "policies"])
+def test_no_negative_zero(tmp_path, policies):
+    """-0.0 equals 0.0 to every comparison and count, yet ``1 / -0.0`` is ``-inf``: elementwise float
+    results carry no -0.0 (pandas adds 0.0 to them; SQL the same). Both engines release the same, and
+    the same whichever row the zero was made negative on: nothing depends on row 17."""
+    cfg = config(False) if policies else {"methods": config(False)["methods"], "privacy": []}
+    runs = {t: served(_signed_cohort(t), cfg, tmp_path / f"signed-{t}.parquet") for t in (T, 30)}
+    for name, analysis in SIGNED_ZEROS.items():
+        results = {(t, engine): outcome(lambda d: analysis(d, t), data)
+                   for t, by_engine in runs.items() for engine, data in by_engine.items()}
+        first = results[T, "pandas"]
+        for key, result in results.items():
+            assert result[0] == first[0] and same(result[1:], first[1:]), (name, key, result, first)
+
+
+def test_duckdb_keeps_the_addition_of_zero():
+    """The SQL normalisation is ``x + 0.0``: DuckDB must neither fold it away nor divide by a zero
+    otherwise than IEEE does."""
+    connection = duckdb.connect()
+    z = "(-(CAST(i - 17 AS DOUBLE) * CAST(0 AS DOUBLE)) * (CAST(17 - i AS DOUBLE) * CAST(0 AS DOUBLE)))"
+    signs = connection.execute(f"SELECT i, signbit({z}), signbit({z} + CAST(0 AS DOUBLE)) "
+                               "FROM range(30) AS r(i) ORDER BY i").fetchall()
+    assert [i for i, raw, _ in signs if raw] == [T] and not any(normalised for _, _, normalised in signs)
+    connection.close()
 
 
 class Spy:
