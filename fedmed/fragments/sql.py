@@ -297,6 +297,9 @@ def _nan_null(expr: str) -> str:
     return f"nullif({expr}, {NAN_LITERAL})"
 
 
+#: Most steps whose influence is counted by person in the second statement (``Compiler._distinct``).
+FEW_STEPS = 8
+
 #: Integers that an influence move (``v +- 10 * (|v| + 1)``) takes nowhere near 64 bits' overflow.
 SMALL = 838_000_000_000_000_000
 
@@ -1778,28 +1781,34 @@ class Compiler:
             return []
         present = sorted(graph.present)
         each_move = node.op not in _CELLS_AND_EXTREMES
+        candidates = self._influence_candidates(node, by_node, graph)
+        count = self._count if len(candidates) <= FEW_STEPS else self._distinct
         checks: list[tuple[Any, ...]] = []
-        for candidate in self._influence_candidates(node, by_node, graph):
+        for candidate in candidates:
             union = []
             for moved in self._moves(by_node[id(candidate)]):
                 again = self._rerun(node, by_node, {id(candidate): moved})
                 if again is None:
                     checks.append((candidate, "unjudged"))
                     break  # pandas returns here: nothing after it is ever read
-                changed = _or(*[self._differs(before, again[i]) for i, before in terms if isinstance(again[i], Col)])
+                pairs = [(before, again[i]) for i, before in terms if isinstance(again[i], Col)]
+                changed = _or(*[self._differs(before, after) for before, after in pairs])
+                if changed not in ("TRUE", "FALSE"):  # a column: computed once for this move's count and the union's
+                    changed, _ = self.query.name(changed, max(c.depth for pair in pairs for c in pair), prefix="d")
                 union.append(changed)
                 if each_move:
-                    checks.append((candidate, "influence", self._distinct(_and(*present, changed))))
+                    checks.append((candidate, "influence", count(_and(*present, changed))))
             else:
                 if union and not (each_move and len(union) == 1):  # one move: its own count was judged already
-                    checks.append((candidate, "influence", self._distinct(_and(*present, _or(*union)))))
+                    checks.append((candidate, "influence", count(_and(*present, _or(*union)))))
         return checks
 
     def _distinct(self, cond: str) -> Read:
         """``_count`` in the first statement: persons as distinct keys, plus the rows without a key.
 
-        The recomputed steps stay out of the second statement, whose every pass would otherwise carry
-        them (DuckDB plans each pass over the layers anew: seconds for a few dozen steps)."""
+        Slower than the second statement's count per person (one grouping serves every count there),
+        but the recomputed steps then stay out of the second statement, each of whose passes DuckDB
+        plans anew with every column below it: beyond ``FEW_STEPS`` steps, seconds per request."""
         if cond == "FALSE" or self._key is None:
             return self._count(cond)
         keyed = self.query.select(f"count(DISTINCT CASE WHEN {cond} THEN {self._key} END)")
