@@ -36,8 +36,9 @@ from .auth import load_auth
 
 DEFAULT_CONFIG = Path(__file__).with_name("default_config.yaml")
 
-#: Request limits a server enforces, and their defaults.
-LIMITS = {"max_body_bytes": 4 * 1024 * 1024, "max_nodes": 20_000}
+#: Request limits a server enforces, and their defaults (``memory_bytes`` None: derived from the
+#: machine's memory, see ``fedmed.server.memory.machine_budget``).
+LIMITS: dict[str, int | None] = {"max_body_bytes": 4 * 1024 * 1024, "max_nodes": 20_000, "memory_bytes": None}
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Config:
     privacy: tuple[Any, ...] = ()  # Scoped policies, in config order
     origin: str = "<dict>"
     auth: Any = None  # an Authenticator, or None: no authentication
-    limits: Mapping[str, int] = field(default_factory=lambda: dict(LIMITS))
+    limits: Mapping[str, int | None] = field(default_factory=lambda: dict(LIMITS))
     persons: Mapping[str, str] = field(default_factory=dict)  # fragment-name glob -> person column, in order
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -163,7 +164,7 @@ def _build(raw: Any, origin: str) -> Config:
     )
 
 
-def _limits(raw: Any, origin: str) -> dict[str, int]:
+def _limits(raw: Any, origin: str) -> dict[str, int | None]:
     raw = raw or {}
     if not isinstance(raw, Mapping) or not set(raw) <= set(LIMITS):
         raise ConfigError(f"{origin}: limits: expected a mapping with keys among {sorted(LIMITS)}")
