@@ -31,6 +31,7 @@ from .errors import (
     ServerUnavailable,
     ServerWarning,
     TaskFailed,
+    TooExpensive,
     Unauthorized,
     UnknownFragment,
 )
@@ -50,6 +51,6 @@ __all__ = [
     "Remote", "Local", "Simulation", "Server",
     "Config", "load_config",
     "FedMedError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",
-    "UnknownFragment", "OperationNotAllowed", "TaskFailed", "ServerMisconfigured", "ServerUnavailable", "PrivacyError", "PrivacyWarning",
+    "UnknownFragment", "OperationNotAllowed", "TaskFailed", "TooExpensive", "ServerMisconfigured", "ServerUnavailable", "PrivacyError", "PrivacyWarning",
     "ServerWarning", "Unauthorized", "InsecureTokenWarning",
 ]

@@ -98,6 +98,17 @@ class RequestTooLarge(BadRequest):
     status = 413
 
 
+class TooExpensive(ServerError):
+    """A task or request would need more memory than the server's budget (``limits.memory_bytes``).
+
+    Decided before any work is done, from the sizes the server knows; the
+    message names the node that is too big. Ask for less per request:
+    fewer columns, fewer tasks, or a filter first.
+    """
+
+    status = 413
+
+
 class UnknownFragment(ServerError):
     """The server holds no fragment of that name."""
 
@@ -153,7 +164,7 @@ class ServerUnavailable(ServerError):
 ERROR_TYPES: dict[str, type[ServerError]] = {
     cls.__name__: cls
     for cls in (
-        ServerError, BadRequest, RequestTooLarge, Unauthorized, UnknownFragment,
+        ServerError, BadRequest, RequestTooLarge, TooExpensive, Unauthorized, UnknownFragment,
         OperationNotAllowed, TaskFailed, ServerMisconfigured, PrivacyError, ServerUnavailable,
     )
 }

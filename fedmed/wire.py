@@ -146,7 +146,8 @@ def decode_table(request: Any, *, max_nodes: int = MAX_NODES) -> tuple[list[Node
     if len(table) > max_nodes:
         raise BadRequest(f"the request has {len(table)} nodes; this server accepts at most {max_nodes}")
     decoded = [_decode_node(entry, i) for i, entry in enumerate(table)]
-    return _link(decoded), _check_outputs(outputs, table)
+    nodes, where = _link(decoded)
+    return nodes, [where[o] for o in _check_outputs(outputs, table)]
 
 
 def _decode_node(entry: Any, i: int) -> tuple[type[Node], list[Any], list[int]]:
@@ -165,15 +166,29 @@ def _decode_node(entry: Any, i: int) -> tuple[type[Node], list[Any], list[int]]:
     return cls, params, children
 
 
-def _link(decoded: list[tuple[type[Node], list[Any], list[int]]]) -> list[Node]:
+def _link(decoded: list[tuple[type[Node], list[Any], list[int]]]) -> tuple[list[Node], list[int]]:
+    """The distinct nodes of the table, children first, and where each entry went.
+
+    Equal entries (equal kind, parameters and children) become one node: a
+    table is evaluated once per distinct node, so 16,000 entries that repeat
+    a dozen subtrees cost a dozen evaluations, and every count a server
+    makes of a request (``ComplexityCap``, the memory price) is of what it
+    will evaluate.
+    """
     nodes: list[Node] = []
+    where: list[int] = []  # entry -> index in nodes
+    seen: dict[str, int] = {}
     for i, (cls, params, children) in enumerate(decoded):
-        kids = [nodes[c] for c in children]
+        kids = [nodes[where[c]] for c in children]
         try:
-            nodes.append(_build(cls, params, kids))
+            node = _build(cls, params, kids)
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"node {i} ({cls.kind}): {exc}") from None
-    return nodes
+        if node.key not in seen:
+            seen[node.key] = len(nodes)
+            nodes.append(node)
+        where.append(seen[node.key])
+    return nodes, where
 
 
 def _build(cls: type[Node], params: list[Any], kids: list[Node]) -> Node:
