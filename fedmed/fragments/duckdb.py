@@ -22,22 +22,39 @@ version. Rows never change under one version, so ``Snapshot`` and the
 versions a client sees keep their meaning, and no result mixes old and new
 rows unnoticed.
 
+Every query runs under the server's memory budget for one request
+(``fedmed.server.memory.request_budget``: config ``limits.memory_bytes``):
+it is DuckDB's ``memory_limit``, unless the fragment's own ``settings`` say
+less. DuckDB spills what it can (a grouping, a sort) to a directory of this
+process under the system's temporary folder (or the settings'
+``temp_directory``), which it removes when the fragment is closed, up to as
+much again (or the settings' ``max_temp_directory_size``): a hostile query
+fills no disk. What still does not fit fails its task with
+``TooExpensive``, naming the budget, and the next query runs as usual.
+DuckDB's limits hold for a whole database, not for one connection, so the
+queries running on one fragment at the same time share one budget.
+
 DuckDB is an optional dependency: ``pip install 'fedmed[duckdb]'``.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
+import itertools
 import os
+import re
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from ..config import Config
-from ..errors import ServerMisconfigured, TaskFailed
+from ..errors import ServerError, ServerMisconfigured, TaskFailed, TooExpensive
 from ..expr.node import Node
 from ..server.evaluate import Evaluated, Failure
 from ..server.fragments import Fragment
+from ..server.memory import request_budget
 from .sql import MARKER, Needs, Program, SourceColumn, compile_request, quote_identifier, quote_string
 
 INSTALL = "pip install 'fedmed[duckdb]'"
@@ -46,6 +63,11 @@ INSTALL = "pip install 'fedmed[duckdb]'"
 #: The oldest DuckDB with what the compiler uses (``max(x, n)``, ``histogram(x, boundaries)``,
 #: ``histogram`` of structs).
 MINIMUM_VERSION = (1, 1)
+
+#: DuckDB's settings set before every query from the server's memory budget (``SQLFragment.bounds``).
+BUDGETED = ("memory_limit", "max_temp_directory_size")
+#: Other names DuckDB accepts for them.
+ALIASES = {"max_memory": "memory_limit"}
 
 
 def require_duckdb() -> Any:
@@ -68,7 +90,9 @@ class SQLFragment(Fragment):
     source : the SQL ``FROM`` item (``read_parquet(...)``, a quoted table name).
     database : DuckDB database to connect to (``":memory:"`` for files).
     read_only : open ``database`` read-only.
-    settings : DuckDB settings for the connection, e.g. ``{"threads": 4, "memory_limit": "2GB"}``.
+    settings : DuckDB settings for the connection, e.g. ``{"threads": 4, "memory_limit": "2GB"}``;
+        ``memory_limit`` bounds a query only where it is smaller than the server's memory budget
+        (see the module docstring).
     count_rows : count the rows when created (cheap for Parquet and tables, a full scan for CSV).
     """
 
@@ -77,9 +101,16 @@ class SQLFragment(Fragment):
                  files: Sequence[str] = ()) -> None:
         duckdb = require_duckdb()
         self._error = duckdb.Error
+        self._out_of_memory = duckdb.OutOfMemoryException
         self.source = source
-        self._connection = duckdb.connect(database, read_only=read_only, config=dict(settings or {}))
+        settings = dict(settings or {})
+        config = {"temp_directory": _spill_directory(database), **settings}
+        self._connection = duckdb.connect(database, read_only=read_only, config=config)
         self._lock = threading.Lock()
+        # the owner's own bounds, in bytes as DuckDB reads them (any unit, or a share of memory)
+        owned = {ALIASES.get(name, name) for name in settings}
+        self._owner = {name: size for name in BUDGETED if name in owned
+                       and (size := _setting_bytes(self._connection, name)) is not None}
         described = self._connection.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
         self.columns = [SourceColumn(str(name), str(sql_type), f"s{i}")
                         for i, (name, sql_type, *_) in enumerate(described)]
@@ -103,6 +134,22 @@ class SQLFragment(Fragment):
         """A DuckDB connection for one query (a connection is not shared between threads)."""
         with self._lock:
             return self._connection.cursor()
+
+    def limit(self, budget: int) -> None:
+        """Set the database's memory and spill limits (``bounds``) for the next queries.
+
+        Set before every query (a tenth of a millisecond): fragments of one database file share
+        the database, and their servers may have different budgets.
+        """
+        with self._lock:
+            for name, value in self.bounds(budget).items():
+                self._connection.execute(f"SET {name} = '{value}B'")
+
+    def bounds(self, budget: int) -> dict[str, int]:
+        """DuckDB's ``memory_limit`` (``budget``, or the owner's if smaller) and ``max_temp_directory_size``
+        (the owner's, else ``budget``) for a query."""
+        return {"memory_limit": min(budget, self._owner.get("memory_limit", budget)),
+                "max_temp_directory_size": self._owner.get("max_temp_directory_size", budget)}
 
     def cannot_count_persons(self, column: str) -> str | None:
         if column in self.dtypes:
@@ -131,21 +178,22 @@ class SQLFragment(Fragment):
             )
             return [Evaluated(Failure(missing), None) for _ in outputs]
         needs = disclosure_needs(config)
+        budget = request_budget(config.limits)
         program = self._compile(nodes, outputs, config, needs, person)
         try:
-            row, extra = self._run(program)
+            row, extra = self._run(program, budget)
             answers = {o: program.read(o, row, extra) for o in program.outputs}
-        except self._error as exc:
+        except (self._error, MemoryError) as exc:
             if sum(not isinstance(v, Failure) for v in program.outputs.values()) == 1:
-                answers = {o: (Failure(_query_failed(exc)), None) for o in program.outputs}
-            else:  # one task's runtime error (an overflow, a bad cast) must not spoil the others
+                answers = {o: (Failure(self._failed(exc, budget)), None) for o in program.outputs}
+            else:  # one task's runtime error (an overflow, a bad cast, too much memory) must not spoil the others
                 answers = {}
                 for o in program.outputs:
                     single = self._compile(nodes, [o], config, needs, person)
                     try:
-                        answers[o] = single.read(o, *self._run(single))
-                    except self._error as inner:
-                        answers[o] = (Failure(_query_failed(inner)), None)
+                        answers[o] = single.read(o, *self._run(single, budget))
+                    except (self._error, MemoryError) as inner:
+                        answers[o] = (Failure(self._failed(inner, budget)), None)
         return [Evaluated(*answers[o]) for o in outputs]
 
     #: SQL over the source giving the rows' order (for the disclosure's "first" among equals), or None.
@@ -156,10 +204,12 @@ class SQLFragment(Fragment):
         return compile_request(nodes, outputs, config, source=self.source, columns=self.columns,
                                needs=needs, person=person, ordinal=self.ordinal)
 
-    def _run(self, program: Program) -> tuple[tuple | None, tuple | None]:
+    def _run(self, program: Program, budget: int | None = None) -> tuple[tuple | None, tuple | None]:
         """The row of the program's query, and of its second statement (None when it has none)."""
         if program.sql is None:
             return None, None
+        if budget is not None:
+            self.limit(budget)
         connection = self.connect()
         try:
             row = connection.execute(program.sql).fetchone()
@@ -168,6 +218,18 @@ class SQLFragment(Fragment):
             connection.close()
         self._rows = int(row[0])
         return row, extra
+
+    def _failed(self, exc: Exception, budget: int) -> ServerError:
+        """The task failure of a query that raised: ``TooExpensive`` when it ran out of memory or disk."""
+        if isinstance(exc, (self._out_of_memory, MemoryError)):
+            limits = self.bounds(budget)
+            return TooExpensive(
+                f"the query needs more memory than this server lets one request use ({_size(limits['memory_limit'])} "
+                f"of memory and {_size(limits['max_temp_directory_size'])} of temporary disk space; config "
+                "limits.memory_bytes): ask for fewer or simpler results per request, or filter the rows first; "
+                "the server's owner can raise the limit"
+            )
+        return _query_failed(exc)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.source})"
@@ -259,6 +321,41 @@ def _query_failed(exc: Exception) -> TaskFailed:
     hint = ("the expression is too large or too deep for DuckDB" if kind in ("BinderException", "ParserException")
             else "for example an integer overflow or a value that cannot be converted")
     return TaskFailed(f"the query failed in DuckDB ({kind}): {hint}")
+
+
+def _spill_directory(database: str) -> str:
+    """Where DuckDB spills what does not fit in memory: a directory of this process, made at the first spill.
+
+    A database file opened twice in one process is one DuckDB database, which must be opened with the
+    same settings both times: its directory is named after the file. Files (``:memory:``) get one each.
+    """
+    if database == ":memory:":
+        key = f"m{next(_SPILLS)}"
+    else:
+        key = hashlib.blake2b(os.path.abspath(database).encode(), digest_size=6).hexdigest()
+    return os.path.join(tempfile.gettempdir(), f"fedmed-duckdb-{os.getpid()}-{key}")
+
+
+_SPILLS = itertools.count()
+
+#: A size as DuckDB writes a setting (``"953.6 MiB"``, ``"2.0 GiB"``, ``"100 bytes"``).
+_SIZE = re.compile(r"\s*([0-9.]+)\s*(bytes?|[KMGTP]i?B|B)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "BYTE": 1, "BYTES": 1,
+          **{f"{p}B": 1000 ** (i + 1) for i, p in enumerate("KMGTP")},
+          **{f"{p}IB": 1024 ** (i + 1) for i, p in enumerate("KMGTP")}}
+
+
+def _setting_bytes(connection: Any, name: str) -> int | None:
+    """A size setting of ``connection``'s database in bytes, as DuckDB reports it (None if it reports none)."""
+    text = str(connection.execute("SELECT current_setting(?)", [name]).fetchone()[0])
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
 
 
 def _paths(path: "str | Path | Sequence[str | Path]") -> str:

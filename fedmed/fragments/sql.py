@@ -31,6 +31,20 @@ same CTEs, only when a policy needs it; see ``SQLDisclosure``.
 
 A node the compiler cannot express raises ``TaskFailed`` naming it; the
 output becomes a ``Failure`` and nothing is ever loaded into memory instead.
+
+Text never grows without bound. Repeating operations on text (``+``,
+``*``, ``%``, ``//`` and ``**``: ``fedmed.server.evaluate._REPEATING``) are
+refused when compiled, as the pandas engine refuses them, and with its
+message ("add is not defined for text values"): on a text column or
+constant, and on a table with a text column. So ``x = x + x`` cannot double
+a text 18 times, and ``||`` is never written; nor is any function that
+lengthens text (``repeat``, ``lpad``, ``concat``...). What still makes text
+is bounded: ``astype("str")`` of a number or a boolean gives a few dozen
+characters at most, and ``fillna`` fills with a text constant of at most
+``MAX_FILL_TEXT`` characters, refusing a longer one (DuckDB shares the
+constant between rows, but hashes and compares each row's copy). What a
+query still costs (a histogram of many distinct values, a grouping by
+person) runs under the server's memory budget (``fedmed.fragments.duckdb``).
 """
 
 from __future__ import annotations
@@ -52,7 +66,7 @@ from ..ops import binary, private
 from ..ops.columns import COLUMNS
 from ..server.disclosure import (_CELLS_AND_EXTREMES, _POSITIONAL, _SIDE_BY_SIDE, MAX_INFLUENCE, Finding, _judged_by_cells,
                                  _under_masks)
-from ..server.evaluate import Failure, _bounded, needed_nodes
+from ..server.evaluate import _REPEATING, Failure, _bounded, needed_nodes
 
 # -- kinds of values -----------------------------------------------------------------------
 
@@ -70,6 +84,8 @@ MAX_THRESHOLDS = private.MAX_BINS
 MAX_COLUMNS = 200
 #: Largest constant (characters of text, elements of a list) made from constants in a request.
 MAX_CONSTANT = 100_000
+#: Longest text constant ``fillna`` puts on the rows (each row's copy is hashed and compared on its own).
+MAX_FILL_TEXT = 1_000
 
 FLOAT_NAN = "CAST(NULL AS DOUBLE)"
 FLOAT_INF = "CAST('inf' AS DOUBLE)"
@@ -479,6 +495,17 @@ class Operand:
     @property
     def bigint(self) -> str:
         return f"CAST({self.sql} AS BIGINT)" if self.kind == BOOL else self.sql
+
+
+def _refuse_repeating(op: str, args: Sequence[Value]) -> None:
+    """``fedmed.server.evaluate._bounded`` on kinds: a repeating operation on text is refused, whatever else
+    the operands are. A column of nothing but missing values counts as text: pandas holds it as objects."""
+    if op not in _REPEATING:
+        return
+    for a in args:
+        cols = a.columns.values() if isinstance(a, Table) else [a] if isinstance(a, Col) else []
+        if (isinstance(a, Const) and a.kind == STR) or any(c.kind == STR or c.untyped for c in cols):
+            raise TaskFailed(f"{op} is not defined for text values")
 
 
 def _describe_kind(kind: str) -> str:
@@ -892,6 +919,7 @@ class Compiler:
 
     # -- elementwise ---------------------------------------------------------------------------------
     def _elementwise(self, op: str, fn: Callable[..., Any], args: list[Value]) -> Value:
+        _refuse_repeating(op, args)
         low, high = ARITY[op]
         if not low <= len(args) <= high:
             raise TaskFailed(f"elementwise {op} takes {low}{'' if low == high else f' to {high}'} operands, "
@@ -944,11 +972,7 @@ class Compiler:
             raise TaskFailed(f"unsupported operand type(s) for {op}: None")
         if OTHER in kinds:
             raise TaskFailed(f"{op} is not supported for values of this type by this fragment")
-        if STR in kinds:
-            if op == "add" and kinds == {STR}:
-                return self._column(f"({x.sql} || {y.sql})", level, rows, STR, nullable)
-            if op == "mul":
-                raise TaskFailed(f"{op} is not defined for text values")
+        if STR in kinds:  # add and mul: refused by ``_refuse_repeating`` already
             raise TaskFailed(f"unsupported operand type(s) for {op}: text")
         if kinds == {BOOL}:
             if op == "sub":
@@ -959,11 +983,10 @@ class Compiler:
             return self._column(_nan_null(f"({x.double} {SYMBOL[op]} {y.double})"), level, rows, FLOAT, nullable)
         return self._column(_try(f"({x.bigint} {SYMBOL[op]} {y.bigint})"), level, rows, INT, nullable)
 
-    def _numeric(self, op: str, operands: Sequence[Operand], repeating: bool = False) -> None:
+    def _numeric(self, op: str, operands: Sequence[Operand]) -> None:
         for x in operands:
             if x.kind == STR:
-                raise TaskFailed(f"{op} is not defined for text values" if repeating
-                                 else f"unsupported operand type(s) for {op}: text")
+                raise TaskFailed(f"unsupported operand type(s) for {op}: text")
             if x.kind == NULL:
                 raise TaskFailed(f"unsupported operand type(s) for {op}: None")
             if x.kind not in NUMERIC:
@@ -987,7 +1010,7 @@ class Compiler:
 
     def _op_floordiv(self, a: Value, b: Value) -> Col:
         rows, (x, y), level = self._operands("floordiv", [a, b])
-        self._numeric("floordiv", [x, y], repeating=True)
+        self._numeric("floordiv", [x, y])
         nullable = x.nullable or y.nullable
         if FLOAT not in (x.kind, y.kind):
             # Python's floor division of integers: truncate, then step down when the signs differ
@@ -1017,7 +1040,7 @@ class Compiler:
 
     def _op_mod(self, a: Value, b: Value) -> Col:
         rows, (x, y), level = self._operands("mod", [a, b])
-        self._numeric("mod", [x, y], repeating=True)
+        self._numeric("mod", [x, y])
         nullable = x.nullable or y.nullable
         if FLOAT not in (x.kind, y.kind):
             p, q = x.bigint, y.bigint
@@ -1034,7 +1057,7 @@ class Compiler:
 
     def _op_pow(self, a: Value, b: Value) -> Col:
         rows, (x, y), level = self._operands("pow", [a, b])
-        self._numeric("pow", [x, y], repeating=True)
+        self._numeric("pow", [x, y])
         nullable = x.nullable or y.nullable
         if FLOAT not in (x.kind, y.kind):
             # an integer to a negative integer power is missing (binary.pow), in nullable integers
@@ -1136,6 +1159,8 @@ class Compiler:
         else:
             _, (y,), _ = self._operands("fillna", [value])
             level = a.depth
+            if y.kind == STR and len(y.const) > MAX_FILL_TEXT:
+                raise TaskFailed(f"fillna: this fragment fills with text of at most {MAX_FILL_TEXT:,} characters")
         x = Operand(a.sql, a.kind, a.nullable)
         if a.untyped and y.kind in (INT, FLOAT, BOOL, STR):  # nothing but missing values: all filled
             return self._column(f"coalesce(NULL, {y.sql})", level, a.rows, y.kind, y.nullable)
