@@ -2,12 +2,14 @@
 
 A server runs every map task of a request through the policies of its own
 config's ``privacy`` list, in order (a client's config has no say). Each
-policy may implement any of four hooks; the base class :class:`Policy`
+policy may implement any of five hooks; the base class :class:`Policy`
 gives harmless defaults:
 
 ``recall(task)``
     Before anything is computed: return an answer already released for
-    this query (see ``CacheLimit``), or ``MISSING``.
+    this query (see ``CacheLimit``), or ``MISSING``. A recalled answer is
+    not admitted, computed or ``apply``-ed again, but it passes every
+    ``released`` hook again, as sent before (plain msgpack values).
 ``admit(task)``
     Before evaluation: raise :class:`fedmed.PrivacyError` to refuse the
     query (see ``ComplexityCap``, ``Budget``).
@@ -16,7 +18,14 @@ gives harmless defaults:
     noised, rare cells removed), or raise ``PrivacyError`` to suppress it.
     ``task.disclosure`` says which rows the value came from.
 ``released(task, value)``
-    After the value has passed every policy and is about to leave.
+    After the value has passed every policy's ``apply`` and is about to
+    leave, and again each time it is recalled: raise to withhold it (a
+    ``PrivacyError``; any other exception withholds it too, and the
+    server logs why).
+``kept(task, value)``
+    Once every ``released`` hook has passed a newly computed value: the
+    place to remember it (``CacheLimit`` keeps answers here, so a value
+    some hook withheld is never kept). Not a place to judge.
 
 A policy that removes parts of a result (rare cells) says so with
 ``task.note(...)``; the client shows the note as a ``PrivacyWarning``.
@@ -132,6 +141,9 @@ class Policy:
         return value
 
     def released(self, task: Task, value: Any) -> None:
+        return None
+
+    def kept(self, task: Task, value: Any) -> None:
         return None
 
     def describe(self) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections import OrderedDict
 from typing import Any
 
+from .. import wire
 from .base import MISSING, Policy, Task
 
 
@@ -33,31 +33,66 @@ class CacheLimit(Policy):
     operands put in a fixed order, so ``(a + b).sum()`` and ``(b + a).sum()``
     are one question. Asking again, by any client, returns the same noisy
     value: repeating a query cannot average the noise away, and costs no
-    privacy budget. At most ``limit`` answers are kept (least recently used
-    go first); a new fragment version starts afresh.
+    privacy budget. A new fragment version starts afresh.
+
+    Answers are kept as they are sent (msgpack bytes, with their notes), so
+    what the cache holds is what it counts: at most ``limit`` answers and
+    ``max_bytes`` bytes, least recently used first out. An answer larger
+    than ``max_bytes`` on its own is not kept. Only answers that passed
+    every policy's ``released`` hook are kept (the ``kept`` hook), and a
+    recalled answer passes those hooks again before it is sent.
+
+    Examples
+    --------
+    >>> from fedmed.expr.rowwise import Column, Fragment, Map
+    >>> cache = CacheLimit(max_bytes=1_000)
+    >>> task = Task("cohort", 1, Map("set", (Column(Fragment(), "dx"),)))
+    >>> cache.kept(task, ["A", "B"])
+    >>> cache.recall(task), cache.stored_bytes
+    (['A', 'B'], 7)
+    >>> cache.kept(Task("cohort", 1, Map("set", (Column(Fragment(), "id"),))), list(range(1_000)))
+    >>> cache.stored_bytes  # too big on its own: not kept
+    7
     """
 
-    def __init__(self, limit: int = 10_000) -> None:
+    def __init__(self, limit: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.limit = int(limit)
-        self._answers: OrderedDict[tuple[str, int, str], Any] = OrderedDict()
+        self.max_bytes = int(max_bytes)
+        self._answers: OrderedDict[tuple[str, int, str], bytes] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of the answers kept now."""
+        return self._bytes
 
     def _key(self, task: Task) -> tuple[str, int, str]:
         return (task.fragment, task.version, task.canonical_key)
 
     def recall(self, task: Task) -> Any:
+        key = self._key(task)
         with self._lock:
-            key = self._key(task)
-            if key not in self._answers:
+            packed = self._answers.get(key)
+            if packed is None:
                 return MISSING
             self._answers.move_to_end(key)
-            value, notes = copy.deepcopy(self._answers[key])
+        value, notes = wire.unpack(packed, max_bytes=len(packed))
         for text in notes:
             task.note(text)
         return value
 
-    def released(self, task: Task, value: Any) -> None:
+    def kept(self, task: Task, value: Any) -> None:
+        try:
+            packed = wire.pack([value, task.notes])
+        except (TypeError, ValueError, OverflowError):
+            return  # it cannot be sent either: the server reports that, nothing to keep
+        if len(packed) > self.max_bytes:
+            return
+        key = self._key(task)
         with self._lock:
-            self._answers[self._key(task)] = copy.deepcopy((value, task.notes))
-            while len(self._answers) > self.limit:
-                self._answers.popitem(last=False)
+            self._bytes += len(packed) - len(self._answers.pop(key, b""))
+            self._answers[key] = packed
+            while len(self._answers) > self.limit or self._bytes > self.max_bytes:
+                _, dropped = self._answers.popitem(last=False)
+                self._bytes -= len(dropped)

@@ -34,17 +34,39 @@ class Pipeline:
         return active, MISSING
 
     def release(self, task: Task, value: Any, active: Sequence[Scoped]) -> Any:
-        """``value`` after every active policy's ``apply``; raises ``PrivacyError`` to suppress it."""
+        """``value`` after every active policy's ``apply`` and ``released``; raises ``PrivacyError`` to suppress it.
+
+        Only once every ``released`` hook has passed the value do the
+        ``kept`` hooks see it: a withheld value is never kept.
+        """
         for policy in _noise_first(task, active):
             apply = policy.hook("apply")
             if apply:
                 value = apply(task, value)
             policy.applied += 1
+        _pass_released(task, value, active)
         for policy in active:
-            released = policy.hook("released")
-            if released:
-                released(task, value)
+            kept = policy.hook("kept")
+            if kept:
+                kept(task, value)
         return value
+
+    def recalled(self, task: Task, answer: Any, active: Sequence[Scoped]) -> Any:
+        """``answer`` once every active policy's ``released`` hook has passed it; raises to withhold it.
+
+        A recalled answer is exactly one released before, so ``apply`` does
+        not judge it again; but no answer leaves without the ``released``
+        hooks, which may depend on who asks or on what was released since.
+        """
+        _pass_released(task, answer, active)
+        return answer
+
+
+def _pass_released(task: Task, value: Any, active: Sequence[Scoped]) -> None:
+    for policy in active:
+        released = policy.hook("released")
+        if released:
+            released(task, value)
 
 
 def _noise_first(task: Task, active: Sequence[Scoped]) -> Sequence[Scoped]:

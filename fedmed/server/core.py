@@ -84,22 +84,34 @@ class Server:
         """Add or replace a fragment. Under a ``Snapshot`` policy the new data is published
         only once enough rows differ from the published version; until then clients see that."""
         fragment = data if isinstance(data, Fragment) else InMemory(data)
-        snapshot = self._snapshot_policy()
         with self._lock:
-            published, version = self._fragments.get(name, (None, 0))
-            if published is not None and snapshot is not None:
-                if not snapshot.should_publish(_rows_of(published), _rows_of(fragment)):
-                    self._pending[name] = fragment
-                    return
-            self._pending.pop(name, None)
-            self._fragments[name] = (fragment, version + 1)
+            self._store(name, fragment)
 
     def append(self, name: str, rows: Any) -> None:
-        """Add rows to an in-memory fragment (to its pending version under ``Snapshot``)."""
-        with self._lock:
-            current = self._pending.get(name) or self._fragments[name][0]
+        """Add rows to an in-memory fragment (to its pending version under ``Snapshot``).
+
+        Atomic: concurrent appends and replacements never lose rows, and
+        each published append raises the version by one.
+        """
         new = InMemory(rows).data
-        self[name] = pd.concat([_rows_of(current), new], ignore_index=True)
+        # read, concatenate and store under one lock: two appends that read the same
+        # table would otherwise each store it with only their own rows added
+        with self._lock:
+            current = self._pending.get(name)
+            if current is None:
+                current = self._fragments[name][0]
+            self._store(name, InMemory(pd.concat([_rows_of(current), new], ignore_index=True)))
+
+    def _store(self, name: str, fragment: Fragment) -> None:
+        """Publish ``fragment`` as the next version of ``name`` (pending under ``Snapshot``); caller holds the lock."""
+        snapshot = self._snapshot_policy()
+        published, version = self._fragments.get(name, (None, 0))
+        if published is not None and snapshot is not None:
+            if not snapshot.should_publish(_rows_of(published), _rows_of(fragment)):
+                self._pending[name] = fragment
+                return
+        self._pending.pop(name, None)
+        self._fragments[name] = (fragment, version + 1)
 
     def _snapshot_policy(self) -> Snapshot | None:
         return next((p.policy for p in self.config.privacy if isinstance(p.policy, Snapshot)), None)
@@ -213,7 +225,7 @@ class Server:
             if answer is MISSING:
                 pending[task.fragment].append(o)
             else:
-                results[o] = _task_value(task, answer)
+                results[o] = self._recalled(task, answer, active[o])
         for name, outs in pending.items():
             fragment, _ = snapshot[name]
             person = self.config.person_column(name)
@@ -249,6 +261,17 @@ class Server:
                     fragment=owner[i],
                     operation=node.op,  # type: ignore[attr-defined]
                 )
+
+    def _recalled(self, task: Task, answer: Any, active: list[Any]) -> dict[str, Any]:
+        """A recalled answer once every active ``released`` hook has passed it; withheld as in ``_release``."""
+        try:
+            return _task_value(task, self.pipeline.recalled(task, answer, active))
+        except ServerError as exc:
+            return _task_error(task, exc)
+        except Exception:
+            log.exception("a privacy policy failed while judging a recalled result; the result is withheld")
+            return _task_error(task, PrivacyError("withheld: this server's privacy policies could not judge "
+                                                  "the result (the server's log says why)"))
 
     def _release(self, task: Task, evaluated: Evaluated, active: list[Any]) -> dict[str, Any]:
         task.disclosure = evaluated.disclosure
