@@ -1,0 +1,184 @@
+"""Issue 14: a request inside the documented limits never costs a server more than its memory budget.
+
+Every row of the issue's table is sent, as the crafted msgpack node table a
+hostile but authenticated client would send, to a real ``fedmed serve``
+process whose address space is capped at 3 GiB (``RLIMIT_AS``, as in the
+issue) and whose config sets ``limits.memory_bytes`` to 512 MiB
+(``memory_support``). A row passes when the server
+
+1. answers, with a msgpack body (never Flask's HTML page) and a status below 500;
+2. refuses, if it refuses, before doing the work: no out-of-memory error
+   (``MemoryError``, Arrow's, DuckDB's) in the body;
+3. grows by at most its budget: peak resident memory during the request
+   (``VmHWM``, reset just before it) above the resident memory before it;
+4. answers ``x.sum()`` correctly right afterwards.
+
+A refusal (413/422, or a task error inside a 200) passes 2 and 3 by
+costing nothing; an answer passes them by staying within the budget. Rows
+run without privacy policies, which would refuse some of them first and
+hide the cost, except the ``CacheLimit`` row, which uses
+``example/config.yaml``'s. Servers are shared between tests
+(``memory_support.Pool``) and restarted when a row left one dead, busy or
+holding more than 128 MiB above its start, so each row meets a server in
+the state of a fresh one. Appends under concurrency are tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("memory_support", Path(__file__).with_name("memory_support.py"))
+ms = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
+sys.modules["memory_support"] = ms  # its dataclasses look their module up by name
+_spec.loader.exec_module(ms)  # type: ignore[union-attr]
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+
+#: What ``CacheLimit`` may keep by default (its byte bound), and what else a server may keep after
+#: 20 large answers without a cache (allocator arenas of its threads, fragmentation: ~50 MiB measured).
+CACHE_BYTES = 64 * ms.MiB
+SLACK = 96 * ms.MiB
+#: Out-of-memory errors as they reach a client: a refusal that names one came after the work.
+OUT_OF_MEMORY = ("MemoryError", "OutOfMemory", "out of memory", "bad_alloc")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("memory")
+    cohort, uniques = ms.cohort(), ms.uniques()
+    cohort.to_csv(folder / "cohort.csv", index=False)
+    out = {
+        "folder": folder,
+        "cohort.csv": folder / "cohort.csv",
+        "plain": ms.write_config(folder, "plain", privacy=False),
+        "private": ms.write_config(folder, "private", privacy=True),
+        "sums": {"d": float(cohort["x"].sum()), "u": float(uniques["x"].sum())},
+    }
+    uniques.to_parquet(folder / "uniques.parquet")
+    out["uniques.parquet"] = folder / "uniques.parquet"
+    try:
+        cohort.to_parquet(folder / "cohort.parquet")
+        out["cohort.parquet"] = folder / "cohort.parquet"
+    except ImportError:
+        pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def pool(files: dict[str, Any]) -> Iterator[Any]:
+    servers = ms.Pool({
+        "plain": lambda: ms.Served(files["plain"], {"d": files["cohort.csv"]}),
+        "duckdb": lambda: ms.Served(files["plain"], {"d": files["cohort.parquet"]}, in_place=True),
+        "private": lambda: ms.Served(files["private"], {"u": files["uniques.parquet"]}),
+    })
+    yield servers
+    servers.close()
+
+
+def problems(answer: Any, *, budget: int = ms.BUDGET) -> list[str]:
+    """What is wrong with ``answer`` by points 1-3 of the module docstring (empty: nothing)."""
+    found = []
+    if answer.status is None:
+        return [f"no answer within {ms.REQUEST_TIMEOUT:.0f} s ({answer.error})"]
+    if not answer.is_msgpack:
+        found.append("the body is not msgpack")
+    if answer.status >= 500:
+        found.append(f"status {answer.status}")
+    oom = [e for e in answer.errors if any(word in str(e.get("message")) for word in OUT_OF_MEMORY)]
+    if oom:
+        found.append("refused only after running out of memory")
+    if answer.peak_growth is None:
+        found.append("the server's memory could not be read (did it die?)")
+    elif answer.peak_growth > budget:
+        found.append(f"grew by {ms.mib(answer.peak_growth)}, over its budget of {ms.mib(budget)}")
+    return found
+
+
+def next_query(served: Any, fragment: str, expected: float) -> list[str]:
+    """Point 4: the server answers ``x.sum()`` afterwards, correctly."""
+    answer = served.post(ms.ordinary(fragment))
+    if answer.status != 200 or answer.values[:1] != [pytest.approx(expected, rel=1e-9)]:
+        return [f"the next query x.sum() got {answer.summary()}"]
+    return []
+
+
+def check_row(served: Any, request: dict[str, Any], fragment: str, expected: float) -> None:
+    answer = served.measure(request)
+    print(f"\n    {answer.summary()}")
+    found = problems(answer)
+    if served.alive() and not served.unanswered:
+        found += next_query(served, fragment, expected)
+    else:
+        found.append("the server died or is still busy: it cannot answer the next query")
+    assert not found, f"{'; '.join(found)}\n{answer.summary()}\n{served.output(1500)}"
+
+
+# -- the harness itself ---------------------------------------------------------------------------
+
+
+def test_the_server_runs_under_the_address_space_cap_and_its_peak_can_be_reset(pool: Any) -> None:
+    served = pool.get("plain")
+    limits = Path(f"/proc/{served.process.pid}/limits").read_text()
+    line = next(line for line in limits.splitlines() if line.startswith("Max address space"))
+    assert line.split()[3:5] == [str(ms.CAP), str(ms.CAP)]
+    assert served.status_field("VmSize") < ms.CAP
+    assert served.measure(ms.ordinary("d")).peak_growth is not None
+
+
+def test_ordinary_questions_cost_a_few_megabytes(pool: Any, files: dict[str, Any]) -> None:
+    served = pool.get("plain")
+    for name, request in ms.honest_mix("d").items():
+        answer = served.measure(request)
+        print(f"\n    {name}: {answer.summary()}")
+        assert answer.status == 200 and not answer.errors, (name, answer.summary())
+        assert answer.peak_growth is not None and answer.peak_growth < 64 * ms.MiB, (name, answer.summary())
+    assert not next_query(served, "d", files["sums"]["d"])
+
+
+def test_an_error_is_a_msgpack_body(pool: Any) -> None:
+    answer = pool.get("plain").measure({"protocol": 1, "nodes": [["fragment", ["nope"], []]], "outputs": [0]})
+    assert answer.status == 400 and answer.is_msgpack and answer.errors
+
+
+# -- the issue's rows -----------------------------------------------------------------------------
+
+
+def test_a_wide_tree_of_repeated_entries(pool: Any, files: dict[str, Any]) -> None:
+    """(a) A balanced tree of ``+`` over one column, 16,385 table entries (~300 KB), ~16 distinct keys."""
+    check_row(pool.get("plain"), ms.wide_tree("d"), "d", files["sums"]["d"])
+
+
+def test_text_doubling_on_an_in_place_parquet_fragment(pool: Any, files: dict[str, Any]) -> None:
+    """(e) ``x = x + x`` 18 times on a text column, served ``--in-place`` (DuckDB's ``||``), then counted."""
+    pytest.importorskip("duckdb")
+    if "cohort.parquet" not in files:
+        pytest.skip("writing Parquet needs pyarrow")
+    check_row(pool.get("duckdb"), ms.doubling("d", times=18), "d", files["sums"]["d"])
+
+
+def test_the_answer_cache_keeps_a_bounded_number_of_bytes(pool: Any, files: dict[str, Any]) -> None:
+    """(f) 20 distinct ``value_counts`` of a column of distinct values under ``example/config.yaml``
+    (``CacheLimit`` first): the server keeps at most the cache's byte bound plus slack."""
+    served = pool.get("private")
+    found, after = [], []
+    for shift in range(20):
+        answer = served.measure(ms.value_counts("u", shift=shift))
+        print(f"\n    value_counts #{shift + 1}: {answer.summary()}")
+        found += [f"#{shift + 1}: {p}" for p in problems(answer)]
+        after.append(answer.rss_after)
+        if answer.status is None:
+            break
+    if len(after) == 20 and None not in after:
+        kept = after[-1] - after[0]
+        print(f"\n    RSS after #1 {ms.mib(after[0])}, after #20 {ms.mib(after[-1])}: {ms.mib(kept)} more")
+        if kept > CACHE_BYTES + SLACK:
+            found.append(f"kept {ms.mib(kept)} more after 20 answers than after the first, over "
+                         f"{ms.mib(CACHE_BYTES)} (the cache's byte bound) + {ms.mib(SLACK)}")
+    found += next_query(served, "u", files["sums"]["u"]) if served.alive() and not served.unanswered else [
+        "the server died or is still busy"]
+    assert not found, "; ".join(found)
