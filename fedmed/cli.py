@@ -3,6 +3,7 @@
     fedmed serve --config config.yaml --data "cohort=cohort.csv" --port 5000
     fedmed serve --config config.yaml --data "registry=data/*.parquet" --in-place
     fedmed serve --config config.yaml --data "labs=labs.csv" --person "labs*=patient"
+    fedmed serve --config config.yaml --data "cohort=cohort.csv" --connection-limit 200 --channel-timeout 20
     fedmed check-config config.yaml
     fedmed demo
 """
@@ -20,6 +21,9 @@ import pandas as pd
 import yaml
 
 READERS = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".json": pd.read_json}
+#: ``fedmed serve``'s defaults for waitress' ``connection_limit`` and ``channel_timeout`` (docs/security.md, 3.2).
+CONNECTION_LIMIT = 100
+CHANNEL_TIMEOUT = 30
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     serve.add_argument("--threads", type=int, default=8, help="waitress worker threads (default 8)")
+    serve.add_argument("--connection-limit", type=_positive, default=CONNECTION_LIMIT, metavar="N",
+                       help=f"most connections open at once; more wait until one closes (default {CONNECTION_LIMIT})")
+    serve.add_argument("--channel-timeout", type=_positive, default=CHANNEL_TIMEOUT, metavar="SECONDS",
+                       help="close a connection idle this long, so idle or half-open sockets cannot hold every "
+                            f"slot (default {CHANNEL_TIMEOUT}; a request being answered is never cut)")
 
     check = commands.add_parser("check-config", help="validate a config; list its operations and policies")
     check.add_argument("path", help="the YAML config to check")
@@ -76,6 +85,11 @@ def serve_files(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .errors import ConfigError
+    from .server.process import limit_arenas
+
+    # before waitress starts its threads: they share two malloc arenas, so one request's freed memory
+    # is reused by the next instead of kept once per thread (docs/scaling.md, section 4)
+    limit_arenas()
 
     # the request log: one JSON line per request on stderr
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -90,7 +104,9 @@ def serve_files(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, OSError, ImportError) as exc:
         print(f"fedmed serve: {exc}", file=sys.stderr)
         return 2
-    waitress = create_server(server.app, host=args.host, port=args.port, threads=args.threads)
+    # poll() rather than select(), which fails past 1,024 open files: --connection-limit may be raised
+    waitress = create_server(server.app, host=args.host, port=args.port, threads=args.threads,
+                             asyncore_use_poll=True, **connection_options(args.connection_limit, args.channel_timeout))
     print(f"FedMed server on http://{args.host}:{waitress.effective_port}")  # type: ignore[union-attr]
     for name in server:
         fragment = server[name]
@@ -99,6 +115,7 @@ def serve_files(args: argparse.Namespace) -> int:
     policies = [p.describe() for p in server.config.privacy] or ["none: results are exact"]
     print("  privacy: " + "; ".join(policies))
     print("  auth: " + ("bearer tokens" if server.config.auth else "off (bind to 127.0.0.1 or put a proxy in front)"))
+    print(f"  connections: at most {args.connection_limit}; idle ones closed after {args.channel_timeout} s")
     print("Ctrl-C stops.", flush=True)
     try:
         waitress.run()
@@ -108,6 +125,28 @@ def serve_files(args: argparse.Namespace) -> int:
         waitress.close()
     print("stopped.")
     return 0
+
+
+def connection_options(limit: int, timeout: int) -> dict[str, int]:
+    """waitress' settings for at most ``limit`` connections, each closed after ``timeout`` idle seconds.
+
+    waitress looks for idle connections every ``cleanup_interval`` seconds
+    (30 by default), which would let one stay idle for up to twice a
+    30-second timeout: the interval is made half the timeout.
+
+    Examples
+    --------
+    >>> connection_options(100, 30)
+    {'connection_limit': 100, 'channel_timeout': 30, 'cleanup_interval': 15}
+    """
+    return {"connection_limit": limit, "channel_timeout": timeout, "cleanup_interval": max(1, min(30, timeout // 2))}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text}")
+    return value
 
 
 def person_columns(specs: Sequence[str]) -> dict[str, str]:

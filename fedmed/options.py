@@ -22,11 +22,19 @@ class Options:
         goes out in waves. Over wide-area round trips the waves are what a
         round costs: 200 servers at 100 ms took 7.4x one round trip with 32
         and 3.0-3.3x with 256 (``benchmarks/fanout.py``).
+    max_response_bytes : int
+        The largest server answer this client decodes (1 GiB). A larger one
+        fails with a ``ServerError`` saying how large it was; raise the
+        bound (``fm.options.max_response_bytes = 4 * 2**30``) to accept it,
+        if this machine has the memory, or ask for less (fewer distinct
+        values, coarser categories). Server requests have their own, smaller
+        bound (the server's ``limits.max_body_bytes``).
     """
 
     progress: bool = True
     progress_delay: float = 1.0
     max_parallel_requests: int = 256
+    max_response_bytes: int = 1 << 30
 
 
 options = Options()

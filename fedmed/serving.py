@@ -15,7 +15,7 @@ from waitress.server import create_server
 
 
 class BackgroundServer:
-    """A waitress server running in a daemon thread.
+    """A waitress server running in a daemon thread; keyword ``options`` are waitress' own.
 
     Examples
     --------
@@ -26,12 +26,14 @@ class BackgroundServer:
     200
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = 4) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, threads: int = 4, **options: Any) -> None:
         # port 0: the OS picks a free port, so parallel test runs never collide
         # an integer loop timeout (waitress truncates 0.05 to 0: a busy poll eating a core) and
-        # poll() instead of select(), which breaks past 1024 open files
+        # poll() instead of select(), which breaks past 1024 open files;
+        # ``options`` go to waitress as they are (connection_limit, channel_timeout, ...)
         self._server = create_server(
-            app, host=host, port=port, threads=threads, asyncore_loop_timeout=1, asyncore_use_poll=True
+            app, host=host, port=port, threads=threads,
+            **{"asyncore_loop_timeout": 1, "asyncore_use_poll": True, **options},
         )
         self._stopped = False
         self.host = host

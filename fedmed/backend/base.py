@@ -13,6 +13,7 @@ from typing import Any, Hashable
 
 from .. import wire
 from ..errors import ERROR_TYPES, ServerError
+from ..options import options
 
 
 class Link(ABC):
@@ -50,9 +51,20 @@ class Source(ABC):
 
 
 def read_response(status: int, body: bytes, server: str) -> dict[str, Any]:
-    """Decode a server's answer; raise the typed error it reports, located at ``server``."""
+    """Decode a server's answer; raise the typed error it reports, located at ``server``.
+
+    Answers are bounded by ``fm.options.max_response_bytes``, not by the
+    (much smaller) bound a server puts on requests.
+    """
+    limit = options.max_response_bytes
+    if len(body) > limit:
+        raise ServerError(
+            f"the server answered HTTP {status} with {len(body):,} bytes, more than this client accepts "
+            f"({limit:,} bytes, fm.options.max_response_bytes); raise that bound to accept it, or ask for less",
+            server=server,
+        )
     try:
-        response = wire.unpack(body)
+        response = wire.unpack(body, max_bytes=limit)
     except Exception:
         raise ServerError(f"the server answered HTTP {status} with a body that is not msgpack", server=server) from None
     if not isinstance(response, dict):

@@ -15,6 +15,7 @@ import fedmed as fm
 from fedmed import wire
 from fedmed.auth import digest
 from fedmed.config import DEFAULT_CONFIG
+from fedmed.server import http
 
 RAW = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8"))
 SECRET = 987654.321
@@ -202,3 +203,41 @@ def test_status_page_does_not_show_one_clients_values_to_another():
     text = page.get_data(as_text=True)
     for secret in SECRET_TEXTS:
         assert secret not in text, secret
+
+
+def test_failed_tokens_are_logged_once_per_address_and_interval_with_a_count(caplog):
+    """An audit trail of failed token attempts that a flood of guesses cannot turn into a full disk:
+    one line per client address per interval, then a line counting the attempts in between."""
+    server = make_server({"auth": {"tokens": {"alice": digest("s3cret")}}})
+    refusals = server.app.extensions["fedmed.refusals"]
+    now = [1000.0]
+    refusals.clock = lambda: now[0]
+    client = server.app.test_client()
+    guesses = [f"guess-{i}" for i in range(50)]
+
+    def attempt(token: str, address: str = "10.0.0.7") -> int:
+        return client.get("/v1/info", headers={"Authorization": f"Bearer {token}"},
+                          environ_base={"REMOTE_ADDR": address}).status_code
+
+    with caplog.at_level("INFO", logger="fedmed.server"):
+        assert {attempt(token) for token in guesses} == {401}
+        assert attempt("other", "10.0.0.8") == 401  # another address has its own line
+        assert [(line["client"], line.get("suppressed")) for line in json_lines(caplog)] == [
+            ("10.0.0.7", None), ("10.0.0.8", None)]
+        now[0] += http.REFUSALS_LOGGED_EVERY
+        assert attempt("late") == 401
+        lines = json_lines(caplog)
+        assert lines[-1] == {"client": "10.0.0.7", "path": "/v1/info", "status": 401, "error": "Unauthorized",
+                             "suppressed": 49}
+        now[0] += 2 * http.REFUSALS_LOGGED_EVERY
+        for _ in range(3):
+            attempt("again", "10.0.0.8")
+        now[0] += http.REFUSALS_LOGGED_EVERY  # 10.0.0.8 falls quiet: its count is written when the next
+        attempt("third", "10.0.0.9")         # refused attempt from anywhere sweeps it out
+    lines = json_lines(caplog)
+    assert [(line["client"], line.get("suppressed")) for line in lines[3:]] == [
+        ("10.0.0.8", None), ("10.0.0.9", None), ("10.0.0.8", 2)]
+    assert len(refusals._seen) == 1  # quiet addresses are forgotten
+    text = caplog.text
+    assert not any(token in text for token in [*guesses, "late", "again", "third", "s3cret"])  # never a token
+    assert attempt("s3cret") == 200 and server.traffic.requests == 0  # /v1/info is not a protocol request
