@@ -54,7 +54,7 @@ from ..errors import ServerError, ServerMisconfigured, TaskFailed, TooExpensive
 from ..expr.node import Node
 from ..server.evaluate import Evaluated, Failure
 from ..server.fragments import Fragment
-from ..server.memory import request_budget
+from ..server.memory import mib, request_budget
 from .sql import MARKER, Needs, Program, SourceColumn, compile_request, quote_identifier, quote_string
 
 INSTALL = "pip install 'fedmed[duckdb]'"
@@ -224,8 +224,8 @@ class SQLFragment(Fragment):
         if isinstance(exc, (self._out_of_memory, MemoryError)):
             limits = self.bounds(budget)
             return TooExpensive(
-                f"the query needs more memory than this server lets one request use ({_size(limits['memory_limit'])} "
-                f"of memory and {_size(limits['max_temp_directory_size'])} of temporary disk space; config "
+                f"the query needs more memory than this server lets one request use ({mib(limits['memory_limit'])} "
+                f"of memory and {mib(limits['max_temp_directory_size'])} of temporary disk space; config "
                 "limits.memory_bytes): ask for fewer or simpler results per request, or filter the rows first; "
                 "the server's owner can raise the limit"
             )
@@ -352,10 +352,6 @@ def _setting_bytes(connection: Any, name: str) -> int | None:
     if match is None:
         return None
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
-
-
-def _size(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
 
 
 def _paths(path: "str | Path | Sequence[str | Path]") -> str:

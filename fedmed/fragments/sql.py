@@ -66,7 +66,7 @@ from ..ops import binary, private
 from ..ops.columns import COLUMNS
 from ..server.disclosure import (_CELLS_AND_EXTREMES, _POSITIONAL, _SIDE_BY_SIDE, MAX_INFLUENCE, Finding, _judged_by_cells,
                                  _under_masks)
-from ..server.evaluate import _REPEATING, Failure, _bounded, needed_nodes
+from ..server.evaluate import _REPEATING, MAX_FILL_TEXT, Failure, _bounded, needed_nodes
 
 # -- kinds of values -----------------------------------------------------------------------
 
@@ -84,8 +84,6 @@ MAX_THRESHOLDS = private.MAX_BINS
 MAX_COLUMNS = 200
 #: Largest constant (characters of text, elements of a list) made from constants in a request.
 MAX_CONSTANT = 100_000
-#: Longest text constant ``fillna`` puts on the rows (each row's copy is hashed and compared on its own).
-MAX_FILL_TEXT = 1_000
 
 FLOAT_NAN = "CAST(NULL AS DOUBLE)"
 FLOAT_INF = "CAST('inf' AS DOUBLE)"

@@ -2,6 +2,10 @@
 
 Each takes a pandas Series and returns one small, msgpack-friendly value.
 Missing values are skipped as pandas does; ``len`` counts rows.
+
+Maps whose answer does not grow with the rows say so with ``@fixed_size``:
+a server prices every request's memory before evaluating it, and counts
+an undeclared map's answer as one entry per row (``set``, ``value_counts``).
 """
 
 from __future__ import annotations
@@ -15,15 +19,24 @@ import pandas as pd
 from ..errors import OperationError
 
 
+def fixed_size(fn: Any) -> Any:
+    """Declare that ``fn``'s answer is small whatever the rows (a number, a few moments, a matrix of
+    its columns): see ``fedmed.server.memory``."""
+    fn.fixed_size = True
+    return fn
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
+@fixed_size
 def len(x: pd.Series) -> int:
     """Number of rows, missing values included."""
     return builtins.len(x)
 
 
+@fixed_size
 def count(x: pd.Series) -> int:
     """Number of non-missing values."""
     return int(x.count())
@@ -58,17 +71,20 @@ def _is_numeric(x: pd.Series) -> bool:
     return isinstance(x.dtype, np.dtype) and x.dtype.kind in "fiub"
 
 
+@fixed_size
 def sum(x: pd.Series) -> Any:
     """Sum of the non-missing values (0 for none)."""
     return _plain(_numbers(x, "sum").sum())
 
 
+@fixed_size
 def sqsum(x: pd.Series) -> Any:
     """Sum of squares of the non-missing values."""
     values = _present(_numbers(x, "sqsum"))
     return float(np.square(values).sum())  # elementwise: no BLAS threads fighting over the cores
 
 
+@fixed_size
 def min(x: pd.Series) -> Any:
     """Smallest non-missing value, or None if there is none."""
     if _is_numeric(x):
@@ -77,6 +93,7 @@ def min(x: pd.Series) -> Any:
     return None if present.empty else _plain(present.min())
 
 
+@fixed_size
 def max(x: pd.Series) -> Any:
     """Largest non-missing value, or None if there is none."""
     if _is_numeric(x):
@@ -107,6 +124,7 @@ def value_counts(x: pd.Series) -> list[list[Any]]:
     return [[_plain(value), int(count)] for value, count in x.value_counts(dropna=True).items()]
 
 
+@fixed_size
 def histogram(x: pd.Series, bins: Any, range: Any = None) -> dict[str, list[Any]]:
     """Counts per bin: ``bins`` are the edges, or a bin count with ``range=(lo, hi)``.
 
@@ -167,6 +185,7 @@ _INFINITE_IS_NAN = np.errstate(invalid="ignore")
 
 
 @_INFINITE_IS_NAN
+@fixed_size
 def moments(x: pd.Series) -> list[Any]:
     """``[n, mean, M2]`` of the non-missing values, computed in two passes for accuracy."""
     values = _present(x)
@@ -179,6 +198,7 @@ def moments(x: pd.Series) -> list[Any]:
 
 
 @_INFINITE_IS_NAN
+@fixed_size
 def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
     """``[n, mean x, mean y, M2 x, M2 y, co-moment]`` over rows where both are present."""
     a, b = _complete_columns((x, y))
@@ -191,6 +211,7 @@ def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
 
 
 @_INFINITE_IS_NAN
+@fixed_size
 def comoment_matrix(*columns: pd.Series) -> list[Any]:
     """``[n, means, M]`` of several columns over rows where all are present; ``M`` is the centred cross-product matrix.
 
@@ -206,12 +227,14 @@ def comoment_matrix(*columns: pd.Series) -> list[Any]:
     return [builtins.len(rows), means.tolist(), (centred.T @ centred).tolist()]
 
 
+@fixed_size
 def count_below(x: pd.Series, thresholds: list[float]) -> list[int]:
     """For each threshold, how many non-missing values are at most that threshold."""
     values = np.sort(_present(x))
     return np.searchsorted(values, np.asarray(thresholds, dtype=float), side="right").tolist()
 
 
+@fixed_size
 def glm_step(y: pd.Series, family: str, intercept: bool, beta: list[float], *columns: pd.Series) -> list[Any]:
     """One Newton step's ingredients at ``beta``: ``[n, gradient, Hessian, log-likelihood]``.
 

@@ -100,7 +100,7 @@ class Task:
 
     @cached_property
     def size(self) -> int:
-        """Distinct nodes in the task's expression."""
+        """Distinct nodes in the task's expression: the evaluations the server makes for it."""
         return len({n.key for n in walk([self.node])})
 
     @cached_property

@@ -11,11 +11,15 @@ from .base import MISSING, Policy, Task
 
 
 class ComplexityCap(Policy):
-    """Refuse expressions of more than ``cap`` distinct nodes (counted after merging equal subtrees).
+    """Refuse expressions of more than ``cap`` nodes, counted as the server evaluates them.
 
     Long expressions are how masks, paddings and trackers are built; honest
     statistics need a few dozen nodes. Nodes rather than depth: a wide
-    expression is as suspicious as a deep one.
+    expression is as suspicious as a deep one. A server decodes equal
+    table entries into one node and evaluates each node once
+    (``fedmed.wire.decode_table``), so the count is of the work done: a
+    table of 16,000 entries that repeat a dozen subtrees is a dozen
+    evaluations, and is priced as such (``fedmed.server.memory``).
     """
 
     def __init__(self, cap: int = 200) -> None:

@@ -14,14 +14,15 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import pandas as pd
 
 from .. import wire
 from ..config import Config, load_config
 from ..errors import (
-    ERROR_TYPES, BadRequest, OperationNotAllowed, PrivacyError, ProtocolError, ServerError, UnknownFragment,
+    ERROR_TYPES, BadRequest, OperationNotAllowed, PrivacyError, ProtocolError, ServerError, TooExpensive,
+    UnknownFragment,
 )
 from ..expr.node import Node, render_code
 from ..expr.rowwise import Elementwise, Fragment as FragmentNode, Map
@@ -29,8 +30,9 @@ from ..privacy.base import MISSING, Task
 from ..privacy.pipeline import Pipeline
 from ..privacy.snapshot import Snapshot
 from .evaluate import Evaluated, Failure
+from .memory import Cost, MemoryPool, mib, request_budget
 from .fragments import Fragment, InMemory
-from .http import create_app
+from .http import create_app, log_unexpected, unexpected_error
 
 log = logging.getLogger("fedmed.server")
 
@@ -75,6 +77,7 @@ class Server:
         self._pending: dict[str, Fragment] = {}
         self._lock = threading.Lock()
         self.traffic = Traffic()
+        self.memory = MemoryPool(request_budget(self.config.limits))
         self.started = time.time()
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)  # for the status page: no values
         self.app = create_app(self)
@@ -183,10 +186,11 @@ class Server:
             status, out = 400, _error_response(BadRequest(str(exc)))
         except ServerError as exc:
             status, out = exc.status, _error_response(exc)
-        except Exception:
-            # includes a map value that cannot be encoded: no traceback or data leaves
-            log.exception("unexpected failure while answering a request")
-            status, out = 500, _error_response(ServerError("internal server error (see the server's log)"))
+        except Exception as exc:
+            # includes a map value that cannot be encoded, and running out of memory (503): no traceback
+            # or data leaves; the answer was packed in advance and log_unexpected never raises
+            status, out = unexpected_error(exc)
+            log_unexpected(exc)
         with self._lock:
             self.traffic.requests += 1
             self.traffic.bytes_in += len(body)
@@ -226,11 +230,16 @@ class Server:
                 pending[task.fragment].append(o)
             else:
                 results[o] = self._recalled(task, answer, active[o])
+        cost = 0
         for name, outs in pending.items():
-            fragment, _ = snapshot[name]
-            person = self.config.person_column(name)
-            for o, evaluated in zip(outs, fragment.evaluate(nodes, outs, self.config, person=person)):
-                results[o] = self._release(tasks[o], evaluated, active[o])
+            pending[name], price = self._priced(nodes, outs, snapshot[name][0], tasks, results)
+            cost += price
+        with self.memory.reserve(cost):
+            for name, outs in pending.items():
+                fragment, _ = snapshot[name]
+                person = self.config.person_column(name)
+                for o, evaluated in zip(outs, fragment.evaluate(nodes, outs, self.config, person=person)):
+                    results[o] = self._release(tasks[o], evaluated, active[o])
         if record is not None:
             record.update(_summary(tasks, results, snapshot))
         return {
@@ -262,31 +271,88 @@ class Server:
                     operation=node.op,  # type: ignore[attr-defined]
                 )
 
+    def _priced(self, nodes: list[Node], outs: list[int], fragment: Fragment, tasks: dict[int, Task],
+                results: dict[int, dict[str, Any]]) -> tuple[list[int], int]:
+        """The outputs of ``fragment`` worth evaluating, and the memory they will hold at most.
+
+        Priced before any work (``fedmed.server.memory``): a task with a
+        value bigger than the budget fails alone, naming that value; a
+        request whose tasks together would hold more is refused whole (413).
+        """
+        budget = self.memory.capacity
+        price = fragment.price(nodes, outs, self.config)
+        if price is None:
+            return outs, 0
+        too_big = {i for i, c in price.costs.items() if c.peak > budget}
+        if too_big:
+            culprits = _culprits(nodes, too_big)
+            kept = []
+            for o in outs:
+                culprit = culprits[o]
+                if culprit is None:
+                    kept.append(o)
+                else:
+                    results[o] = _task_error(tasks[o], TooExpensive(_too_big(nodes[culprit], price.costs[culprit], budget)))
+            outs = kept
+            price = fragment.price(nodes, outs, self.config)
+            assert price is not None
+        if price.peak > budget:
+            i = price.biggest()
+            raise TooExpensive(
+                f"this request would hold about {mib(price.peak)} at once on this server, more than its budget of "
+                f"{mib(budget)} per request (limits.memory_bytes); its largest value: {_too_big(nodes[i], price.costs[i])}. "
+                "Send fewer tasks per request, fewer columns, or filter rows first")
+        return outs, price.peak
+
     def _recalled(self, task: Task, answer: Any, active: list[Any]) -> dict[str, Any]:
-        """A recalled answer once every active ``released`` hook has passed it; withheld as in ``_release``."""
-        try:
-            return _task_value(task, self.pipeline.recalled(task, answer, active))
-        except ServerError as exc:
-            return _task_error(task, exc)
-        except Exception:
-            log.exception("a privacy policy failed while judging a recalled result; the result is withheld")
-            return _task_error(task, PrivacyError("withheld: this server's privacy policies could not judge "
-                                                  "the result (the server's log says why)"))
+        """A recalled answer once every active ``released`` hook has passed it again."""
+        return _judged(task, lambda: self.pipeline.recalled(task, answer, active))
 
     def _release(self, task: Task, evaluated: Evaluated, active: list[Any]) -> dict[str, Any]:
+        if isinstance(evaluated.value, Failure):
+            return _task_error(task, evaluated.value.error)
         task.disclosure = evaluated.disclosure
         try:
-            if isinstance(evaluated.value, Failure):
-                raise evaluated.value.error
-            return _task_value(task, self.pipeline.release(task, evaluated.value, active))
-        except ServerError as exc:
-            return _task_error(task, exc)
-        except Exception:
-            # a policy that breaks on some values must not answer with a 500 for them (an oracle),
-            # nor let the value through: the task is withheld, the same way whatever broke
-            log.exception("a privacy policy failed while judging a result; the result is withheld")
-            return _task_error(task, PrivacyError("withheld: this server's privacy policies could not judge "
-                                                  "the result (the server's log says why)"))
+            return _judged(task, lambda: self.pipeline.release(task, evaluated.value, active))
+        finally:
+            task.disclosure = None  # it holds the task's rows (and what judging cached): gone with the task
+
+
+def _judged(task: Task, judge: Callable[[], Any]) -> dict[str, Any]:
+    """The task's result as ``judge()`` (its policies) lets it out, or its error.
+
+    A policy that breaks on some values must not answer with a 500 for them
+    (an oracle), nor let the value through: the task is withheld, the same
+    way whatever broke.
+    """
+    try:
+        return _task_value(task, judge())
+    except ServerError as exc:
+        return _task_error(task, exc)
+    except Exception:
+        log.exception("a privacy policy failed while judging a result; the result is withheld")
+        return _task_error(task, PrivacyError("withheld: this server's privacy policies could not judge "
+                                              "the result (the server's log says why)"))
+
+
+def _culprits(nodes: list[Node], bad: set[int]) -> list[int | None]:
+    """For each node, a node of ``bad`` below it (or itself), or None: one pass in table order."""
+    position = {id(node): i for i, node in enumerate(nodes)}
+    found: list[int | None] = []
+    for i, node in enumerate(nodes):
+        below = next((found[position[id(c)]] for c in node.children if found[position[id(c)]] is not None), None)
+        found.append(below if below is not None else i if i in bad else None)  # the deepest: the cause
+    return found
+
+
+def _too_big(node: Node, cost: Cost, budget: int | None = None) -> str:
+    """Which value is too big, and why, without data: its code, shape and price."""
+    size = cost.size
+    shape = f"{size.rows} rows x {size.columns} column(s)" if size.rowwise else f"{size.entries} value(s)"
+    text = f" of text up to {size.text} characters" if size.text else ""
+    said = f"{render_code(node, literals=False)[:120]} ({shape}{text}, about {mib(cost.peak)})"
+    return said if budget is None else (f"{said} needs more than this server's memory budget of {mib(budget)} "
+                                        "per request (limits.memory_bytes): select fewer columns or rows first")
 
 
 def _status_of(results: list[dict[str, Any]]) -> int:

@@ -16,8 +16,9 @@ missing there. The Dask engine runs the same three on each partition.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,7 @@ from ..errors import OperationError, ServerError, ServerMisconfigured, TaskFaile
 from ..expr.node import Node, walk
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map
 from .disclosure import Disclosure
+from .memory import schedule
 from ..ops.columns import map_columns
 
 
@@ -47,13 +49,22 @@ class Evaluated:
 
 def evaluate_pandas(
     nodes: Sequence[Node], outputs: Sequence[int], data: Any, config: Config, person: str | None = None
-) -> list[Evaluated]:
-    """Evaluate the map nodes at ``outputs`` over ``data`` (pandas objects).
+) -> Iterator[Evaluated]:
+    """Evaluate the map nodes at ``outputs`` over ``data`` (pandas objects), one output at a time.
 
     ``person`` is the column identifying a person (the server config's
     ``persons``): each ``Disclosure`` gets it, so that privacy rules count
     persons, not rows. A fragment without that column answers no task:
     counting its rows instead would quietly weaken every rule.
+
+    Outputs are computed in order (``memory.schedule``). Under privacy
+    policies a task's intermediates stay until its result has been judged
+    (the disclosure reads them), and each value is freed, when the next
+    output is asked for, once no later output needs it: peak memory follows
+    the largest task, and each ``Evaluated``'s disclosure holds until the
+    next one is taken. Without policies nothing is judged (no disclosure is
+    made) and a value is freed as soon as its last reader is computed:
+    peak memory follows the widest level of the table.
     """
     persons = None
     if person is not None:
@@ -63,16 +74,25 @@ def evaluate_pandas(
                 f"this fragment has no column {person!r}, which the server's config ('persons') names as its "
                 "person key: every task on it is refused until the server's owner fixes that"
             )
-            return [Evaluated(Failure(missing)) for _ in outputs]
-    values = fold_table(nodes, outputs, lambda node, args: _visit(node, args, data, config))
-    by_node = {id(nodes[i]): value for i, value in values.items()}
+            yield from (Evaluated(Failure(missing)) for _ in outputs)
+            return
+    visit = lambda node, args: _visit(node, args, data, config)  # noqa: E731
+    by_node: dict[int, Any] = {}  # id(node) -> value, for the disclosure and its reruns
     index = row_index(data)
-    rerun = _rerun(by_node, lambda node, args: _visit(node, args, data, config))
-    return [
-        Evaluated(values[o], Disclosure(nodes[o], by_node, index, persons=persons, rerun=rerun)  # type: ignore[arg-type]
-                  if index is not None else None)
-        for o in outputs
-    ]
+    rerun = _rerun(by_node, visit)
+    judged = bool(config.privacy)
+    for o, step in zip(outputs, schedule(nodes, outputs, judged)):
+        for i in step.new:
+            args = [by_node[id(child)] for child in nodes[i].children]
+            failed = next((a for a in args if isinstance(a, Failure)), None)
+            by_node[id(nodes[i])] = failed if failed is not None else visit(nodes[i], args)
+            for c in step.drops.get(i, ()):
+                by_node.pop(id(nodes[c]), None)
+        value = by_node[id(nodes[o])]
+        yield Evaluated(value, Disclosure(nodes[o], by_node, index, persons=persons, rerun=rerun)  # type: ignore[arg-type]
+                        if index is not None and judged else None)
+        for i in step.freed:
+            by_node.pop(id(nodes[i]), None)
 
 
 def _rerun(values: dict[int, Any], visit: Callable[[Node, list[Any]], Any]) -> Callable[[Node, dict[int, Any]], Any]:
@@ -93,6 +113,15 @@ def _rerun(values: dict[int, Any], visit: Callable[[Node, list[Any]], Any]) -> C
         return [known[id(c)] for c in root.children]
 
     return rerun
+
+
+def rows_of(data: Any) -> int:
+    """The fragment's rows (of its largest table, for a nested dict)."""
+    if isinstance(data, (pd.DataFrame, pd.Series)):
+        return len(data)
+    if isinstance(data, dict):
+        return max(map(rows_of, data.values()), default=0)
+    return 0
 
 
 def row_index(data: Any) -> pd.Index | None:
@@ -166,11 +195,14 @@ def visit_literal(node: Literal, args: list[Any], data: Any, config: Config) -> 
 
 #: Operations whose cost grows with the size of a value rather than the number of rows.
 _REPEATING = {"mul", "pow", "mod", "floordiv", "add"}
+#: Longest text constant ``fillna`` puts on the rows (each row's copy is hashed and compared on its
+#: own; the SQL engine holds the same bound).
+MAX_FILL_TEXT = 1_000
 
 
 # The server checked every operation name against its config before evaluating.
 def visit_elementwise(node: Elementwise, args: list[Any], data: Any, config: Config) -> Any:
-    return apply_elementwise(node.op, config.elementwise[node.op], _bounded(node.op, args))
+    return apply_elementwise(node.op, config.elementwise[node.op], _bounded(node.op, args, rows_of(data)))
 
 
 def apply_elementwise(op: str, fn: Callable[..., Any], args: list[Any]) -> Any:
@@ -313,20 +345,29 @@ def _check_operands(op: str, fn: Callable[..., Any], args: list[Any]) -> None:
         raise TaskFailed(f"elementwise {op} does not take {len(args)} operand(s)")
 
 
-def _bounded(op: str, args: list[Any]) -> list[Any]:
+def _bounded(op: str, args: list[Any], rows: int | None = None) -> list[Any]:
     """Arguments that cannot make one operation hang or exhaust memory.
 
     Constants combined only with constants follow numpy, not Python: a
     request's ``10 ** 10**18`` overflows at once instead of computing an
-    integer with a quintillion digits. Text cannot be repeated, formatted or
-    concatenated (``"x" * 10**9`` per row, or ``x + x`` doubling at every
-    level); lists of constants combine elementwise as arrays, never by
-    concatenation.
+    integer with a quintillion digits, and they never broadcast to more
+    values than the fragment has rows or the largest constant has entries
+    (nested lists added to their transposes would ask for gigabytes).
+    Text cannot be repeated, formatted or concatenated (``"x" * 10**9``
+    per row, or ``x + x`` doubling at every level), whether it is a column
+    or a column of a whole table; lists of constants combine elementwise
+    as arrays, never by concatenation.
     """
-    if op in _REPEATING and any(_is_text(a) for a in args):
-        raise TaskFailed(f"{op} is not defined for text values")
+    if op in _REPEATING:
+        text = next((t for t in map(_text_in, args) if t is not None), None)
+        if text is not None:
+            raise TaskFailed(f"{op} is not defined for text values{text}")
+    if op == "fillna" and any(isinstance(a, str) and len(a) > MAX_FILL_TEXT for a in args):
+        raise TaskFailed(f"fillna: this fragment fills with text of at most {MAX_FILL_TEXT:,} characters")
     if not any(isinstance(a, (pd.Series, pd.DataFrame)) for a in args):
-        return [np.asarray(a) if isinstance(a, (int, float, list)) and not isinstance(a, bool) else a for a in args]
+        arrays = [np.asarray(a) if isinstance(a, (int, float, list)) and not isinstance(a, bool) else a for a in args]
+        _check_broadcast(op, arrays, rows)
+        return arrays
     return args
 
 
@@ -337,6 +378,31 @@ def _is_text(value: Any) -> bool:
     if getattr(value, "ndim", None) == 1 and hasattr(value, "dtype"):
         return value.dtype == object or str(value.dtype).startswith(("string", "str"))
     return False
+
+
+def _text_in(value: Any) -> str | None:
+    """Where ``value`` holds text: ``""`` for a text constant or column, ``" (column 'c')"`` for a
+    table's text column, None when it holds none."""
+    if _is_text(value):
+        return ""
+    if isinstance(value, pd.DataFrame):
+        for name, column in value.items():
+            if _is_text(column):
+                return f" (column {str(name)[:40]!r})"
+    return None
+
+
+def _check_broadcast(op: str, arrays: list[Any], rows: int | None) -> None:
+    """Refuse constants that would broadcast beyond the fragment's rows and their own sizes."""
+    shapes = [np.shape(a) for a in arrays]
+    try:
+        entries = math.prod(np.broadcast_shapes(*shapes))
+    except ValueError:
+        return  # numpy refuses them itself, at no cost
+    bound = max([rows or 0, *(math.prod(s) for s in shapes)])
+    if entries > bound:
+        raise TaskFailed(f"{op} of these constants would make {entries} values, more than the fragment's "
+                         f"{rows or 0} rows or any constant's entries: constants never broadcast beyond them")
 
 
 def visit_filter(node: Filter, args: list[Any], data: Any, config: Config) -> Any:

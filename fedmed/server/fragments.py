@@ -11,7 +11,8 @@ picked one up sees one version throughout.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from functools import cached_property
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ import pandas as pd
 from ..config import Config
 from ..expr.node import Node
 from .evaluate import Evaluated, evaluate_pandas
+from .memory import Price, Size, price, size_of_data
 
 
 class Fragment(ABC):
@@ -33,10 +35,15 @@ class Fragment(ABC):
         """Why privacy rules cannot count persons here by ``column`` (None when they can); shown to the owner."""
         return f"a {type(self).__name__} fragment cannot count persons: policies that need them refuse its results"
 
+    def price(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> Price | None:
+        """What evaluating ``outputs`` will cost in memory (``fedmed.server.memory``), or None when
+        the fragment bounds its own memory (a DuckDB fragment's ``memory_limit``)."""
+        return None
+
     @abstractmethod
     def evaluate(
         self, nodes: Sequence[Node], outputs: Sequence[int], config: Config, person: str | None = None
-    ) -> list[Evaluated]:
+    ) -> Iterable[Evaluated]:
         """Values (or ``Failure``s) of the map nodes at ``outputs``, with the rows behind each.
 
         ``nodes`` is the request's table, in wire order. ``person`` names the
@@ -65,9 +72,17 @@ class InMemory(Fragment):
             return None
         return f"the fragment has no column {column!r}: every task on it is refused"
 
+    @cached_property
+    def size(self) -> Size:
+        """Rows, columns, item sizes and longest texts: measured once (the data never changes)."""
+        return size_of_data(self.data)
+
+    def price(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> Price | None:
+        return price(nodes, outputs, self.size, config)
+
     def evaluate(
         self, nodes: Sequence[Node], outputs: Sequence[int], config: Config, person: str | None = None
-    ) -> list[Evaluated]:
+    ) -> Iterable[Evaluated]:
         return evaluate_pandas(nodes, outputs, self.data, config, person=person)
 
 

@@ -11,9 +11,20 @@ memory, or of the address space a ``ulimit -v`` leaves, whichever is less).
 
 from __future__ import annotations
 
+import math
 import os
 import resource
-from typing import Mapping
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ServerUnavailable
+from ..expr.node import Node
+from ..expr.rowwise import Column, Elementwise, Filter, Fragment as FragmentNode, Literal, Map
 
 #: Share of the machine's memory (or of a ``ulimit -v`` cap) a server spends on one request by default.
 SHARE = 4
@@ -52,3 +63,303 @@ def _cgroup_limit() -> int | None:
         if text.isdigit() and int(text) < 1 << 60:
             return int(text)
     return None
+
+
+# -- what a value will weigh --------------------------------------------------------------------
+
+#: Bytes a Python string costs beyond its characters (object header, hash, length).
+STR_OVERHEAD = 56
+#: Characters a text value of the fragment is priced at (its real length is the data's business).
+TEXT = 64
+#: Longest text ``astype(str)`` makes of a number or a date.
+NUMBER_TEXT = 32
+#: Bytes per entry of a small Python result (a list slot and a boxed number).
+BOXED = 64
+#: Bytes per distinct value of a per-value result such as ``value_counts``: a ``[value, count]``
+#: list, two boxed values and their msgpack bytes (measured: about 150).
+PER_VALUE = 160
+#: Bytes per row the disclosure analysis of one task borrows (masks and moved copies; measured
+#: about 60 for a sum over an expression).
+JUDGING = 96
+
+
+@dataclass(frozen=True)
+class Size:
+    """What the server knows of a value before computing it.
+
+    ``rows`` and ``columns`` for row-wise values (``columns`` 1 for a
+    single column), ``shape`` for constants (their numpy shape after
+    broadcasting); ``item`` the bytes of one entry, ``text`` the longest
+    text in it (0 when it holds none); ``parts`` the sizes of a table's
+    columns (or a nested fragment's tables) by name.
+    """
+
+    rows: int = 0
+    columns: int = 0
+    item: int = 8
+    text: int = 0
+    shape: tuple[int, ...] = ()
+    parts: Mapping[str, "Size"] | None = None
+
+    @property
+    def rowwise(self) -> bool:
+        return self.columns > 0
+
+    @property
+    def entries(self) -> int:
+        return self.rows * self.columns if self.rowwise else math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.entries * self.item
+
+
+def size_of_data(data: Any) -> Size:
+    """The size of a fragment's data (pandas objects, or a dict of them), from its schema alone.
+
+    Only rows, columns and types count, never the values: whether a request
+    is refused must not depend on the rows (the longest name in a column
+    would otherwise be learnt by bisecting the budget), so text is priced
+    at ``TEXT`` characters a value whatever it holds, and the text a
+    request brings (a constant) at its own length.
+    """
+    if isinstance(data, pd.DataFrame):
+        parts = {str(c): size_of_data(data.iloc[:, i]) for i, c in enumerate(data.columns)}
+        return Size(len(data), max(len(parts), 1), max((p.item for p in parts.values()), default=8),
+                    max((p.text for p in parts.values()), default=0), parts=parts)
+    if isinstance(data, pd.Series):
+        if _holds_text(data.dtype):
+            return Size(len(data), 1, 8 + STR_OVERHEAD + TEXT, TEXT)
+        return Size(len(data), 1, max(getattr(data.dtype, "itemsize", 8), 8))
+    if isinstance(data, dict):
+        parts = {str(k): size_of_data(v) for k, v in data.items()}
+        rows = max((p.rows for p in parts.values()), default=0)
+        return Size(rows, max((p.columns for p in parts.values()), default=1), 8,
+                    max((p.text for p in parts.values()), default=0), parts=parts)
+    return Size()
+
+
+def _holds_text(dtype: Any) -> bool:
+    return dtype == object or str(dtype).startswith(("string", "str", "category"))
+
+
+def size_of_constant(value: Any) -> Size:
+    """A request's constant: its shape as numpy would see it, and its longest text."""
+    shape: list[int] = []
+    level = [value]
+    while level and all(isinstance(v, list) for v in level):
+        lengths = {len(v) for v in level}
+        if len(lengths) != 1:  # ragged: numpy makes an object array of the outer level
+            break
+        shape.append(lengths.pop())
+        level = [x for v in level for x in v]
+    text = max((len(v) for v in _leaves(value) if isinstance(v, str)), default=0)
+    return Size(shape=tuple(shape), item=8 + (text + STR_OVERHEAD if text else 0), text=text)
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        else:
+            yield v
+
+
+# -- what a request will cost -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cost:
+    """One node's price: its value's size, the bytes it adds, and what computing it borrows."""
+
+    size: Size
+    new: int = 0        # bytes of the value the server keeps (0 for the fragment's own columns)
+    borrowed: int = 0   # bytes held only while it is computed (pandas temporaries, conversions)
+
+    @property
+    def peak(self) -> int:
+        return self.new + self.borrowed
+
+
+@dataclass(frozen=True)
+class Price:
+    """What evaluating a node table will cost a fragment."""
+
+    costs: Mapping[int, Cost]   # node index -> its cost
+    peak: int                   # bytes held at the busiest moment of the evaluation
+
+    def biggest(self) -> int:
+        """The index of the node with the largest price."""
+        return max(self.costs, key=lambda i: self.costs[i].peak)
+
+
+def price(nodes: Sequence[Node], outputs: Sequence[int], data: Size, config: Any) -> Price:
+    """The cost of evaluating ``outputs`` of ``nodes`` over data of size ``data``, in the evaluator's order.
+
+    The evaluator computes the outputs one after the other (``schedule``),
+    keeps a task's intermediates until its result has been judged, frees
+    each value once no later task needs it, and keeps the results for the
+    answer. Under privacy policies judging a result costs too: the
+    disclosure analysis recomputes the task's intermediates once more and
+    builds masks over the rows, and the cell rules copy a per-value result
+    a few times (measured: ``benchmarks/memory.py``).
+    """
+    judged = bool(getattr(config, "privacy", ()))
+    plan = schedule(nodes, outputs, judged)
+    costs: dict[int, Cost] = {}
+    position = {id(node): i for i, node in enumerate(nodes)}
+    for step in plan:
+        for i in step.new:
+            costs[i] = cost_of(nodes[i], [costs[position[id(c)]].size for c in nodes[i].children], data, config)
+    keep = set(outputs)
+    live = peak = 0
+    for o, step in zip(outputs, plan):
+        held = 0  # the task's own intermediates, which judging recomputes once more
+        for i in step.new:
+            peak = max(peak, live + costs[i].peak)
+            live += costs[i].new
+            held += costs[i].new if i not in keep else 0
+            live -= sum(costs[c].new for c in step.drops.get(i, ()))
+        if judged:
+            peak = max(peak, live + held + data.rows * JUDGING + costs[o].new * 3)
+        live -= sum(costs[i].new for i in step.freed if i not in keep)
+    return Price(costs, peak + sum(costs[o].new for o in keep))  # the answer is packed from the results
+
+
+def cost_of(node: Node, args: list[Size], data: Size, config: Any) -> Cost:
+    """The cost of one node whose children have sizes ``args``."""
+    if isinstance(node, FragmentNode):
+        return Cost(data)
+    if isinstance(node, Column):
+        parts = args[0].parts or {}
+        return Cost(parts.get(node.name, Size()))
+    if isinstance(node, Literal):
+        size = size_of_constant(node.value)
+        return Cost(size, size.nbytes)
+    if isinstance(node, Filter):
+        return Cost(args[0], args[0].nbytes, args[0].rows)
+    if isinstance(node, Elementwise):
+        size = _elementwise(node.op, args)
+        return Cost(size, size.nbytes, size.nbytes)
+    if isinstance(node, Map):
+        inputs = [a for a in args if a.rowwise]
+        width = sum(a.columns for a in inputs)
+        aggregate = config.aggregates.get(node.op)
+        if getattr(getattr(aggregate, "map", None), "fixed_size", False):
+            result = (width * width + len(args)) * BOXED + 1024
+        else:  # one entry per row at most (value counts of a column of distinct values)
+            result = sum(a.rows * a.columns * (PER_VALUE + a.text) for a in inputs) + 1024
+        return Cost(Size(), result, sum(a.rows * a.columns * 8 for a in inputs))
+    return Cost(Size())
+
+
+def _elementwise(op: str, args: list[Size]) -> Size:
+    """The size of an elementwise result: the shape of its widest row-wise operand, or of its
+    constants after broadcasting; text as long as the longest text it is given."""
+    text = max((a.text for a in args), default=0) + (NUMBER_TEXT if op == "astype" else 0)
+    item = 8 + (text + STR_OVERHEAD if text else 0)
+    rowwise = [a for a in args if a.rowwise]
+    if rowwise:
+        widest = max(rowwise, key=lambda a: a.rows * a.columns)
+        parts = None
+        if widest.parts is not None:
+            parts = {name: Size(p.rows, p.columns, item, text) for name, p in widest.parts.items()}
+        return Size(widest.rows, widest.columns, item, text, parts=parts)
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in args))
+    except ValueError:  # the operation will fail, at the cost of its operands
+        shape = max((a.shape for a in args), key=math.prod, default=())
+    return Size(shape=tuple(shape), item=item, text=text)
+
+
+@dataclass(frozen=True)
+class Step:
+    """The evaluator's work for one output: ``new`` nodes computed for it (in order), ``drops[i]`` the
+    values no longer needed once node ``i`` is computed, ``freed`` those no longer needed once the
+    output's result has been judged."""
+
+    new: list[int]
+    drops: Mapping[int, list[int]]
+    freed: list[int]
+
+
+def schedule(nodes: Sequence[Node], outputs: Sequence[int], judged: bool = True) -> list[Step]:
+    """The evaluator's order: the outputs one after the other, each node computed once, when first needed.
+
+    When results are ``judged`` (privacy policies read the disclosure, which
+    reads every value below the output), a value lives until the last output
+    that needs it has been judged; otherwise until its last parent has been
+    computed, so peak memory follows the widest level of the table, not its
+    length. Linear in the table: each node is reached once going forwards
+    (first use) and once going backwards (last use).
+    """
+    position = {id(node): i for i, node in enumerate(nodes)}
+
+    def reach(order: Sequence[int]) -> list[list[int]]:
+        seen: set[int] = set()
+        found = []
+        for o in order:
+            stack, mine = [o], []
+            while stack:
+                i = stack.pop()
+                if i in seen:
+                    continue
+                seen.add(i)
+                mine.append(i)
+                stack.extend(position[id(c)] for c in nodes[i].children)
+            found.append(sorted(mine))
+        return found
+
+    first = reach(outputs)
+    if judged:
+        last = reach(outputs[::-1])[::-1]
+        return [Step(new, {}, freed) for new, freed in zip(first, last)]
+    keep = set(outputs)
+    consumer: dict[int, int] = {}  # node -> the last node computed that reads it
+    for new in first:
+        for i in new:
+            for c in nodes[i].children:
+                consumer[position[id(c)]] = i
+    drops: dict[int, list[int]] = {}
+    for c, i in consumer.items():
+        if c not in keep:
+            drops.setdefault(i, []).append(c)
+    return [Step(new, {i: drops[i] for i in new if i in drops}, [o]) for new, o in zip(first, outputs)]
+
+
+class MemoryPool:
+    """The server's memory budget shared by concurrent requests.
+
+    A request reserves its price before it is evaluated and gives it back
+    when its answer is packed, so eight worker threads never hold more than
+    one budget between them. A request that does not fit waits for others
+    to finish, at most ``wait`` seconds.
+    """
+
+    def __init__(self, capacity: int, wait: float = 30.0) -> None:
+        self.capacity = int(capacity)
+        self.wait = wait
+        self.used = 0
+        self._free = threading.Condition()
+
+    @contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        nbytes = min(int(nbytes), self.capacity)
+        with self._free:
+            if not self._free.wait_for(lambda: self.used + nbytes <= self.capacity, timeout=self.wait):
+                raise ServerUnavailable(
+                    "the server is busy: other large requests hold its memory budget; try again shortly")
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with self._free:
+                self.used -= nbytes
+                self._free.notify_all()
+
+
+def mib(nbytes: float) -> str:
+    """Bytes as MiB (or GiB) for messages."""
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"

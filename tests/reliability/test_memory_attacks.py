@@ -153,6 +153,23 @@ def test_a_wide_tree_of_repeated_entries(pool: Any, files: dict[str, Any]) -> No
     check_row(pool.get("plain"), ms.wide_tree("d"), "d", files["sums"]["d"])
 
 
+def test_many_distinct_tasks_in_one_request(pool: Any, files: dict[str, Any]) -> None:
+    """(b) 2,000 tasks ``(x + i).sum()`` in one request: each one column wide, all kept until the end."""
+    check_row(pool.get("plain"), ms.many_sums("d"), "d", files["sums"]["d"])
+
+
+def test_text_repetition_through_a_whole_table(pool: Any, files: dict[str, Any]) -> None:
+    """(c) ``(data * 100000).len()`` on a table with a text column (91 bytes asking ~100 GB)."""
+    check_row(pool.get("plain"), ms.text_repetition("d"), "d", files["sums"]["d"])
+
+
+@pytest.mark.parametrize("into", ["rows", "constants"])
+def test_nested_list_constants_that_broadcast(pool: Any, files: dict[str, Any], into: str) -> None:
+    """(d) Nine 10-number constants, each along its own axis, added: 1.5 KB asking 10 ** 9 float64 (7.5 GiB),
+    then added to ``x`` (``into="rows"``) or handed to ``x.count_below`` as constants only."""
+    check_row(pool.get("plain"), ms.broadcast("d", into=into), "d", files["sums"]["d"])
+
+
 def test_text_doubling_on_an_in_place_parquet_fragment(pool: Any, files: dict[str, Any]) -> None:
     """(e) ``x = x + x`` 18 times on a text column, served ``--in-place`` (DuckDB's ``||``), then counted."""
     pytest.importorskip("duckdb")

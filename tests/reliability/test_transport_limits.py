@@ -104,7 +104,7 @@ def test_out_of_memory_in_server_handles_own_error_path_is_a_503(monkeypatch):
     monkeypatch.setattr(core.log, "exception", boom(MemoryError()))
     monkeypatch.setattr(core.log, "error", boom(MemoryError()))
     reply = server.app.test_client().post(wire.ENDPOINT, data=SUM)
-    assert reply.status_code in (500, 503)  # 503 once Server.handle maps MemoryError itself
+    assert reply.status_code == 503
     error_of(reply)
     monkeypatch.undo()
     assert server.app.test_client().post(wire.ENDPOINT, data=SUM).status_code == 200
