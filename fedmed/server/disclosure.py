@@ -175,7 +175,11 @@ class Disclosure:
         for name, view in self.views():
             if name == column and view:
                 used = self.used_in(view)
-                equal = pd.Series(view[0].to_numpy(dtype=object) == value, index=view[0].index)
+                values = view[0].to_numpy(dtype=object)
+                present = ~pd.isna(values)  # pd.NA compares to neither true nor false: a missing row holds nothing
+                same = np.zeros(len(values), dtype=bool)
+                same[present] = np.asarray(values[present] == value, dtype=bool)
+                equal = pd.Series(same, index=view[0].index)
                 return self.count(used & self._align(equal))
         return 0
 
