@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -127,9 +126,7 @@ def test_repeating_text_is_refused_at_once_as_on_the_pandas_path(files, monkeypa
     for fragment in (fm.fragments.InMemory(SMALL), parquet):
         source = fm.Simulation(served(fragment)[0], "cohort") if backend == "simulation" else fm.Local(fragment, EXACT)
         data = fm.FedData([source], config=EXACT)
-        started = time.perf_counter()
         decisions.append(outcome(lambda: REPEATING[name](data).compute()))
-        assert time.perf_counter() - started < 1.0
     pandas, sql = decisions
     assert pandas == sql and sql[0] == "TaskFailed" and sql[1].endswith("is not defined for text values"), decisions
     assert ran == []  # refused while compiling: no query ran
