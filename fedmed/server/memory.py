@@ -221,7 +221,7 @@ def price(nodes: Sequence[Node], outputs: Sequence[int], data: Size, config: Any
             peak = max(peak, live + costs[i].peak)
             live += costs[i].new
             held += costs[i].new if i not in keep else 0
-            live -= sum(costs[c].new for c in step.drops.get(i, ()))
+            live -= sum(costs[c].new for c in step.drops.get(i, ()) if c not in keep)
         if judged:
             peak = max(peak, live + held + data.rows * JUDGING + costs[o].new * 3)
         live -= sum(costs[i].new for i in step.freed if i not in keep)
@@ -316,18 +316,26 @@ def schedule(nodes: Sequence[Node], outputs: Sequence[int], judged: bool = True)
     if judged:
         last = reach(outputs[::-1])[::-1]
         return [Step(new, {}, freed) for new, freed in zip(first, last)]
-    keep = set(outputs)
-    consumer: dict[int, int] = {}  # node -> the last node computed that reads it
-    for new in first:
+    # Without judging, a value is needed by the nodes that read it and by the output that yields it;
+    # it goes after whichever of those comes last (an output may be read by a later output's node, and
+    # equal wire entries can make one output appear twice).
+    last: dict[int, tuple[int, int]] = {}  # node -> (tick of its last use, the node or step it follows)
+    tick = 0
+    for k, (new, o) in enumerate(zip(first, outputs)):
         for i in new:
             for c in nodes[i].children:
-                consumer[position[id(c)]] = i
+                last[position[id(c)]] = (tick, i)
+            tick += 1
+        last[o] = (tick, -1 - k)  # read when step k yields
+        tick += 1
     drops: dict[int, list[int]] = {}
-    for c, i in consumer.items():
-        if c not in keep:
-            drops.setdefault(i, []).append(c)
-    return [Step(new, {i: drops[i] for i in new if i in drops}, [o]) for new, o in zip(first, outputs)]
-
+    freed: list[list[int]] = [[] for _ in outputs]
+    for n, (_, at) in last.items():
+        if at < 0:
+            freed[-1 - at].append(n)
+        else:
+            drops.setdefault(at, []).append(n)
+    return [Step(new, {i: drops[i] for i in new if i in drops}, gone) for new, gone in zip(first, freed)]
 
 class MemoryPool:
     """The server's memory budget shared by concurrent requests.

@@ -158,6 +158,23 @@ def test_schedule_computes_each_node_once_and_frees_it_after_its_last_output() -
     assert [step.freed for step in plan] == [[4], [5], [6]]
 
 
+@pytest.mark.parametrize("config", [exact, judged])
+@pytest.mark.parametrize("outputs", [[5, 6], [5, 5], [6, 5], [6, 6, 5], [4, 5, 6]])
+def test_an_output_read_by_a_later_task_or_asked_twice_is_kept_until_then(
+    synthetic: pd.DataFrame, config: Callable[[], dict[str, Any]], outputs: list[int]
+) -> None:
+    """Entry 5 equals entry 4 (one node), and entry 6 reads it: the fuzz case that once freed a value
+    when its own output was answered although a later output's node still needed it."""
+    server = fm.Server(config())
+    server["s"] = synthetic[:1000]
+    table = [["fragment", ["s"], []], ["column", ["x"], [0]], ["literal", [2], []],
+             ["elementwise", ["mul"], [1, 2]], ["map", ["len"], [3]], ["map", ["len"], [3]], ["map", ["len"], [4]]]
+    status, answer = ask(server, table, outputs)
+    assert status == 200, answer
+    alone = {o: ask(server, table, [o])[1]["results"][0] for o in set(outputs)}
+    assert answer["results"] == [alone[o] for o in outputs]
+
+
 def test_without_policies_a_long_chain_holds_one_level_at_a_time(synthetic: pd.DataFrame) -> None:
     server = fm.Server(exact())
     server["s"] = synthetic
