@@ -12,8 +12,10 @@ import atexit
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Hashable, Sequence
+from typing import Any, Hashable, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -80,11 +82,11 @@ def execute(
     identity = flags.identity()
     values: dict[Hashable, Any] = {}
     left_out: dict[str, ServerError] = {}  # source uid -> why it is out of this whole computation
-    with _progress() as bar:
+    with progress() as bar:
         for number, reduces in enumerate(plan.rounds, start=1):
             requests = plan_requests(reduces, flags, lambda node: _client_value(node, values, identity))
-            bar.total = (bar.total or 0) + len(requests)  # (reset() would draw before the delay)
-            bar.set_postfix_str(f"round {number}/{len(plan.rounds)}", refresh=False)
+            bar.expect(len(requests))
+            bar.stage(f"round {number}/{len(plan.rounds)}")
             partials = _send_all(requests, flags, on_suppressed == "skip", on_error == "skip", bar)
             _leave_out(partials, left_out, first_round=number == 1)
             for reduce in reduces:
@@ -110,15 +112,113 @@ def _part(part: Any, uid: str, left_out: dict[str, ServerError]) -> Any:
     return Skipped(left_out[uid]) if uid in left_out else part
 
 
-def _progress() -> tqdm:
+class Progress:
+    """A computation's handle on its progress bar: answers expected and received, and the stage shown.
+
+    Only the outermost handle names the stage, so a model's label ("binomial
+    IRLS round 3/25") is not overwritten by the rounds of the computes it makes.
+    """
+
+    def __init__(self, bar: tqdm, lock: threading.Lock, outermost: bool) -> None:
+        self.bar, self._lock, self._outermost = bar, lock, outermost
+
+    def expect(self, answers: int) -> None:
+        """``answers`` more requests are on their way."""
+        with self._lock:
+            self.bar.total = (self.bar.total or 0) + answers  # (reset() would draw before the delay)
+
+    def answered(self) -> None:
+        """One answer arrived (called from the request threads, hence the lock)."""
+        with self._lock:
+            self.bar.update(1)
+
+    def stage(self, text: str) -> None:
+        """Show ``text`` after the counts, from the next redraw on."""
+        if self._outermost:
+            with self._lock:
+                self.bar.set_postfix_str(text, refresh=False)  # refresh=True would draw before the delay
+
+    def redraw(self) -> None:
+        # update(0) rather than refresh(): it honours the delay and records the draw, so that
+        # close() knows there is a bar to erase
+        with self._lock:
+            self.bar.update(0)
+
+
+_current: ContextVar[Progress | None] = ContextVar("fedmed_progress", default=None)
+TICK = 0.5  # seconds between redraws while waiting: the elapsed time keeps moving
+
+
+@contextmanager
+def progress() -> Iterator[Progress]:
+    """The progress bar of the computation running in this thread: one bar, however many computes it makes.
+
+    The outermost call opens the bar; calls nested in it (each ``compute()``
+    of a model's iterations) count their answers on the same bar. The bar
+    appears once the computation has taken ``fm.options.progress_delay``
+    seconds, even while no server has answered yet, and only when stderr is
+    a terminal.
+
+    Examples
+    --------
+    >>> from fedmed.executor import progress
+    >>> with progress() as model:  # e.g. a regression's iterations
+    ...     for number in (1, 2):
+    ...         model.stage(f"my model round {number}/2")
+    ...         with progress() as one_compute:  # what each iteration's compute() opens
+    ...             one_compute.expect(3)
+    ...             same = one_compute.bar is model.bar
+    >>> same, model.bar.total
+    (True, 6)
+    """
+    outer = _current.get()
+    if outer is not None:
+        yield Progress(outer.bar, outer._lock, outermost=False)
+        return
     # delay: the bar appears only once a computation has taken options.progress_delay seconds;
-    # disable=None: tqdm stays silent when stderr is not a terminal (scripts, CI, notebooks' logs)
-    return tqdm(total=None, desc="fedmed", unit="answer", delay=options.progress_delay,
-                disable=None if options.progress else True, leave=False)
+    # disable=None: tqdm stays silent when stderr is not a terminal (scripts, CI, notebooks' logs);
+    # miniters=0: every answer may redraw (a computation has few), and so may the waiting ticks
+    bar = tqdm(total=None, desc="fedmed", unit="answer", delay=options.progress_delay,
+               disable=None if options.progress else True, leave=False, miniters=0)
+    handle = Progress(bar, threading.Lock(), outermost=True)
+    token = _current.set(handle)
+    try:
+        with bar, _redrawn_while_waiting(handle):
+            yield handle
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
+def _redrawn_while_waiting(handle: Progress) -> Iterator[None]:
+    """Redraw the bar from a small thread until the computation ends.
+
+    tqdm checks its delay only when the count changes: waiting on a slow or
+    hung server, the bar would stay hidden until the answer came. The thread
+    is joined on the way out (also on errors and Ctrl-C); a silent bar needs none.
+    """
+    if handle.bar.disable:
+        yield
+        return
+    done = threading.Event()
+
+    def tick() -> None:
+        wait = max(float(options.progress_delay), 0.0)
+        while not done.wait(wait):
+            handle.redraw()
+            wait = TICK
+
+    thread = threading.Thread(target=tick, name="fedmed-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _send_all(
-    requests: list[Request], flags: OptFlags, skip_suppressed: bool, skip_failed: bool, bar: tqdm
+    requests: list[Request], flags: OptFlags, skip_suppressed: bool, skip_failed: bool, bar: Progress
 ) -> dict[tuple[int, str], Any]:
     """Send every request of a round at once; the partial result of each (reduce, source)."""
     encoder = wire.Encoder(dedupe=flags.dedupe)
@@ -132,7 +232,7 @@ def _send_all(
                 raise
             return [Skipped(exc.located(server=request.link.name, fragment=t.source.fragment)) for t in request.tasks], []
         finally:
-            bar.update(1)
+            bar.answered()
 
     one = len(requests) == 1  # sent from this thread: no pool for a single server
     responses = [send(requests[0], tables[0])] if one else list(_fan_out().map(send, requests, tables))

@@ -165,7 +165,8 @@ class FedData:
 
     def __repr__(self) -> str:
         servers = ", ".join(dict.fromkeys(s.server for s in self._sources))
-        return f"FedData({render_code(self._node)} over {len(self._sources)} sources: {servers})"
+        count = len(self._sources)
+        return f"FedData({render_code(self._node)} over {count} source{'' if count == 1 else 's'}: {servers})"
 
     def _repr_html_(self) -> str:
         rows = "".join(

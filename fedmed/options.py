@@ -12,11 +12,13 @@ class Options:
     Attributes
     ----------
     progress : bool
-        Show a progress bar (round, servers answered) when a computation
-        takes longer than ``progress_delay`` seconds and the output is a
-        terminal.
+        Show a progress bar (servers answered, round) when a computation
+        takes longer than ``progress_delay`` seconds and stderr is a
+        terminal. One computation, one bar: a model's iterations count on
+        it and name themselves ("binomial IRLS round 3/25").
     progress_delay : float
-        Seconds before the bar appears: quick computations never flash one.
+        Seconds before the bar appears, whether or not a server has answered
+        yet: quick computations never flash one, slow ones show it on time.
     max_parallel_requests : int
         The most requests in flight at once; a round over more servers
         goes out in waves. Over wide-area round trips the waves are what a
