@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import re
 import sys
 from pathlib import Path
@@ -104,14 +105,20 @@ def serve_files(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, OSError, ImportError) as exc:
         print(f"fedmed serve: {exc}", file=sys.stderr)
         return 2
-    # poll() rather than select(), which fails past 1,024 open files: --connection-limit may be raised
-    waitress = create_server(server.app, host=args.host, port=args.port, threads=args.threads,
-                             asyncore_use_poll=True, **connection_options(args.connection_limit, args.channel_timeout))
+    try:
+        # poll() rather than select(), which fails past 1,024 open files: --connection-limit may be raised
+        waitress = create_server(server.app, host=args.host, port=args.port, threads=args.threads,
+                                 asyncore_use_poll=True, **connection_options(args.connection_limit, args.channel_timeout))
+    except OSError as exc:
+        print(f"fedmed serve: {listen_error(exc, args.host, args.port)}", file=sys.stderr)
+        return 1
     print(f"FedMed server on http://{args.host}:{waitress.effective_port}")  # type: ignore[union-attr]
     for name in server:
         fragment = server[name]
         print(f"  fragment {name!r}: {fragment.rows} rows" + (f" ({fragment!r})" if args.in_place else "")
               + f"; privacy rules count {server.counting(name)}")
+        for line in text_report(getattr(fragment, "data", None)):
+            print(f"    {line}")
     policies = [p.describe() for p in server.config.privacy] or ["none: results are exact"]
     print("  privacy: " + "; ".join(policies))
     print("  auth: " + ("bearer tokens" if server.config.auth else "off (bind to 127.0.0.1 or put a proxy in front)"))
@@ -125,6 +132,56 @@ def serve_files(args: argparse.Namespace) -> int:
         waitress.close()
     print("stopped.")
     return 0
+
+
+def listen_error(exc: OSError, host: str, port: int) -> str:
+    """One line saying why the server cannot listen on ``host:port``, and what to do.
+
+    Examples
+    --------
+    >>> import errno
+    >>> listen_error(OSError(errno.EADDRINUSE, "Address already in use"), "127.0.0.1", 5000)
+    'port 5000 on 127.0.0.1 is already in use; stop the program using it or choose another port with --port'
+    """
+    if exc.errno == errno.EADDRINUSE:
+        return (f"port {port} on {host} is already in use; stop the program using it or choose another port "
+                "with --port")
+    if exc.errno == errno.EACCES:
+        return f"not allowed to listen on port {port} of {host}; choose a port above 1023 with --port"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}; check --host and --port"
+
+
+def text_report(data: Any) -> list[str]:
+    """Lines for the server's owner: each column that loaded as text although most of its values are numbers.
+
+    A CSV column with a few values such as "unknown" or ">89" loads as
+    text, and every statistic of it is refused. Counts are shown here, on
+    the owner's own terminal, never to a client.
+
+    Examples
+    --------
+    >>> frame = pd.DataFrame({"bmi": ["27.5", "31", "unknown", ">89", "22"], "sex": ["F", "M", "F", "F", "M"]})
+    >>> text_report(frame)  # doctest: +NORMALIZE_WHITESPACE
+    ["column 'bmi' loaded as text although 3 of its 5 values are numbers (2 are not): analysts convert it with
+      data['bmi'].to_numeric(), which makes the others missing; or fix the file"]
+    """
+    if not isinstance(data, pd.DataFrame):
+        return []
+    from .ops.binary import to_numeric
+    from .server.evaluate import _is_text
+
+    lines = []
+    for name in data.columns:
+        column = data[name]
+        if isinstance(column, pd.DataFrame) or not _is_text(column):
+            continue  # a repeated column name: pandas gives a table
+        present = int(column.notna().sum())
+        numbers = int(to_numeric(column).notna().sum())
+        if present and numbers * 2 > present:
+            lines.append(f"column {str(name)!r} loaded as text although {numbers} of its {present} values are numbers "
+                         f"({present - numbers} {'is' if present - numbers == 1 else 'are'} not): analysts convert "
+                         f"it with data[{str(name)!r}].to_numeric(), which makes the others missing; or fix the file")
+    return lines
 
 
 def connection_options(limit: int, timeout: int) -> dict[str, int]:

@@ -84,7 +84,7 @@ from .expr.rowwise import Column, Elementwise, Filter, Fragment as FragmentNode,
 from .ops import binary, private, public
 from .ops.columns import COLUMNS
 from .server.evaluate import (
-    _REPEATING, Evaluated, Failure, _is_text, apply_elementwise, apply_map, fold_table, select_rows,
+    _REPEATING, Evaluated, Failure, _is_text, apply_elementwise, apply_map, fold_table, refuse_text, select_rows,
 )
 from .server.fragments import Fragment
 
@@ -185,7 +185,7 @@ _ELEMENTWISE: frozenset[int] = frozenset(
     id(getattr(binary, name)) for name in (
         "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "abs", "eq", "ne", "lt", "le", "gt", "ge",
         "and_", "or_", "invert", "isna", "notna", "fillna", "isin", "clip", "log", "exp", "sqrt", "round", "astype",
-        "dummy",
+        "to_numeric", "dummy",
     )
 )
 
@@ -197,6 +197,9 @@ def _elementwise(node: Elementwise, args: list[Any], config: Config) -> Any:
             f"the Dask fragment has no dask version of the elementwise operation {node.op!r} "
             f"({fn.__module__}.{fn.__qualname__} is not one of fedmed.ops.binary's)"
         )
+    # text where numbers are needed is refused by the columns' types (their empty ``_meta``), with the
+    # pandas engine's message; counting the values that are not numbers would read the data
+    refuse_text(node.op, [a._meta if isinstance(a, _COLLECTIONS) else a for a in args])
     if node.op in _REPEATING and any(_is_text(a) for a in args):
         raise TaskFailed(f"{node.op} is not defined for text values")
     if not any(isinstance(a, _COLLECTIONS) for a in args):  # constants only: numpy rules, as the pandas path
@@ -243,6 +246,8 @@ def _map(node: Map, args: list[Any], config: Config) -> Any:
         )
     if not any(isinstance(a, _COLLECTIONS) for a in args):
         return fn(*args)  # constants only: nothing to read
+    refuse_text(node.op, [a._meta if isinstance(a, _COLLECTIONS) else a for a in args],
+                numbers=getattr(fn, "needs_numbers", False))
     return _per_column(lambda x: build(fn, x, *args[1:]), args[0])
 
 

@@ -100,3 +100,38 @@ def test_check_config_lists_persons_and_names_the_line_of_a_bad_one(tmp_path: Pa
     bad.write_text("methods:\n  add: fedmed.ops.binary.add\npersons: [patient]\n")
     assert cli.main(["check-config", str(bad)]) == 1
     assert capsys.readouterr().err.startswith(f"{bad}:3: ")
+
+
+def test_serve_reports_columns_that_loaded_as_text_although_most_values_are_numbers(tmp_path: Path):
+    rows = ["bmi,sex"] + [f"{20 + i % 9}.5,{'FM'[i % 2]}" for i in range(30)] + ["unknown,F", ">89,M"]
+    (tmp_path / "cohort.csv").write_text("\n".join(rows) + "\n")
+    process = subprocess.Popen(
+        [sys.executable, "-u", "-m", "fedmed.cli", "serve", "--config", "example/config.yaml", "--port", "0",
+         "--data", f"cohort={tmp_path / 'cohort.csv'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        lines = [process.stdout.readline() for _ in range(3)]  # type: ignore[union-attr]
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=20)
+    assert "fragment 'cohort': 32 rows" in lines[1]
+    assert ("column 'bmi' loaded as text although 30 of its 32 values are numbers (2 are not): analysts convert it "
+            "with data['bmi'].to_numeric()") in lines[2]
+    assert "sex" not in lines[2]  # a text column of text is no news
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "fedmed.cli", "serve", "--config", "example/config.yaml",
+                               "--port", str(port)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"fedmed serve: port {port} on 127.0.0.1 is already in use; stop the program using it or choose another "
+        "port with --port")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -66,7 +66,8 @@ from ..ops import binary, private
 from ..ops.columns import COLUMNS
 from ..server.disclosure import (_CELLS_AND_EXTREMES, _POSITIONAL, _SIDE_BY_SIDE, MAX_INFLUENCE, Finding, _judged_by_cells,
                                  _under_masks)
-from ..server.evaluate import _REPEATING, MAX_FILL_TEXT, Failure, _bounded, needed_nodes
+from ..server.evaluate import (_REPEATING, MAX_FILL_TEXT, NEEDS_NUMBERS, ORDERING, Failure, _bounded, needed_nodes,
+                               text_message)
 
 # -- kinds of values -----------------------------------------------------------------------
 
@@ -230,6 +231,7 @@ class Col:
     kind: str
     nullable: bool = False
     untyped: bool = False  # a source column of type NULL (nothing but missing values)
+    name: str | None = None  # the source column's name (a filter keeps it), for messages that name it
 
     @property
     def depth(self) -> int:
@@ -434,6 +436,13 @@ class Query:
 
 # -- elementwise operations ----------------------------------------------------------------------
 
+#: The white space pandas' number parser skips around a number (C's ``isspace``).
+SPACES = " \t\n\v\f\r"
+#: What ``pd.to_numeric`` reads as a number (RE2): a decimal with optional exponent, white space around it,
+#: or infinity (no white space: pandas reads " inf" as missing). "nan" is missing either way.
+PANDAS_NUMBER = (r"[ \t\n\v\f\r]*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?[ \t\n\v\f\r]*"
+                 r"|[+-]?(?i:inf|infinity)")
+
 #: The built-in elementwise functions this compiler writes in SQL, by identity of the
 #: function the server's config names (a custom function under a built-in name is refused).
 ELEMENTWISE: dict[Any, str] = {
@@ -443,14 +452,14 @@ ELEMENTWISE: dict[Any, str] = {
     binary.gt: "gt", binary.ge: "ge", binary.and_: "and", binary.or_: "or", binary.invert: "invert",
     binary.isna: "isna", binary.notna: "notna", binary.fillna: "fillna", binary.isin: "isin",
     binary.clip: "clip", binary.log: "log", binary.exp: "exp", binary.sqrt: "sqrt",
-    binary.round: "round", binary.astype: "astype", binary.dummy: "dummy",
+    binary.round: "round", binary.astype: "astype", binary.to_numeric: "to_numeric", binary.dummy: "dummy",
 }
 
 #: Number of operands each operation takes (min, max).
 ARITY = {
     **{op: (2, 2) for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "eq", "ne", "lt", "le",
                              "gt", "ge", "and", "or", "fillna", "isin", "astype", "dummy")},
-    **{op: (1, 1) for op in ("neg", "abs", "invert", "isna", "notna", "log", "exp", "sqrt")},
+    **{op: (1, 1) for op in ("neg", "abs", "invert", "isna", "notna", "log", "exp", "sqrt", "to_numeric")},
     "clip": (1, 3), "round": (1, 2),
 }
 
@@ -504,6 +513,20 @@ def _refuse_repeating(op: str, args: Sequence[Value]) -> None:
         cols = a.columns.values() if isinstance(a, Table) else [a] if isinstance(a, Col) else []
         if (isinstance(a, Const) and a.kind == STR) or any(c.kind == STR or c.untyped for c in cols):
             raise TaskFailed(f"{op} is not defined for text values")
+
+
+def _refuse_text(op: str, args: Sequence[Value], numbers: bool = False) -> None:
+    """``fedmed.server.evaluate.refuse_text`` on kinds: a text column where ``op`` needs numbers is refused with
+    the pandas engine's message (without the count of values that are not numbers, which a query would read)."""
+    cols = [(n, c) for a in args for n, c in
+            (a.columns.items() if isinstance(a, Table) else [(a.name, a)] if isinstance(a, Col) else [])]
+    texts = [n for n, c in cols if c.kind == STR]
+    if not texts:
+        return
+    against_number = any(c.kind in NUMERIC for _, c in cols) or any(
+        isinstance(a, Const) and a.kind in NUMERIC for a in args)
+    if numbers or op in NEEDS_NUMBERS or (op in ORDERING and against_number):
+        raise TaskFailed(text_message(op, texts[0], "VARCHAR"))
 
 
 def _describe_kind(kind: str) -> str:
@@ -787,7 +810,8 @@ class Compiler:
             raise TaskFailed(f"this fragment has no column {person!r} to count persons by")
         self.later = _Followup(key)
         self._key = key  # the person column in ``t0`` (None: rows are counted)
-        self.fragment = Table({c.name: Col(c.alias, 0, ALL, c.kind, untyped=c.untyped) for c in columns}, ALL)
+        self.fragment = Table({c.name: Col(c.alias, 0, ALL, c.kind, untyped=c.untyped, name=c.name) for c in columns},
+                              ALL)
         self.rows_index = self.query.select("count(*)")
         self._never_null: set[str] = set()  # boolean columns that are never NULL: usable as a filter as they are
         self._unsigned: set[str] = set()  # float columns that are never -0.0 (every elementwise result)
@@ -917,6 +941,7 @@ class Compiler:
 
     # -- elementwise ---------------------------------------------------------------------------------
     def _elementwise(self, op: str, fn: Callable[..., Any], args: list[Value]) -> Value:
+        _refuse_text(op, args)
         _refuse_repeating(op, args)
         low, high = ARITY[op]
         if not low <= len(args) <= high:
@@ -938,7 +963,7 @@ class Compiler:
                 tables[0].rows,
             )
         if not isinstance(args[0], Col) and op in ("isna", "notna", "fillna", "isin", "clip", "round", "astype",
-                                                   "dummy", "log", "exp", "sqrt"):
+                                                   "to_numeric", "dummy", "log", "exp", "sqrt"):
             raise TaskFailed(f"{op} needs a column as its first operand")
         family = FAMILIES.get(op)  # operations written by one method for the family
         return getattr(self, f"_{family}")(op, *args) if family else getattr(self, f"_op_{op}")(*args)
@@ -1297,6 +1322,20 @@ class Compiler:
                                 STR, True)
         return self._column(f"CAST({x} AS VARCHAR)", a.depth, a.rows, STR, True)
 
+    def _op_to_numeric(self, a: Col) -> Col:
+        """``binary.to_numeric``: numbers kept, text read as ``pd.to_numeric(errors="coerce")`` reads it.
+
+        DuckDB's cast reads more than pandas (``1_000``, spaces around
+        ``inf``): only what matches ``PANDAS_NUMBER`` is cast, the rest is missing.
+        """
+        if a.kind in NUMERIC:
+            return a
+        if a.kind != STR:
+            raise TaskFailed("to_numeric reads text as numbers; this column holds values of another type")
+        number = (f"(CASE WHEN regexp_full_match({a.sql}, {quote_string(PANDAS_NUMBER)}) "
+                  f"THEN TRY_CAST(trim({a.sql}, {quote_string(SPACES)}) AS DOUBLE) END)")
+        return self._column(_nan_null(number), a.depth, a.rows, FLOAT)
+
     def _op_dummy(self, a: Col, level: Value) -> Col:
         if not isinstance(level, Const) or level.kind in (LIST, OTHER):
             raise TaskFailed("dummy needs one level (a number, text or boolean)")
@@ -1338,6 +1377,7 @@ class Compiler:
     def _map(self, op: str, name: str, args: list[Value]) -> Output:
         if not args:
             raise TaskFailed(f"{name} needs a value")
+        _refuse_text(name, args, numbers=getattr(self.config.aggregates[name].map, "needs_numbers", False))
         value, extra = args[0], args[1:]
         if isinstance(value, Table):
             readers = {str(c): self._aggregate(op, name, col, extra) for c, col in value.columns.items()}

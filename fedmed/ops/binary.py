@@ -237,6 +237,31 @@ def _convert(x: pd.Series, dtype: str) -> pd.Series:
     return values.where(whole).astype("Int64")
 
 
+def to_numeric(x: pd.Series) -> pd.Series:
+    """Values read as numbers, as ``pd.to_numeric(x, errors="coerce")``: text that is not a number is missing.
+
+    This is how a column that loaded as text because a few values are not
+    numbers ("unknown", ">89") becomes numbers again: ``" 27.5 "`` is
+    27.5, ``"unknown"`` is missing. Numbers and booleans are kept as they
+    are. Text and Python objects always become ``float64``, where pandas
+    gives ``int64`` when every value happens to be a whole number: the type
+    of a result must not tell what the values are. Times are refused.
+
+    Examples
+    --------
+    >>> to_numeric(pd.Series(["27.5", " 31 ", "unknown", ">89", None])).tolist()
+    [27.5, 31.0, nan, nan, nan]
+    """
+    if isinstance(x, pd.DataFrame):
+        return pd.DataFrame({c: to_numeric(x.iloc[:, i]) for i, c in enumerate(x.columns)}, index=x.index)
+    kind = _kind(x)
+    if kind in ("number", "bool"):
+        return x
+    if kind == "time":
+        raise OperationError("to_numeric reads text as numbers; this column holds times")
+    return pd.to_numeric(x.astype(object), errors="coerce").astype("float64")
+
+
 def dummy(x: pd.Series, level: Any) -> pd.Series:
     """1.0 where the value equals ``level``, 0.0 elsewhere, missing where the value is missing."""
     return (x == level).astype("float64").where(x.notna())

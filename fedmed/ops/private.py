@@ -26,6 +26,13 @@ def fixed_size(fn: Any) -> Any:
     return fn
 
 
+def needs_numbers(fn: Any) -> Any:
+    """Declare that ``fn`` reads its columns as numbers: a server refuses it on a text column, by the
+    column's type, with a message that names the column and ``to_numeric`` (``fedmed.server.evaluate.refuse_text``)."""
+    fn.needs_numbers = True
+    return fn
+
+
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
@@ -72,12 +79,14 @@ def _is_numeric(x: pd.Series) -> bool:
 
 
 @fixed_size
+@needs_numbers
 def sum(x: pd.Series) -> Any:
     """Sum of the non-missing values (0 for none)."""
     return _plain(_numbers(x, "sum").sum())
 
 
 @fixed_size
+@needs_numbers
 def sqsum(x: pd.Series) -> Any:
     """Sum of squares of the non-missing values."""
     values = _present(_numbers(x, "sqsum"))
@@ -125,6 +134,7 @@ def value_counts(x: pd.Series) -> list[list[Any]]:
 
 
 @fixed_size
+@needs_numbers
 def histogram(x: pd.Series, bins: Any, range: Any = None) -> dict[str, list[Any]]:
     """Counts per bin: ``bins`` are the edges, or a bin count with ``range=(lo, hi)``.
 
@@ -186,6 +196,7 @@ _INFINITE_IS_NAN = np.errstate(invalid="ignore")
 
 @_INFINITE_IS_NAN
 @fixed_size
+@needs_numbers
 def moments(x: pd.Series) -> list[Any]:
     """``[n, mean, M2]`` of the non-missing values, computed in two passes for accuracy."""
     values = _present(x)
@@ -199,6 +210,7 @@ def moments(x: pd.Series) -> list[Any]:
 
 @_INFINITE_IS_NAN
 @fixed_size
+@needs_numbers
 def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
     """``[n, mean x, mean y, M2 x, M2 y, co-moment]`` over rows where both are present."""
     a, b = _complete_columns((x, y))
@@ -212,6 +224,7 @@ def comoments(x: pd.Series, y: pd.Series) -> list[Any]:
 
 @_INFINITE_IS_NAN
 @fixed_size
+@needs_numbers
 def comoment_matrix(*columns: pd.Series) -> list[Any]:
     """``[n, means, M]`` of several columns over rows where all are present; ``M`` is the centred cross-product matrix.
 
@@ -228,6 +241,7 @@ def comoment_matrix(*columns: pd.Series) -> list[Any]:
 
 
 @fixed_size
+@needs_numbers
 def count_below(x: pd.Series, thresholds: list[float]) -> list[int]:
     """For each threshold, how many non-missing values are at most that threshold."""
     values = np.sort(_present(x))
@@ -235,6 +249,7 @@ def count_below(x: pd.Series, thresholds: list[float]) -> list[int]:
 
 
 @fixed_size
+@needs_numbers
 def glm_step(y: pd.Series, family: str, intercept: bool, beta: list[float], *columns: pd.Series) -> list[Any]:
     """One Newton step's ingredients at ``beta``: ``[n, gradient, Hessian, log-likelihood]``.
 

@@ -202,6 +202,7 @@ MAX_FILL_TEXT = 1_000
 
 # The server checked every operation name against its config before evaluating.
 def visit_elementwise(node: Elementwise, args: list[Any], data: Any, config: Config) -> Any:
+    refuse_text(node.op, args, count=not config.privacy)
     return apply_elementwise(node.op, config.elementwise[node.op], _bounded(node.op, args, rows_of(data)))
 
 
@@ -292,7 +293,7 @@ def total(fn: Callable[..., Any], args: list[Any]) -> Any:
         # it fails on no rows at all: the kinds of values (the schema), not the rows, are the cause;
         # all-missing would make a sum of it a confident 0
         raise TaskFailed("the operation is not defined for these kinds of values (for example text where "
-                         "numbers are needed); convert them first, e.g. with astype('float')") from None
+                         "numbers are needed); convert them first, e.g. with .to_numeric()") from None
     pieces: list[tuple[int, int, Any]] = []
     todo, calls = [(0, len(index))], 0
     while todo:
@@ -392,6 +393,92 @@ def _text_in(value: Any) -> str | None:
     return None
 
 
+# -- text where numbers are needed ------------------------------------------------
+# A CSV column with a few values such as "unknown" or ">89" loads as text. Operations that need numbers
+# refuse it by its type, never by its values (a refusal reaches the client before any privacy policy):
+# the message names the column and the conversion, ``.to_numeric()``. How many values are not numbers is
+# said only by a server without privacy policies; under policies the message is the same whatever the
+# values, and says how to count them with an aggregate the policies judge.
+
+#: Elementwise operations that read their operands as numbers (by name, as ``_REPEATING``).
+NEEDS_NUMBERS = frozenset({"add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "abs", "log", "exp",
+                           "sqrt", "round", "clip"})
+#: Comparisons that order their operands: text has no order against a number.
+ORDERING = frozenset({"lt", "le", "gt", "ge"})
+
+
+def refuse_text(op: str, args: Sequence[Any], *, numbers: bool = False, count: bool = False) -> None:
+    """Raise ``TaskFailed`` (``text_message``) when ``op`` would read a text column as numbers.
+
+    ``numbers`` says that the operation needs numbers in every column (a
+    map marked ``needs_numbers``); elementwise operations are known by name
+    (``NEEDS_NUMBERS``; ``ORDERING`` only against a number). ``args`` are
+    pandas objects, or Dask's empty ``_meta`` ones: only their types decide.
+    ``count`` adds how many values are not numbers: only for a server
+    without privacy policies.
+    """
+    columns = [c for a in args for c in _columns_of(a)]
+    text = next((c for c in columns if _is_text(c)), None)
+    if text is None:
+        return
+    against_number = any(_is_number(a) for a in args) or any(_is_number(c) for c in columns)
+    if numbers or op in NEEDS_NUMBERS or (op in ORDERING and against_number):
+        raise TaskFailed(text_message(op, text.name, str(text.dtype), _not_numbers(text) if count else None))
+
+
+def text_message(op: str, name: Any, dtype: str, counts: tuple[int, int] | None = None) -> str:
+    """Why ``op`` refuses the text column ``name`` and what to do; ``counts`` (not numbers, present) only
+    without privacy policies. Every engine words it this way.
+
+    Examples
+    --------
+    >>> print(text_message("moments", "bmi", "str"))  # doctest: +NORMALIZE_WHITESPACE
+    moments needs numbers, but column 'bmi' holds text values (of type str): convert it with data['bmi'].to_numeric(),
+    which reads each value as a number and makes text that is not one missing (as pd.to_numeric(errors='coerce'));
+    to count the values that are not numbers, compute (x.notna() & x.to_numeric().isna()).sum()
+    with x = data['bmi']
+    >>> print(text_message("moments", "bmi", "str", (2, 31)))  # doctest: +NORMALIZE_WHITESPACE
+    moments needs numbers, but column 'bmi' holds text values (of type str; 2 of the 31 values present here are
+    not numbers): convert it with data['bmi'].to_numeric(), which reads each value as a number and makes text that
+    is not one missing (as pd.to_numeric(errors='coerce'))
+    """
+    label = str(name)[:40] if name is not None else None
+    column = f"column {label!r}" if label is not None else "a column"
+    expression = f"data[{label!r}]" if label is not None else "the column"
+    kind = "text values" if dtype != "object" else "Python objects (text, or values of mixed types)"
+    found = f"; {counts[0]} of the {counts[1]} values present here are not numbers" if counts is not None else ""
+    hint = ("" if counts is not None else
+            "; to count the values that are not numbers, compute (x.notna() & x.to_numeric().isna()).sum() "
+            f"with x = {expression}")
+    return (f"{op} needs numbers, but {column} holds {kind} (of type {dtype}{found}): convert it with "
+            f"{expression}.to_numeric(), which reads each value as a number and makes text that is not one "
+            f"missing (as pd.to_numeric(errors='coerce')){hint}")
+
+
+def _columns_of(value: Any) -> list[Any]:
+    """The columns among an operation's arguments (a table's columns, each one)."""
+    if isinstance(value, pd.DataFrame):
+        return [value.iloc[:, i] for i in range(value.shape[1])]
+    return [value] if getattr(value, "ndim", None) == 1 and hasattr(value, "dtype") else []
+
+
+def _is_number(value: Any) -> bool:
+    """A number constant, or a column of numbers (booleans included)."""
+    if getattr(value, "ndim", None) == 1 and hasattr(value, "dtype"):
+        return pd.api.types.is_numeric_dtype(value.dtype) or pd.api.types.is_bool_dtype(value.dtype)
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, str)
+
+
+def _not_numbers(x: Any) -> tuple[int, int] | None:
+    """(values present that are not numbers, values present) of a pandas column; None for a lazy one."""
+    if not isinstance(x, pd.Series):
+        return None
+    from ..ops.binary import to_numeric
+
+    present = x.notna()
+    return int((present & to_numeric(x).isna()).sum()), int(present.sum())
+
+
 def _check_broadcast(op: str, arrays: list[Any], rows: int | None) -> None:
     """Refuse constants that would broadcast beyond the fragment's rows and their own sizes."""
     shapes = [np.shape(a) for a in arrays]
@@ -429,7 +516,9 @@ def select_rows(table: Any, mask: pd.Series) -> Any:
 
 
 def visit_map(node: Map, args: list[Any], data: Any, config: Config) -> Any:
-    return apply_map(config.aggregates[node.op].map, args)
+    fn = config.aggregates[node.op].map
+    refuse_text(node.op, args, numbers=getattr(fn, "needs_numbers", False), count=not config.privacy)
+    return apply_map(fn, args)
 
 
 def apply_map(fn: Callable[..., Any], args: list[Any]) -> Any:

@@ -98,11 +98,16 @@ ATTACKS: dict[str, Callable[[fm.FedData], Any]] = {
 #: Attacks refused by their types alone, with or without the row (no longer by the values).
 #: Fail whatever the rows hold: the kinds of values (text where numbers are needed, a float where
 #: ``&`` needs booleans) are the cause, which the schema decides, never a row.
-REFUSED_BY_TYPE = {"fillna with text where one value is missing", "modulo by zero changes the type"}
-#: Text in an object column (pandas) is computed row by row, missing where a row is text; Dask reads
-#: the same column as a text type, on which the operation fails whatever the rows hold. Either outcome
-#: is the schema's, and it is the same with and without the target's row.
-TYPE_OF_ENGINE = {"text minus a number", "text divided by a number", "text divided by zero"}
+REFUSED_BY_TYPE = {
+    "fillna with text where one value is missing", "modulo by zero changes the type",
+    # An object or text column is refused by numeric operations whatever its rows hold (issue 15:
+    # rows that were text used to become missing silently); to_numeric() converts it first.
+    "text minus a number", "text divided by a number", "text divided by zero",
+    "mixed-type comparison", "mixed-type comparison filter", "absolute value of text", "log of text",
+    "rounding text", "moments of text", "histogram of text", "count_below of text",
+}
+#: Outcomes that may differ between engines (none today: every engine refuses text by its type).
+TYPE_OF_ENGINE: set[str] = set()
 
 
 def outcome(compute: Callable[[], Any]) -> tuple[str, Any]:
@@ -184,10 +189,11 @@ def test_rows_that_cannot_be_computed_are_missing_and_the_others_computed():
     assert as_int == int(np.trunc(1 / (others["id"] - T)).astype(int).sum())  # the target's inf is missing
     assert (data["age"] ** ((data["id"] == T) * -1)).count().compute() == len(frame) - 1
     numbers = pd.to_numeric(frame["code"], errors="coerce")
-    assert (data["code"] < 5).sum().compute() == int((numbers < 5).sum())
-    assert (data["code"] - 1).astype("float").sum().compute() == pytest.approx((numbers - 1).sum())
+    code = data["code"].to_numeric()  # an object column is refused by numeric operations: converted first
+    assert (code < 5).sum().compute() == int((numbers < 5).sum())
+    assert (code - 1).astype("float").sum().compute() == pytest.approx((numbers - 1).sum())
     assert (data[data["id"] != T]["age"] == data["age"]).sum().compute() == len(frame) - 1
-    assert data["code"].moments().compute().n == len(frame) - 1
+    assert code.moments().compute().n == len(frame) - 1
 
 
 def test_what_depends_on_the_request_alone_still_fails_and_names_no_data():
@@ -195,7 +201,7 @@ def test_what_depends_on_the_request_alone_still_fails_and_names_no_data():
     for bad, says in (
         (lambda: data["age"].astype("complex").sum(), "astype accepts"),
         (lambda: data["y"].fillna("x").sum(), "fillna cannot fill number values with text"),
-        (lambda: (data["code"] * 2).count(), "not defined for text values"),  # the resource guard
+        (lambda: (data["code"] * 2).count(), "mul needs numbers"),  # by the column's type
         (lambda: data["code"].sum(), "sum needs numbers"),
         (lambda: data["y"].histogram(3), "needs range"),
     ):
