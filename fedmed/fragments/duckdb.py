@@ -54,7 +54,7 @@ from ..errors import ServerError, ServerMisconfigured, TaskFailed, TooExpensive
 from ..expr.node import Node
 from ..server.evaluate import Evaluated, Failure
 from ..server.fragments import Fragment
-from ..server.memory import mib, request_budget
+from ..server.memory import Price, mib, price_answers, request_budget
 from .sql import MARKER, Needs, Program, SourceColumn, compile_request, quote_identifier, quote_string
 
 INSTALL = "pip install 'fedmed[duckdb]'"
@@ -150,6 +150,11 @@ class SQLFragment(Fragment):
         (the owner's, else ``budget``) for a query."""
         return {"memory_limit": min(budget, self._owner.get("memory_limit", budget)),
                 "max_temp_directory_size": self._owner.get("max_temp_directory_size", budget)}
+
+    def price(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config) -> Price | None:
+        """What the answers will hold in Python (``memory.price_answers``); DuckDB's own work is bounded
+        by ``memory_limit``. None while the rows are not known (a CSV before its first query)."""
+        return None if self._rows is None else price_answers(nodes, outputs, self._rows, config)
 
     def cannot_count_persons(self, column: str) -> str | None:
         if column in self.dtypes:

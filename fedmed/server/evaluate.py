@@ -428,31 +428,31 @@ def refuse_text(op: str, args: Sequence[Any], *, numbers: bool = False, count: b
 
 def text_message(op: str, name: Any, dtype: str, counts: tuple[int, int] | None = None) -> str:
     """Why ``op`` refuses the text column ``name`` and what to do; ``counts`` (not numbers, present) only
-    without privacy policies. Every engine words it this way.
+    without privacy policies. Every engine words it this way: up to the first ``"; "`` the message is
+    the same on every engine (``dtype`` only tells Python objects from text).
 
     Examples
     --------
     >>> print(text_message("moments", "bmi", "str"))  # doctest: +NORMALIZE_WHITESPACE
-    moments needs numbers, but column 'bmi' holds text values (of type str): convert it with data['bmi'].to_numeric(),
+    moments needs numbers, but column 'bmi' holds text values: convert it with data['bmi'].to_numeric(),
     which reads each value as a number and makes text that is not one missing (as pd.to_numeric(errors='coerce'));
     to count the values that are not numbers, compute (x.notna() & x.to_numeric().isna()).sum()
     with x = data['bmi']
     >>> print(text_message("moments", "bmi", "str", (2, 31)))  # doctest: +NORMALIZE_WHITESPACE
-    moments needs numbers, but column 'bmi' holds text values (of type str; 2 of the 31 values present here are
-    not numbers): convert it with data['bmi'].to_numeric(), which reads each value as a number and makes text that
-    is not one missing (as pd.to_numeric(errors='coerce'))
+    moments needs numbers, but column 'bmi' holds text values: convert it with data['bmi'].to_numeric(),
+    which reads each value as a number and makes text that is not one missing (as pd.to_numeric(errors='coerce'));
+    2 of the 31 values present here are not numbers
     """
     label = str(name)[:40] if name is not None else None
     column = f"column {label!r}" if label is not None else "a column"
     expression = f"data[{label!r}]" if label is not None else "the column"
     kind = "text values" if dtype != "object" else "Python objects (text, or values of mixed types)"
-    found = f"; {counts[0]} of the {counts[1]} values present here are not numbers" if counts is not None else ""
-    hint = ("" if counts is not None else
-            "; to count the values that are not numbers, compute (x.notna() & x.to_numeric().isna()).sum() "
+    tail = (f"{counts[0]} of the {counts[1]} values present here are not numbers" if counts is not None else
+            "to count the values that are not numbers, compute (x.notna() & x.to_numeric().isna()).sum() "
             f"with x = {expression}")
-    return (f"{op} needs numbers, but {column} holds {kind} (of type {dtype}{found}): convert it with "
-            f"{expression}.to_numeric(), which reads each value as a number and makes text that is not one "
-            f"missing (as pd.to_numeric(errors='coerce')){hint}")
+    return (f"{op} needs numbers, but {column} holds {kind}: convert it with {expression}.to_numeric(), which "
+            "reads each value as a number and makes text that is not one missing "
+            f"(as pd.to_numeric(errors='coerce')); {tail}")
 
 
 def _columns_of(value: Any) -> list[Any]:
