@@ -20,6 +20,7 @@ from .config import Config, load_config
 from .errors import (
     BadRequest,
     ConfigError,
+    DataError,
     FedMedError,
     InsecureTokenWarning,
     OperationNotAllowed,
@@ -50,7 +51,7 @@ __all__ = [
     "FedData", "LazyResult", "compute", "explain", "OptFlags", "stats", "privacy", "options",
     "Remote", "Local", "Simulation", "Server",
     "Config", "load_config",
-    "FedMedError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",
+    "FedMedError", "DataError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",
     "UnknownFragment", "OperationNotAllowed", "TaskFailed", "TooExpensive", "ServerMisconfigured", "ServerUnavailable", "PrivacyError", "PrivacyWarning",
     "ServerWarning", "Unauthorized", "InsecureTokenWarning",
 ]

@@ -13,6 +13,12 @@ class FedMedError(Exception):
     """Base class of all FedMed errors."""
 
 
+class DataError(FedMedError, ValueError):
+    """The pooled data do not fit a statistic (event codes other than 0/1, other than two groups, an
+    empty table): raised on the client, saying what to change. A ``ValueError`` too, as pandas and
+    scipy raise for the same cases."""
+
+
 class ConfigError(FedMedError):
     """A config file or dict is missing, malformed, or names something that does not exist."""
 

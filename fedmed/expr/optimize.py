@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from ..backend.base import Link, Source
+from ..errors import DataError
 from .client import CLIENT_NODES, Reduce
 from .node import Node, rewrite, walk
 from .rowwise import Fragment, Literal, Param
@@ -154,7 +155,8 @@ def _literal(value: Any) -> Any:
         return value
     if isinstance(value, (list, tuple)):
         return [_literal(v) for v in value]
-    raise TypeError(
+    raise DataError(
         f"a {type(value).__name__} computed on the client cannot be sent to a server as a constant; "
-        "use a single number, string or list"
+        "use a single number, string or list (a statistic of several rounds, such as quantile or median, "
+        "needs a single column: data['age'], not the whole table)"
     )

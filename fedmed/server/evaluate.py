@@ -407,7 +407,8 @@ NEEDS_NUMBERS = frozenset({"add", "sub", "mul", "truediv", "floordiv", "mod", "p
 ORDERING = frozenset({"lt", "le", "gt", "ge"})
 
 
-def refuse_text(op: str, args: Sequence[Any], *, numbers: bool = False, count: bool = False) -> None:
+def refuse_text(op: str, args: Sequence[Any], *, numbers: bool = False, count: bool = False,
+                meta: bool = False) -> None:
     """Raise ``TaskFailed`` (``text_message``) when ``op`` would read a text column as numbers.
 
     ``numbers`` says that the operation needs numbers in every column (a
@@ -415,10 +416,13 @@ def refuse_text(op: str, args: Sequence[Any], *, numbers: bool = False, count: b
     (``NEEDS_NUMBERS``; ``ORDERING`` only against a number). ``args`` are
     pandas objects, or Dask's empty ``_meta`` ones: only their types decide.
     ``count`` adds how many values are not numbers: only for a server
-    without privacy policies.
+    without privacy policies. ``meta``: the columns are Dask's empty
+    ``_meta`` (an empty pandas column is otherwise let through).
     """
     columns = [c for a in args for c in _columns_of(a)]
-    text = next((c for c in columns if _is_text(c)), None)
+    # an empty column holds nothing to misread (pandas makes [] an object column); Dask's ``_meta``
+    # columns are always empty, so there (``meta``) the type alone decides
+    text = next((c for c in columns if _is_text(c) and (meta or len(c) > 0)), None)
     if text is None:
         return
     against_number = any(_is_number(a) for a in args) or any(_is_number(c) for c in columns)

@@ -17,12 +17,13 @@ that has shrunk to one float is the order statistic itself.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import FedMedError, PrivacyWarning
+from ..errors import FedMedError, PrivacyError, PrivacyWarning
 from ..lazy import FedData, LazyResult
 from ..ops.private import MAX_BINS
 from ..results import Histogram
@@ -104,7 +105,7 @@ def quantile(x: FedData, q: "float | Sequence[float]", rounds: int = 3, threshol
       single value when each server holds it 0 or ``k`` or more times). A
       ``PrivacyWarning`` gives it when withheld counts widened it. A
       quantile among the ``k`` smallest or largest values of a server,
-      which no released count can place, raises ``FedMedError`` naming
+      which no released count can place, raises ``fm.PrivacyError`` naming
       the servers.
 
     Returns a :class:`Quantile` (a float with ``low``, ``high`` and
@@ -316,7 +317,7 @@ def _finish(state: dict[str, Any], names: tuple[str, ...], scalar: bool) -> "Qua
         for rank in ranks:
             lo, hi = brackets[rank]
             if math.isinf(lo) or math.isinf(hi):
-                raise FedMedError(_hidden(state, names, q, rank, lo, hi))
+                raise PrivacyError(_hidden(state, names, q, rank, lo, hi), operation=f"quantile {q:g}")
         h = (state["n"] - 1) * q
         gamma = h - math.floor(h)
         first, second = brackets[ranks[0]], brackets[ranks[-1]]  # one rank when h is whole
@@ -380,6 +381,11 @@ def histogram(x: FedData, bins: "int | Sequence[float]" = 10, range: "tuple[floa
     without a range takes two rounds: the pooled minimum and maximum first
     (each a single value, subject to the servers' policies), then the counts.
 
+    A bin a server's privacy policy withheld is NaN in the pooled counts,
+    never 0 (``result.withheld`` marks it, ``result.n`` is then NaN); a
+    withheld minimum or maximum raises ``fm.PrivacyError`` asking for
+    edges or a ``range``.
+
     Examples
     --------
     >>> import fedmed as fm
@@ -396,8 +402,17 @@ def histogram(x: FedData, bins: "int | Sequence[float]" = 10, range: "tuple[floa
 
 
 def _edges(low: float | None, high: float | None, bins: int) -> list[float]:
+    if not all(v is None or isinstance(v, numbers.Real) for v in (low, high)):
+        # a whole table's min and max are one per column: edges computed here could not be sent
+        raise FedMedError("histogram: a bin count without range=(lo, hi) needs a single column (data['age']); "
+                          "for a whole table give the edges (bins=[...]) or range=(lo, hi)")
     if low is None or high is None:
         raise FedMedError("histogram: no values to bin")
+    if math.isnan(low) or math.isnan(high):
+        # a server withheld its minimum or maximum (held by fewer than k rows): no edges can be placed
+        raise PrivacyError("histogram: a privacy policy withheld the pooled minimum or maximum, so a bin count "
+                           "alone cannot place the edges; give the edges (bins=[...]) or range=(lo, hi)",
+                           operation="histogram")
     if low == high:  # numpy's rule for a single value
         low, high = low - 0.5, high + 0.5
     return np.linspace(low, high, bins + 1).tolist()
@@ -411,7 +426,9 @@ def reconstruct(x: FedData, bins: "int | Sequence[float]" = 10, range: "tuple[fl
     shuffled: the histogram of the result equals ``histogram(x, bins)``, and
     nothing finer than the bins is reproduced. Useful to sketch a
     distribution or try a method; never to report per-person results.
-    Rounds as ``histogram``.
+    Rounds as ``histogram``. A histogram with withheld bins raises
+    ``fm.PrivacyError`` naming them (how many values to draw there is
+    unknown): use coarser bins.
 
     Examples
     --------
@@ -424,8 +441,19 @@ def reconstruct(x: FedData, bins: "int | Sequence[float]" = 10, range: "tuple[fl
 
 
 def _reconstruct(hist: Histogram, seed: int | None) -> np.ndarray:
+    if not hist.exact:
+        raise PrivacyError(f"reconstruct: a privacy policy withheld the counts of the bins {_bins(hist)}, so how "
+                           f"many values to draw there is unknown; use coarser bins (fewer, wider) or a larger "
+                           f"subgroup", operation="reconstruct")
     rng = np.random.default_rng(seed)
     parts = [rng.uniform(lo, hi, int(n)) for lo, hi, n in zip(hist.edges[:-1], hist.edges[1:], hist.counts)]
     sample = np.concatenate(parts) if parts else np.array([])
     rng.shuffle(sample)
     return sample
+
+
+def _bins(hist: Histogram) -> str:
+    """The withheld bins as intervals, e.g. ``[20, 30), [60, 70]`` (numpy's last bin is closed)."""
+    last = len(hist.counts) - 1
+    return ", ".join(f"[{hist.edges[i]:g}, {hist.edges[i + 1]:g}{']' if i == last else ')'}"
+                     for i in np.flatnonzero(hist.withheld))

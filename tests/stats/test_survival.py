@@ -123,7 +123,7 @@ def assert_frames_close(got: pd.DataFrame, expected: pd.DataFrame) -> None:
 
 def test_kaplan_meier_equals_textbook(setup):
     servers, data, pooled = setup
-    km = kaplan_meier(data["t"], data["e"]).compute()
+    km = kaplan_meier(data["t"], data["e"], bin_width=None).compute()  # exact times: one round
     expected = textbook_km(pooled["t"], pooled["e"])
     assert len(expected) > 100 and expected["censored"].gt(0).any() and expected["events"].gt(1).any()
     assert ((expected["events"] > 0) & (expected["censored"] > 0)).any()  # ties of events and censorings
@@ -133,6 +133,10 @@ def test_kaplan_meier_equals_textbook(setup):
     assert km["survival"].is_monotonic_decreasing and 0 < km["survival"].iloc[-1] < 0.5
     assert (km["ci_lower"] <= km["survival"]).all() and (km["survival"] <= km["ci_upper"]).all()
     assert requests(servers) == [1, 1, 1]
+    auto = kaplan_meier(data["t"], data["e"]).compute()  # "auto": the scale, then the finest released binning
+    assert_frames_close(auto, expected)
+    assert auto.bin_width is None and auto.automatic
+    assert requests(servers) == [3, 3, 3]
 
 
 def test_kaplan_meier_binned_times_equal_textbook_on_binned_rows(setup):
@@ -152,7 +156,9 @@ def test_binned_times_never_leave_the_server(setup):
         server.evaluate = lambda *args, original=original: sent.append(original(*args)) or sent[-1]
     fm.compute(kaplan_meier(data["t"], data["e"], bin_width=30), logrank(data["t"], data["e"], data["group"], 30))
     assert len(sent) == 3
-    cells = [cell for response in sent for result in response["results"] for cell in result["value"]]
+    # the tables' cells; the other answers are plain numbers (complete rows, the first binned time)
+    cells = [cell for response in sent for result in response["results"] if isinstance(result["value"], list)
+             for cell in result["value"]]
     firsts = {cell[0] for cell in cells}  # binned times, or event codes 0/1 in logrank's check of the codes
     assert len(cells) > 50 and all(v == 1 or v % 30 == 0 for v in firsts)
     assert len({t for t in pooled["t"].dropna() if t % 30}) > 300  # what exact times would have revealed
@@ -193,7 +199,7 @@ def test_kaplan_meier_of_no_rows_is_an_empty_table():
 @pytest.mark.parametrize("column", ["group", "arm"])
 def test_logrank_equals_textbook(setup, column):
     servers, data, pooled = setup
-    result = logrank(data["t"], data["e"], data[column]).compute()
+    result = logrank(data["t"], data["e"], data[column], bin_width=None).compute()
     observed, expected, variance, statistic, n = textbook_logrank(pooled["t"], pooled["e"], pooled[column])
     assert isinstance(result, LogrankResult)
     assert 1e-8 < result.pvalue < 0.05  # B dies sooner: a p-value with digits to compare
@@ -237,14 +243,15 @@ def test_everything_together_is_one_request_per_server(setup):
     servers, data, pooled = setup
     t, e = data["t"], data["e"]
     km, km30, lr, lr30, total = fm.compute(
-        kaplan_meier(t, e), kaplan_meier(t, e, 30), logrank(t, e, data["group"]), logrank(t, e, data["arm"], 30),
+        kaplan_meier(t, e, None), kaplan_meier(t, e, 30), logrank(t, e, data["group"], None),
+        logrank(t, e, data["arm"], 30),
         t.count(),
     )
     assert requests(servers) == [1, 1, 1]
     assert total == pooled["t"].count()
     assert_frames_close(km, textbook_km(pooled["t"], pooled["e"]))
     assert lr.statistic == pytest.approx(textbook_logrank(pooled["t"], pooled["e"], pooled["group"])[3], **EXACT)
-    plan = fm.explain(kaplan_meier(t, e), logrank(t, e, data["group"]))
+    plan = fm.explain(kaplan_meier(t, e, None), logrank(t, e, data["group"], None))
     assert "1 round" in plan and "3 requests" in plan
 
 
@@ -256,7 +263,7 @@ def test_over_real_servers(serve):
         server[f"site {i}"] = frame
         sources.append(fm.Remote(ip=serve(server).url, fragment=f"site {i}"))
     data = fm.FedData(sources)
-    km, lr = fm.compute(kaplan_meier(data["t"], data["e"], 7), logrank(data["t"], data["e"], data["group"]))
+    km, lr = fm.compute(kaplan_meier(data["t"], data["e"], 7), logrank(data["t"], data["e"], data["group"], None))
     pooled = pd.concat(frames, ignore_index=True)
     event = as_float(pooled["e"])
     assert_frames_close(km, textbook_km(np.floor(pooled["t"] / 7) * 7, event))
