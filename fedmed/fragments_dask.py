@@ -199,7 +199,7 @@ def _elementwise(node: Elementwise, args: list[Any], config: Config) -> Any:
         )
     # text where numbers are needed is refused by the columns' types (their empty ``_meta``), with the
     # pandas engine's message; counting the values that are not numbers would read the data
-    refuse_text(node.op, [a._meta if isinstance(a, _COLLECTIONS) else a for a in args], meta=True)
+    refuse_text(node.op, [a._meta if isinstance(a, _COLLECTIONS) else a for a in args])
     if node.op in _REPEATING and any(_is_text(a) for a in args):
         raise TaskFailed(f"{node.op} is not defined for text values")
     if not any(isinstance(a, _COLLECTIONS) for a in args):  # constants only: numpy rules, as the pandas path
@@ -246,7 +246,7 @@ def _map(node: Map, args: list[Any], config: Config) -> Any:
         )
     if not any(isinstance(a, _COLLECTIONS) for a in args):
         return fn(*args)  # constants only: nothing to read
-    refuse_text(node.op, [a._meta if isinstance(a, _COLLECTIONS) else a for a in args], meta=True,
+    refuse_text(node.op, [a._meta if isinstance(a, _COLLECTIONS) else a for a in args],
                 numbers=getattr(fn, "needs_numbers", False))
     return _per_column(lambda x: build(fn, x, *args[1:]), args[0])
 

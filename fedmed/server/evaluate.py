@@ -202,7 +202,7 @@ MAX_FILL_TEXT = 1_000
 
 # The server checked every operation name against its config before evaluating.
 def visit_elementwise(node: Elementwise, args: list[Any], data: Any, config: Config) -> Any:
-    refuse_text(node.op, args, count=not config.privacy)
+    refuse_text(node.op, args, count=not config.privacy, empty=rows_of(data) == 0)
     return apply_elementwise(node.op, config.elementwise[node.op], _bounded(node.op, args, rows_of(data)))
 
 
@@ -408,7 +408,7 @@ ORDERING = frozenset({"lt", "le", "gt", "ge"})
 
 
 def refuse_text(op: str, args: Sequence[Any], *, numbers: bool = False, count: bool = False,
-                meta: bool = False) -> None:
+                empty: bool = False) -> None:
     """Raise ``TaskFailed`` (``text_message``) when ``op`` would read a text column as numbers.
 
     ``numbers`` says that the operation needs numbers in every column (a
@@ -416,13 +416,13 @@ def refuse_text(op: str, args: Sequence[Any], *, numbers: bool = False, count: b
     (``NEEDS_NUMBERS``; ``ORDERING`` only against a number). ``args`` are
     pandas objects, or Dask's empty ``_meta`` ones: only their types decide.
     ``count`` adds how many values are not numbers: only for a server
-    without privacy policies. ``meta``: the columns are Dask's empty
-    ``_meta`` (an empty pandas column is otherwise let through).
+    without privacy policies. ``empty``: the fragment has no rows at all.
     """
     columns = [c for a in args for c in _columns_of(a)]
-    # an empty column holds nothing to misread (pandas makes [] an object column); Dask's ``_meta``
-    # columns are always empty, so there (``meta``) the type alone decides
-    text = next((c for c in columns if _is_text(c) and (meta or len(c) > 0)), None)
+    # Decided by the type alone, never by how many rows a filter left (that would tell whether a
+    # selection is empty: an oracle). Only an empty fragment is let through: pandas makes [] an object
+    # column, and its row count is the fragment's, not the request's.
+    text = None if empty else next((c for c in columns if _is_text(c)), None)
     if text is None:
         return
     against_number = any(_is_number(a) for a in args) or any(_is_number(c) for c in columns)
@@ -521,7 +521,8 @@ def select_rows(table: Any, mask: pd.Series) -> Any:
 
 def visit_map(node: Map, args: list[Any], data: Any, config: Config) -> Any:
     fn = config.aggregates[node.op].map
-    refuse_text(node.op, args, numbers=getattr(fn, "needs_numbers", False), count=not config.privacy)
+    refuse_text(node.op, args, numbers=getattr(fn, "needs_numbers", False), count=not config.privacy,
+                empty=rows_of(data) == 0)
     return apply_map(fn, args)
 
 

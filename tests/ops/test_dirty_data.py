@@ -269,3 +269,26 @@ def test_csv_loaded_by_fedmed_serve_gives_the_same_refusal_and_conversion(tmp_pa
     assert fm.stats.mean(data["sbp"].to_numeric()).compute() == pytest.approx(
         pd.to_numeric(frame["sbp"], errors="coerce").mean(), rel=1e-12)
 
+
+
+def test_the_text_refusal_never_tells_whether_a_filter_kept_rows() -> None:
+    """Red-team finding (issue 15): exempting empty columns from the text refusal made the message tell
+    whether ``data[(id == 17) & (age > x)]`` was empty, so bisecting ``x`` read a patient's age. The
+    refusal follows the type alone; only a fragment with no rows at all is let through."""
+    rng = np.random.default_rng(17)
+    frame = pd.DataFrame({"id": np.arange(200), "age": rng.integers(20, 90, 200),
+                          "name": [f"p{i}" for i in range(200)]})
+    server = fm.Server(config="example/config.yaml")
+    server["d"] = frame
+    d = fm.FedData([fm.Simulation(server, "d")], config="example/config.yaml")
+    age = int(frame.loc[17, "age"])
+    for attack in (lambda s: (s["name"] + 1).sum(), lambda s: (s["name"] - 1).count(), lambda s: s["name"].sum(),
+                   lambda s: s["name"].log().count(), lambda s: (s["name"] < 3).sum()):
+        said = set()
+        for kept in ((d["id"] == 17) & (d["age"] > age - 1), (d["id"] == 17) & (d["age"] > age), d["id"] == 1000):
+            try:
+                attack(d[kept]).compute()
+                said.add("released")
+            except fm.FedMedError as error:
+                said.add(f"{type(error).__name__}: {error.message}")
+        assert len(said) == 1, said
