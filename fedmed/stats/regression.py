@@ -13,15 +13,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from ..errors import FedMedError
+from ..errors import FedMedError, PrivacyError
+from ..executor import progress
+from ..expr.node import render_code
+from ..expr.rowwise import Column as ColumnNode
 from ..lazy import FedData, LazyResult, compute
-from ..options import options
 from ..results import CoMatrix
 from .lazy_call import aggregate, call
 
@@ -72,59 +73,147 @@ class RegressionResult:
         return f"{self.summary()!r}\nnobs={self.nobs}, {facts}"
 
 
+#: A column of a model: a column name, or a column or expression of the data (``data["bmi"] / 10``).
+Column = Union[str, FedData]
+#: The predictors: names and columns in a list (a column is named after itself), or a dict naming each.
+Predictors = Union[Column, Sequence[Column], Mapping[str, Column]]
+
+
 def ols(
     data: FedData,
-    y: str,
-    X: Sequence[str],
+    y: Column,
+    X: Predictors,
     intercept: bool = True,
     categorical: "Sequence[str] | Mapping[str, Sequence[Any]] | None" = None,
 ) -> LazyResult:
-    """Linear regression of ``data[y]`` on the columns ``X`` (rows with any missing value left out).
+    """Linear regression of ``y`` on the predictors ``X`` (rows with any missing value left out).
 
-    One round: each server sends its row count, means and centred
-    cross-product matrix of ``X`` and ``y``. Categorical predictors are
-    dummy-coded against their first level; give their levels as a mapping
-    (``{"sex": ["F", "M"]}``) or list their names and FedMed finds the levels
-    in one extra round, run when ``ols`` is called.
+    ``y`` and each predictor are column names or expressions of ``data``;
+    ``X`` is a list (a name, or a plain column such as ``data["age"]``, is
+    named after its column) or a dict naming each predictor, e.g.
+    ``{"age": data["age"], "bmi/10": data["bmi"] / 10}``. One round: each
+    server sends its row count, means and centred cross-product matrix of
+    ``X`` and ``y``. Categorical predictors are dummy-coded against their
+    first level; give their levels as a mapping (``{"sex": ["F", "M"]}``) or
+    list their names and FedMed finds the levels in one extra round, run
+    when ``ols`` is called. Rows whose level is not listed are left out.
 
     Examples
     --------
     >>> import fedmed as fm
     >>> a = fm.Local({"y": [1.0, 3.0, 2.0], "x": [0.0, 2.0, 1.0]})
     >>> b = fm.Local({"y": [5.2, 3.9], "x": [4.0, 3.0]})
-    >>> fit = fm.stats.ols(fm.FedData([a, b]), y="y", X=["x"]).compute()
+    >>> data = fm.FedData([a, b])
+    >>> fit = fm.stats.ols(data, y="y", X=["x"]).compute()
     >>> [round(float(v), 4) for v in fit.params]
     [0.96, 1.03]
+    >>> fit = fm.stats.ols(data, y=data["y"] * 10, X={"x/2": data["x"] / 2}).compute()
+    >>> [round(float(v), 4) for v in fit.params], list(fit.params.index)
+    ([9.6, 20.6], ['Intercept', 'x/2'])
     """
-    levels = _levels(data, categorical)
-    for name, known in levels.items():
-        # rows whose level is not in the list are left out, never counted as the reference level
-        data = data[data[name].isin(list(known))]
+    predictors = _predictors(data, X, "ols")
+    outcome = _column(data, y, "ols", "y")
+    levels = _levels(dict(predictors), categorical)
+    if levels:
+        outcome, predictors = _known_levels(outcome, predictors, levels)
     names, columns = [], []
-    for name in X:
+    for name, column in predictors:
         if name in levels:
             for level in levels[name][1:]:
                 names.append(f"{name}[T.{level}]")
-                columns.append(data[name].dummy(level))
+                columns.append(column.dummy(level))
         else:
             names.append(name)
-            columns.append(data[name])
+            columns.append(column)
     if not columns:
         raise FedMedError("ols needs at least one predictor in X")
-    moments = aggregate(columns[0], "comoment_matrix", *columns[1:], data[y], needed_by="ols")
+    moments = aggregate(columns[0], "comoment_matrix", *columns[1:], outcome, needed_by="ols")
     return call(_ols, moments, tuple(names), bool(intercept))
 
 
-def _levels(data: FedData, categorical: Any) -> dict[str, list[Any]]:
+def _predictors(data: FedData, X: Any, needed_by: str) -> list[tuple[str, FedData]]:
+    """``(name, column)`` of each predictor, in order; names are those the result's coefficients get."""
+    if isinstance(X, (str, FedData)):
+        X = [X]
+    if isinstance(X, Mapping):
+        named = [(_key(name, needed_by), column) for name, column in X.items()]
+    else:
+        named = [(_name(item, needed_by), item) for item in X]
+    names = [name for name, _ in named]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated or INTERCEPT in names:
+        raise FedMedError(f"{needed_by}: predictor names must differ from each other and from {INTERCEPT!r}; "
+                          f"{', '.join(map(repr, repeated or [INTERCEPT]))} repeated: name each in a dict")
+    return [(name, _column(data, column, needed_by, name)) for name, column in named]
+
+
+def _key(name: Any, needed_by: str) -> str:
+    if not isinstance(name, str):
+        raise FedMedError(f"{needed_by}: the keys of X name the coefficients and must be text, not {name!r}")
+    return name
+
+
+def _name(item: Any, needed_by: str) -> str:
+    """A predictor's name: its own if it is a name, its column's if it is a plain column."""
+    if isinstance(item, str):
+        return item
+    if isinstance(item, FedData) and isinstance(item.node, ColumnNode):
+        return item.node.name
+    if isinstance(item, FedData):
+        raise FedMedError(
+            f"{needed_by}: the predictor {render_code(item.node)} has no name; give X as a dict, "
+            f"e.g. X={{\"bmi/10\": data[\"bmi\"] / 10}}"
+        )
+    raise FedMedError(f"{needed_by}: a predictor is a column name or a column of the data, not {type(item).__name__}")
+
+
+def _column(data: FedData, item: Any, needed_by: str, role: str) -> FedData:
+    """``item`` as a column of ``data``'s rows: a name is looked up, an expression must be on the same sources."""
+    if isinstance(item, str):
+        return data[item]
+    if not isinstance(item, FedData):
+        raise FedMedError(f"{needed_by}: {role} is a column name or a column of the data, not {type(item).__name__}")
+    if item.sources != data.sources:
+        raise FedMedError(f"{needed_by}: {role} is built on other sources than the data; "
+                          "build it from the same FedData")
+    return item
+
+
+def _levels(columns: Mapping[str, FedData], categorical: Any) -> dict[str, list[Any]]:
     if not categorical:
         return {}
+    if isinstance(categorical, str):
+        categorical = [categorical]
+    unknown = [name for name in categorical if name not in columns]
+    if unknown:
+        raise FedMedError(f"categorical names {unknown}, which are not predictors in X ({list(columns)})")
     if isinstance(categorical, Mapping):
         return {name: list(values) for name, values in categorical.items()}
-    found = compute(*(data[name].unique() for name in categorical))
+    found = compute(*(columns[name].unique() for name in categorical))
     return dict(zip(categorical, found))
 
 
+def _known_levels(outcome: FedData, predictors: list[tuple[str, FedData]],
+                  levels: Mapping[str, list[Any]]) -> tuple[FedData, list[tuple[str, FedData]]]:
+    """Every column restricted to rows whose categorical values are listed.
+
+    A row of an unlisted level is left out, never counted as the reference level.
+    """
+    columns = dict(predictors)
+    for name, known in levels.items():
+        keep = columns[name].isin(list(known))
+        outcome = outcome[keep]
+        columns = {other: column[keep] for other, column in columns.items()}
+    return outcome, list(columns.items())
+
+
 def _ols(cm: CoMatrix, names: tuple[str, ...], intercept: bool) -> RegressionResult:
+    if cm.n == 0:
+        raise FedMedError("ols has no complete rows: every row misses y or a predictor. Text is read as missing: "
+                          "compare it to a value (data['smoker'] == 'yes') or make it categorical")
+    if not (np.all(np.isfinite(cm.m2)) and np.all(np.isfinite(cm.mean))):
+        raise FedMedError("ols: y or a predictor holds infinite values on complete rows; "
+                          "clip them or leave those rows out")
     k = len(names)
     mxx, mxy, myy = cm.m2[:k, :k], cm.m2[:k, k], cm.m2[k, k]
     xbar, ybar = cm.mean[:k], cm.mean[k]
@@ -134,6 +223,7 @@ def _ols(cm: CoMatrix, names: tuple[str, ...], intercept: bool) -> RegressionRes
         gram = mxx + cm.n * np.outer(xbar, xbar)
         cross = mxy + cm.n * xbar * ybar
         total = myy + cm.n * ybar * ybar
+    _check_design(gram, names, cm.n, "ols", centred=intercept, means=xbar if intercept else None)
     inverse = np.linalg.inv(gram)
     beta = inverse @ cross
     rss = total - beta @ cross
@@ -147,18 +237,81 @@ def _ols(cm: CoMatrix, names: tuple[str, ...], intercept: bool) -> RegressionRes
         variances.insert(0, sigma2 * (1.0 / cm.n + xbar @ inverse @ xbar))
         labels.insert(0, INTERCEPT)
     bse = np.sqrt(np.asarray(variances))
-    t = np.asarray(params) / bse
+    with np.errstate(divide="ignore", invalid="ignore"):  # an exact fit: t is ±inf or nan, as in statsmodels
+        t = np.asarray(params) / bse
     from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
 
     pvalues = 2 * sps.t.sf(np.abs(t), df_resid)
     rsquared = 1.0 - rss / total
     # statsmodels: adjusted R² uses n - 1 with an intercept, n without
-    rsquared_adj = 1.0 - (1.0 - rsquared) * (cm.n - int(intercept)) / df_resid
+    rsquared_adj = 1.0 - (1.0 - rsquared) * (cm.n - int(intercept)) / df_resid if df_resid > 0 else math.nan
     series = lambda values: pd.Series(values, index=labels, dtype=float)  # noqa: E731
     return RegressionResult(
         series(params), series(bse), series(t), series(pvalues), cm.n, float(df_resid),
         {"rsquared": float(rsquared), "rsquared_adj": float(rsquared_adj)},
     )
+
+
+#: Below this reciprocal condition number of the design's correlation matrix, the coefficients would carry
+#: relative errors above about 1e-6: a model refuses to report them rather than give wrong digits.
+RCOND = 1e-10
+
+
+def _check_design(gram: np.ndarray, names: Sequence[str], n: int, model: str, centred: bool,
+                  means: "np.ndarray | None" = None) -> None:
+    """A FedMed error naming the columns when the cross-product matrix ``gram`` is (nearly) singular.
+
+    ``means`` (with a centred ``gram``) also catches columns whose spread is so small against their
+    size that centring them on the servers leaves fewer digits than the coefficients need.
+    """
+    diagonal = np.diag(gram).astype(float)
+    size = n * (np.finfo(float).eps * np.abs(means)) ** 2 if means is not None else np.zeros(len(names))
+    # a constant column split over servers merges to a spread of rounding size, not exactly 0
+    flat = [name for name, d, s in zip(names, diagonal, size) if d <= 16**2 * s]
+    if flat:
+        what = "constant on the complete rows, so they cannot be told from the intercept" if centred \
+            else "0 on every complete row"
+        raise FedMedError(f"{model}: the predictors {flat} are {what} ({n} rows); leave them out, or check "
+                          "that a categorical level has rows")
+    narrow = [name for name, d, s in zip(names, diagonal, size) if d <= 1e14 * s]
+    if narrow:
+        raise FedMedError(f"{model}: the predictors {narrow} vary by less than 2e-9 of their size; "
+                          "subtract a typical value first (e.g. X={'year - 2000': data['year'] - 2000})")
+    scale = 1.0 / np.sqrt(diagonal)
+    values = np.linalg.eigvalsh(gram * np.outer(scale, scale))
+    if values[0] <= RCOND * values[-1]:
+        raise FedMedError(
+            f"{model}: the predictors {_weakest(gram * np.outer(scale, scale), names)} are (nearly) collinear on "
+            f"the {n} complete rows: one is, or almost is, a linear combination of the others; leave one out, "
+            "and subtract a typical value from large values with a small spread "
+            "(e.g. X={'year - 2000': data['year'] - 2000})"
+        )
+
+
+def _weakest(correlation: np.ndarray, names: Sequence[str]) -> list[str]:
+    """The columns that make up the direction the (scaled) matrix knows least about."""
+    _, vectors = np.linalg.eigh(correlation)
+    weakest = np.abs(vectors[:, 0])
+    return [name for name, w in zip(names, weakest) if w >= 0.1 * weakest.max()]
+
+
+def _information_lost(hessian: np.ndarray, scale: np.ndarray) -> bool:
+    """True when some direction has lost (almost) all the information it had at beta = 0.
+
+    The weights of rows the model predicts perfectly go to 0 as their
+    coefficients grow: the Hessian, measured in the units of the first one,
+    then has a vanishing eigenvalue. A fit that converges never gets there.
+    """
+    values = np.linalg.eigvalsh(hessian * np.outer(scale, scale))
+    return bool(values[0] <= 1e-8 * len(scale))
+
+
+def _rounded(names: Sequence[str], beta: np.ndarray) -> dict[str, float]:
+    return {name: float(f"{b:.4g}") for name, b in zip(names, beta)}
+
+
+#: The function that fits each family, for messages.
+_MODEL = {"binomial": "logit", "poisson": "poisson"}
 
 
 class GLMFit:
@@ -167,35 +320,119 @@ class GLMFit:
     ``explain()`` shows the plan of one iteration.
     """
 
-    def __init__(self, data: FedData, y: str, X: Sequence[str], family: str, intercept: bool,
+    def __init__(self, data: FedData, y: Column, X: Predictors, family: str, intercept: bool,
                  max_iter: int, tol: float) -> None:
-        self.data, self.y, self.X = data, y, list(X)
+        needed_by = _MODEL[family]
+        predictors = _predictors(data, X, needed_by)
+        if not predictors and not intercept:
+            raise FedMedError(f"{needed_by} needs a predictor in X or an intercept")
+        self.data, self.outcome = data, _column(data, y, needed_by, "y")
+        self.columns = [column for _, column in predictors]
         self.family, self.intercept, self.max_iter, self.tol = family, intercept, max_iter, tol
-        self.names = ([INTERCEPT] if intercept else []) + self.X
+        self.names = ([INTERCEPT] if intercept else []) + [name for name, _ in predictors]
 
     def _step(self, beta: np.ndarray) -> LazyResult:
-        columns = [self.data[name] for name in self.X]
         return aggregate(
-            self.data[self.y], "glm_step", self.family, self.intercept, [float(b) for b in beta], *columns,
-            needed_by=self.family,
+            self.outcome, "glm_step", self.family, self.intercept, [float(b) for b in beta], *self.columns,
+            needed_by=_MODEL[self.family],
         )
 
     def explain(self) -> str:
         return self._step(np.zeros(len(self.names))).explain() + f"\n(repeated once per iteration, at most {self.max_iter})"
+
+    def _round(self, beta: np.ndarray, iteration: int) -> dict[str, Any]:
+        """One iteration's pooled ``glm_step``; the first also counts outcomes the family cannot take."""
+        model = _MODEL[self.family]
+        try:
+            if iteration > 1:
+                return self._step(beta).compute()
+            step, outside = compute(self._step(beta), self._outside().sum())
+        except PrivacyError as error:
+            if iteration == 1:
+                raise
+            # Later rounds weigh rows by the model: the weights pile up on few rows when a predictor
+            # (nearly) separates the outcome, and the server rightly refuses.
+            raise type(error)(
+                f"{model} round {iteration} (coefficients {_rounded(self.names, beta)}): {error.message}. "
+                "From the second round on, the server judges the weights the model gives its rows at these "
+                "coefficients: they rest on few rows when the server holds few complete rows, or when a "
+                "predictor (nearly) predicts the outcome on its own (separation); pool servers or subgroups "
+                "into larger ones, or leave that predictor out or merge its categories",
+                server=error.server, fragment=error.fragment, operation=error.operation, policy=error.policy,
+            ) from None
+        if outside:
+            allowed = "0 and 1 (or True and False)" if self.family == "binomial" else "counts of 0 or more"
+            raise FedMedError(f"{model}: y is not one of {allowed} on {int(outside)} rows; recode it "
+                              "(e.g. y=data['diabetes'] == 'yes')")
+        if step["n"] == 0:
+            raise FedMedError(
+                f"{model} has no complete rows: every row misses y or a predictor. Text is read as missing: "
+                "compare it to a value (y=data['diabetes'] == 'yes') or dummy-code it"
+            )
+        return step
+
+    def _outside(self) -> FedData:
+        """True on rows whose outcome the family cannot take (a logit's y outside [0, 1], a negative count)."""
+        y = self.outcome
+        return ((y < 0) | (y > 1)) if self.family == "binomial" else (y < 0)
+
+    def _change(self, step: Mapping[str, Any], beta: np.ndarray, iteration: int) -> np.ndarray:
+        """The Newton step ``H⁻¹ g``, or a FedMed error when the design or the fit has degenerated."""
+        model, hessian, gradient = _MODEL[self.family], step["hessian"], step["gradient"]
+        if not (np.all(np.isfinite(hessian)) and np.all(np.isfinite(gradient)) and math.isfinite(step["loglik"])):
+            raise FedMedError(
+                f"{model} overflowed in round {iteration} (coefficients {_rounded(self.names, beta)}): a predictor "
+                "holds infinite or very large values; rescale or clip it "
+                "(e.g. X={'income/1000': data['income'] / 1000})"
+            )
+        if iteration == 1:
+            # At beta = 0 every row weighs the same: the Hessian is the design's own cross-products.
+            _check_design(hessian, self.names, step["n"], model, centred=False)
+            self._scale, self._last = 1.0 / np.sqrt(np.diag(hessian)), None
+        elif _information_lost(hessian, self._scale):
+            raise FedMedError(
+                f"{model}: the fit diverges in round {iteration}: the coefficients of "
+                f"{_weakest(hessian * np.outer(self._scale, self._scale), self.names)} grow without bound "
+                f"(now {_rounded(self.names, beta)}) because they predict the outcome perfectly on some rows "
+                "(separation, or a subgroup whose outcome is all 0); leave them out or merge their categories"
+            )
+        if self._last is not None and step["loglik"] < self._last[0] - 1e-9 * (1.0 + abs(self._last[0])):
+            # The last step overshot (the log-likelihood fell): go back half of it, as a damped Newton
+            # method does; the log-likelihood is concave, so some fraction of the step gains.
+            loglik, overshot = self._last
+            self._last = (loglik, overshot / 2)
+            return -overshot / 2
+        change = self._newton(step, iteration)
+        self._last = (step["loglik"], change)
+        return change
+
+    def _newton(self, step: Mapping[str, Any], iteration: int) -> np.ndarray:
+        hessian, gradient = step["hessian"], step["gradient"]
+        if iteration > 1 or self.family != "poisson" or not self.intercept:
+            return np.linalg.solve(hessian, gradient)
+        # From beta = 0 a Poisson Newton step can overshoot by orders of magnitude (counts far from 1).
+        # Start instead where statsmodels does, at the intercept-only fit log(mean y): there every row's
+        # mean is mean y, so its Hessian and gradient follow from those at 0 without another round.
+        n, ones = step["n"], hessian[:, 0]  # the intercept's column: the sums of the predictors
+        mean = (gradient[0] + n) / n  # gradient[0] = sum(y - 1)
+        if not mean > 0:
+            raise FedMedError("poisson: y is 0 on every complete row; there is no rate to model")
+        start = np.zeros(len(gradient))
+        start[0] = math.log(mean)
+        return start + np.linalg.solve(mean * hessian, gradient + (1.0 - mean) * ones)
 
     def compute(self) -> RegressionResult:
         from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
 
         beta = np.zeros(len(self.names))
         converged, iterations = False, 0
-        quiet = None if options.progress else True  # None: only on a terminal
-        with tqdm(total=self.max_iter, desc=f"{self.family} IRLS", unit="round", disable=quiet, leave=False,
-                  delay=options.progress_delay) as bar:
+
+        with progress() as bar:
             for iterations in range(1, self.max_iter + 1):
-                step = self._step(beta).compute()
-                change = np.linalg.solve(step["hessian"], step["gradient"])
+                bar.stage(f"{self.family} IRLS round {iterations}/{self.max_iter}")
+                step = self._round(beta, iterations)
+                change = self._change(step, beta, iterations)
                 beta = beta + change
-                bar.update(1)
                 if np.max(np.abs(change)) < self.tol * (1.0 + np.max(np.abs(beta))):
                     converged = True
                     break
@@ -218,27 +455,47 @@ class GLMFit:
         )
 
 
-def logit(data: FedData, y: str, X: Sequence[str], intercept: bool = True,
+def logit(data: FedData, y: Column, X: Predictors, intercept: bool = True,
           max_iter: int = 25, tol: float = 1e-10) -> GLMFit:
     """Logistic regression by Newton–Raphson: one round per iteration (typically 5 to 8).
 
     Coefficients, standard errors, z values and p-values as ``statsmodels``'
-    ``Logit``. ``max_iter`` 25 and a relative step tolerance stop the
-    iterations; a tqdm bar shows them on a terminal.
+    ``Logit``. ``y`` (0/1 or a condition such as ``data["diabetes"] == "yes"``)
+    and the predictors ``X`` are given as in :func:`ols`. ``max_iter`` 25 and
+    a relative step tolerance stop the iterations; a progress bar shows them
+    on a terminal. A design whose columns are (nearly) collinear, or an
+    outcome that the predictors separate perfectly, raises ``FedMedError``
+    naming the columns.
 
     Examples
     --------
     >>> import fedmed as fm
     >>> a = fm.Local({"y": [0, 0, 1, 1, 0], "x": [0.5, 1.0, 1.5, 3.0, 2.0]})
     >>> b = fm.Local({"y": [1, 0, 1], "x": [2.5, 0.2, 1.2]})
-    >>> fit = fm.stats.logit(fm.FedData([a, b]), y="y", X=["x"]).compute()
+    >>> data = fm.FedData([a, b])
+    >>> fit = fm.stats.logit(data, y="y", X=["x"]).compute()
     >>> fit.converged, fit.iterations, round(float(fit.params["x"]), 4)
     (True, 6, 1.973)
+    >>> fit = fm.stats.logit(data, y=data["y"] == 1, X={"x*2": data["x"] * 2}).compute()
+    >>> round(float(fit.params["x*2"]), 4)
+    0.9865
     """
     return GLMFit(data, y, X, "binomial", intercept, max_iter, tol)
 
 
-def poisson(data: FedData, y: str, X: Sequence[str], intercept: bool = True,
+def poisson(data: FedData, y: Column, X: Predictors, intercept: bool = True,
             max_iter: int = 25, tol: float = 1e-10) -> GLMFit:
-    """Poisson regression (log link) by Newton–Raphson, as ``statsmodels``' ``Poisson``; one round per iteration."""
+    """Poisson regression (log link) by Newton–Raphson, as ``statsmodels``' ``Poisson``; one round per iteration.
+
+    Arguments as :func:`logit`.
+
+    Examples
+    --------
+    >>> import fedmed as fm
+    >>> a = fm.Local({"n": [0, 1, 3, 2], "x": [0.1, 0.4, 1.0, 0.8]})
+    >>> data = fm.FedData([a, fm.Local({"n": [5, 1], "x": [1.3, 0.2]})])
+    >>> fit = fm.stats.poisson(data, y="n", X=["x"]).compute()
+    >>> fit.converged, list(fit.params.index)
+    (True, ['Intercept', 'x'])
+    """
     return GLMFit(data, y, X, "poisson", intercept, max_iter, tol)
