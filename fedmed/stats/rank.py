@@ -22,6 +22,17 @@ tie correction. Two ways of counting:
   give the exact result again. But the finer the bins, the more the counts
   reveal: bins that hold one value each locate every value to within a bin.
 
+Withheld counts: a rank depends on every value, so one unknown count makes
+every rank unknown. A server's privacy policy (``Anonymity(k)``) withholds
+the values held by fewer than ``k`` of its rows together with their labels
+(which values exist is the secret), and bins of fewer than ``k`` rows. The
+tests then raise :class:`~fedmed.errors.PrivacyError` naming the values or
+bins concerned and the servers that withheld values; never a p-value from
+the counts that were released, which would be a wrong number. The way out
+is coarser counting: ``bins`` wide enough to hold ``k`` rows on every
+server, or a larger subgroup. Whether a server withheld values is read
+from the same map results as the counts (no extra task).
+
 Formulas are scipy's ``_mannwhitneyu`` and ``_wilcoxon`` (scipy 1.17) written
 for tied groups; nothing is computed from rows on the client.
 """
@@ -36,9 +47,14 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from ..errors import DataError, PrivacyError
+from ..expr.client import Reduce
 from ..lazy import FedData, LazyResult
 from ..results import Histogram, TestResult
 from .lazy_call import aggregate, call
+
+#: How many values or bins with unknown counts an error message lists before it says "and N more".
+SHOWN = 8
 
 
 def mannwhitneyu(
@@ -68,7 +84,19 @@ def mannwhitneyu(
         ``statistic`` is U of ``a`` (scipy's ``mannwhitneyu(a, b).statistic``),
         ``pvalue`` the two-sided p-value of scipy's ``method="asymptotic"``
         (normal approximation with tie correction), ``df`` is nan and ``n``
-        the number of values in both samples.
+        the number of values in both samples. A sample without values gives
+        NaN statistic and p-value, as scipy.
+
+    Raises
+    ------
+    fm.PrivacyError
+        When computed, if a server's privacy policy withheld the count of a
+        value (without ``bins``) or of a bin: the ranks are then unknown.
+        The message names the values or bins and the servers; use ``bins``
+        (with ``range``) wide enough to hold ``k`` rows on every server, or
+        a larger subgroup.
+    fm.DataError
+        When computed, if values of a sample lie outside the bins.
 
     Notes
     -----
@@ -103,8 +131,8 @@ def mannwhitneyu(
             raise ValueError("mannwhitneyu: range is only used with bins")
         return call(
             _mannwhitneyu_values,
-            aggregate(a, "value_counts", needed_by=needed_by),
-            aggregate(b, "value_counts", needed_by=needed_by),
+            *_value_counts(needed_by, a),
+            *_value_counts(needed_by, b),
             bool(use_continuity),
         )
     bins, range = _bin_args(needed_by, bins, range)
@@ -149,7 +177,19 @@ def wilcoxon(
         and ``pvalue`` the two-sided p-value, as
         ``scipy.stats.wilcoxon(a, b, method="asymptotic")`` (normal
         approximation with tie correction); ``df`` is nan and ``n`` the
-        number of complete pairs (zero differences included).
+        number of complete pairs (zero differences included). No complete
+        pair gives NaN statistic and p-value, as scipy.
+
+    Raises
+    ------
+    fm.PrivacyError
+        When computed, if a server's privacy policy withheld the count of a
+        difference (without ``bins``) or of a bin: the ranks are then
+        unknown. The message names the differences or bins and the servers;
+        use ``bins`` (with ``range=(0, hi)``) wide enough to hold ``k`` rows
+        on every server, or a larger subgroup.
+    fm.DataError
+        When computed, if nonzero differences lie outside the bins.
 
     Notes
     -----
@@ -178,7 +218,7 @@ def wilcoxon(
     if bins is None:
         if range is not None:
             raise ValueError("wilcoxon: range is only used with bins")
-        return call(_wilcoxon_values, aggregate(d, "value_counts", needed_by=needed_by), bool(correction))
+        return call(_wilcoxon_values, *_value_counts(needed_by, d), bool(correction))
     bins, range = _bin_args(needed_by, bins, range)
     positive, negative = d[d > 0], (-d)[d < 0]
     return call(
@@ -199,6 +239,23 @@ def _check_data(needed_by: str, *columns: Any) -> None:
     for x in columns:
         if not isinstance(x, FedData):
             raise TypeError(f"{needed_by} takes FedData columns, not {type(x).__name__}")
+
+
+def _value_counts(needed_by: str, x: FedData) -> tuple[LazyResult, LazyResult, tuple[str, ...]]:
+    """The pooled ``value_counts`` of ``x``, how many values each server withheld, and the servers' names."""
+    counts = aggregate(x, "value_counts", needed_by=needed_by)
+    reduce = counts.node
+    assert isinstance(reduce, Reduce)
+    # read from the same map results as the counts (no extra task): the pooled Series cannot tell a
+    # value withheld by its only holder from a value nobody has
+    withheld = LazyResult(Reduce(reduce.map, reduce.sources, _count_withheld), counts._flags)
+    names = tuple(f"{source.server} [{source.fragment!r}]" for source in x.sources)
+    return counts, withheld, names
+
+
+def _count_withheld(parts: Sequence[Sequence[Sequence[Any]]]) -> list[int]:
+    # a withheld value_counts entry travels as [None, None] (fedmed.privacy.cells)
+    return [sum(entry[0] is None for entry in part) for part in parts]
 
 
 def _bin_args(needed_by: str, bins: Any, range: Any) -> tuple[Any, Any]:
@@ -225,7 +282,12 @@ def _bin_args(needed_by: str, bins: Any, range: Any) -> tuple[Any, Any]:
 # -- client-side formulas (module level, so equal calls merge) ---------------
 
 
-def _mannwhitneyu_values(counts_a: pd.Series, counts_b: pd.Series, use_continuity: bool) -> TestResult:
+def _mannwhitneyu_values(
+    counts_a: pd.Series, withheld_a: list[int], names_a: tuple[str, ...],
+    counts_b: pd.Series, withheld_b: list[int], names_b: tuple[str, ...], use_continuity: bool,
+) -> TestResult:
+    _check_released("mannwhitneyu", "a", counts_a, withheld_a, names_a)
+    _check_released("mannwhitneyu", "b", counts_b, withheld_b, names_b)
     levels = _levels("mannwhitneyu", counts_a, counts_b)
     return _mannwhitneyu_groups(levels[:, 0], levels[:, 1], use_continuity)
 
@@ -238,8 +300,9 @@ def _mannwhitneyu_bins(
     return _mannwhitneyu_groups(hist_a.counts, hist_b.counts, use_continuity)
 
 
-def _wilcoxon_values(counts: pd.Series, correction: bool) -> TestResult:
+def _wilcoxon_values(counts: pd.Series, withheld: list[int], names: tuple[str, ...], correction: bool) -> TestResult:
     # one value_counts of a - b: split by sign, rank the absolute values
+    _check_released("wilcoxon", "a - b", counts, withheld, names)
     pairs = int(counts.sum())
     by_size: dict[float, list[int]] = {}
     for value, count in zip(_numeric("wilcoxon", counts.index), counts.to_numpy()):
@@ -280,13 +343,57 @@ def _levels(needed_by: str, *counts: pd.Series) -> np.ndarray:
     return np.array([totals[v] for v in sorted(totals)], dtype=np.int64)
 
 
+def _check_released(needed_by: str, name: str, counts: pd.Series, withheld: list[int], names: tuple[str, ...]) -> None:
+    """Refuse unless every value's pooled count is known: one unknown count leaves every rank unknown."""
+    unknown = sorted((value for value, count in counts.items() if math.isnan(count)), key=_order)
+    if not unknown and not any(withheld):
+        return
+    listed = ", ".join(_format(value) for value in unknown[:SHOWN])
+    more = f" and {len(unknown) - SHOWN} more" if len(unknown) > SHOWN else ""
+    values = f"the pooled counts of {len(unknown)} values ({listed}{more}) are unknown; " if unknown else ""
+    servers = [f"{server}: {n}" for server, n in zip(names, withheld) if n]
+    by = f"values withheld with their labels, so absent from the counts: {', '.join(servers)}; " if servers else ""
+    range_ = "range=(0, hi) over |a - b|" if needed_by == "wilcoxon" else "range=(lo, hi)"
+    raise PrivacyError(
+        f"{needed_by}: privacy policies withheld counts of the values of {name} (values held by fewer than k "
+        f"rows of a server, or protecting such values), so the ranks are not known: {values}{by}"
+        f"count in bins instead (bins=n with {range_}, or bin edges), wide enough to hold k rows on every "
+        f"server (approximate: values in one bin count as tied), or analyse a larger subgroup",
+        operation=needed_by,
+    )
+
+
+def _order(value: Any) -> tuple[int, Any]:
+    # numbers by value, then anything else (text, refused later) by its text: never a TypeError here
+    return (0, float(value)) if isinstance(value, numbers.Real) else (1, str(value))
+
+
+def _format(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, numbers.Real) else repr(value)
+
+
 def _check_binned(needed_by: str, name: str, hist: Histogram, count: int) -> None:
+    if not hist.exact:
+        raise PrivacyError(
+            f"{needed_by}: privacy policies withheld the counts of the bins {_withheld_bins(hist)} of {name} "
+            f"(fewer than k rows of a server in them, or protecting such bins), so the ranks are not known; "
+            f"use coarser bins (fewer, wider: a smaller bin count or fewer edges) or a larger subgroup",
+            operation=needed_by,
+        )
     if hist.n != count:
         edges = hist.edges
-        raise ValueError(
+        raise DataError(
             f"{needed_by}: {count - hist.n} of the {count} values of {name} lie outside the bins "
             f"[{edges[0]:g}, {edges[-1]:g}]; widen the range or the edges"
         )
+
+
+def _withheld_bins(hist: Histogram) -> str:
+    """The withheld bins as intervals, e.g. ``[20, 30), [60, 70]`` (numpy's last bin is closed)."""
+    last = len(hist.counts) - 1
+    bins = [f"[{hist.edges[i]:g}, {hist.edges[i + 1]:g}{']' if i == last else ')'}" for i in np.flatnonzero(hist.withheld)]
+    more = f" and {len(bins) - SHOWN} more" if len(bins) > SHOWN else ""
+    return ", ".join(bins[:SHOWN]) + more
 
 
 def _average_ranks(ties: np.ndarray) -> np.ndarray:

@@ -58,8 +58,9 @@ KM_COLUMNS = ["time", "at_risk", "events", "censored", "survival", "ci_lower", "
 #: Normal quantile of the two-sided 95% confidence interval.
 _Z = float(special.ndtri(0.975))
 
-#: How many "nice" widths ``bin_width="auto"`` tries besides the exact times.
-LADDER = 6
+#: Under privacy policies ``bin_width="auto"`` bins by the nice width (1, 2, 5 x 10^k) this many steps
+#: below the largest one at most the times' standard deviation.
+AUTO_STEP = 1
 
 AUTO = "auto"
 
@@ -92,10 +93,12 @@ def kaplan_meier(time: FedData, event: FedData, bin_width: float | str | None = 
         1 or True for an event, 0 or False for a censored time. Rows missing
         ``time`` or ``event`` are left out; another code raises ``fm.DataError``.
     bin_width : "auto", float or None
-        ``"auto"`` (default, 2 rounds): the finest of the exact times and
-        the widths 1, 2, 5 x 10^k (six of them, the largest at most the
-        standard deviation of the times) that every server releases in
-        full; ``PrivacyError`` if none is. A number ``w`` (1 round): group
+        ``"auto"`` (default): the exact times when the client's config
+        has no privacy policies (1 round); otherwise one nice width
+        (1, 2, 5 x 10^k) a step below the times' standard deviation,
+        known after round 1 (2 rounds). Only one binning is ever asked
+        for: two binnings of the same rows would let released cells give
+        away withheld ones by subtraction. A number ``w`` (1 round): group
         times into bins ``[k * w, (k + 1) * w)`` on the server, labelled by
         their lower edge ``(time // w) * w``. ``None`` (1 round): the exact
         times.
@@ -270,9 +273,18 @@ def _binned(needed_by: str, time: FedData, bin_width: Any) -> FedData:
 
 
 def _ladder(needed_by: str, complete: FedData) -> list[Any]:
-    """The candidate widths, finest first: None (exact times), then ``LADDER`` nice widths known after round 1."""
+    """The binning ``"auto"`` asks for: the exact times without privacy policies (one round), else ONE
+    nice width known after round 1, a step below the times' standard deviation.
+
+    One table only: cell suppression judges each table alone, so two binnings of the same rows
+    (nested widths, or exact times and bins) let the released cells of one give away the withheld
+    cells of the other by subtraction (red-teamed: withheld counts down to 1 were recovered from a
+    ladder of widths 2, 5 and 10).
+    """
+    if not complete.config.privacy:
+        return [None]
     moments = aggregate(complete, "moments", needed_by=needed_by)
-    return [None] + [call(_nice_width, moments, LADDER - 1 - i) for i in range(LADDER)]
+    return [call(_nice_width, moments, AUTO_STEP)]
 
 
 def _nice_width(moments: Any, step: int) -> float:
