@@ -18,6 +18,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 from .backend import Local, Remote, Simulation
 from .config import Config, load_config
 from .errors import (
+    ArgumentError,
     BadRequest,
     ConfigError,
     DataError,
@@ -51,7 +52,7 @@ __all__ = [
     "FedData", "LazyResult", "compute", "explain", "OptFlags", "stats", "privacy", "options",
     "Remote", "Local", "Simulation", "Server",
     "Config", "load_config",
-    "FedMedError", "DataError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",
+    "FedMedError", "ArgumentError", "DataError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",
     "UnknownFragment", "OperationNotAllowed", "TaskFailed", "TooExpensive", "ServerMisconfigured", "ServerUnavailable", "PrivacyError", "PrivacyWarning",
     "ServerWarning", "Unauthorized", "InsecureTokenWarning",
 ]

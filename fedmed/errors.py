@@ -19,6 +19,12 @@ class DataError(FedMedError, ValueError):
     scipy raise for the same cases."""
 
 
+class ArgumentError(FedMedError, TypeError, ValueError):
+    """A function of FedMed was called with an argument it cannot take (a list where a FedData column
+    is needed, a negative bin count...): raised before anything is sent, saying what to pass. Both a
+    ``TypeError`` and a ``ValueError``, as Python and pandas raise one or the other for such calls."""
+
+
 class ConfigError(FedMedError):
     """A config file or dict is missing, malformed, or names something that does not exist."""
 

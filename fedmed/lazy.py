@@ -19,7 +19,7 @@ import pandas as pd
 
 from .backend.base import Source
 from .config import Config, load_config
-from .errors import FedMedError, OperationNotAllowed
+from .errors import ArgumentError, FedMedError, OperationNotAllowed
 from .executor import execute
 from .expr.client import Apply, Reduce, Scalar
 from .expr.explain import explain_plan
@@ -69,7 +69,7 @@ class FedData:
             raise FedMedError("FedData needs at least one source")
         for s in sources:
             if not isinstance(s, Source):
-                raise TypeError(f"sources must be fm.Remote, fm.Simulation or fm.Local, not {type(s).__name__}")
+                raise ArgumentError(f"sources must be fm.Remote, fm.Simulation or fm.Local, not {type(s).__name__}")
         self._sources = sources
         self._config = load_config(config)
         self._flags = optimize if isinstance(optimize, OptFlags) else OptFlags() if optimize else OptFlags.naive()
@@ -99,7 +99,7 @@ class FedData:
             return self._derive(Column(self._node, key))
         if isinstance(key, FedData):
             return self._derive(Filter(self._node, self._operand(key)))
-        raise TypeError(f"select a column by name or filter rows with a boolean FedData, not {type(key).__name__}")
+        raise ArgumentError(f"select a column by name or filter rows with a boolean FedData, not {type(key).__name__}")
 
     # -- operations named in the config ----------------------------------
     def __getattr__(self, name: str) -> Callable[..., Any]:
@@ -136,7 +136,7 @@ class FedData:
             return Literal([_plain(v) for v in value])
         if value is None or isinstance(value, (bool, int, float, str, np.generic)):
             return Literal(_plain(value))
-        raise TypeError(f"cannot use a {type(value).__name__} in a federated expression")
+        raise ArgumentError(f"cannot use a {type(value).__name__} in a federated expression")
 
     def _binop(self, op: str, other: Any, reflected: bool = False) -> "FedData":
         try:
@@ -158,7 +158,7 @@ class FedData:
         return self._elementwise("round", (self, decimals))
 
     def __bool__(self) -> bool:
-        raise TypeError(
+        raise ArgumentError(
             "the truth value of federated rows is not known on the client; "
             "use & | ~ to combine conditions, or an aggregate such as .sum()"
         )
@@ -291,7 +291,7 @@ def _positional(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str
     try:
         bound = inspect.signature(fn).bind(None, *args, **kwargs)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{getattr(fn, '__name__', fn)}: {exc}") from None
+        raise ArgumentError(f"{getattr(fn, '__name__', fn)}: {exc}") from None
     bound.apply_defaults()
     return tuple(bound.args[1:])
 
@@ -326,10 +326,10 @@ def explain(*results: Any) -> str:
 
 def _outputs(results: Sequence[Any]) -> tuple[list[Node], OptFlags]:
     if any(isinstance(r, FedData) for r in results):
-        raise TypeError("FedData has no value on the client; compute an aggregate of it, e.g. data.sum()")
+        raise ArgumentError("FedData has no value on the client; compute an aggregate of it, e.g. data.sum()")
     for r in results:
         if not isinstance(r, LazyResult) and callable(getattr(r, "compute", None)):
             # an iterative model (logit, poisson) runs its own rounds
-            raise TypeError(f"{type(r).__name__} cannot join a batch: call its .compute()")
+            raise ArgumentError(f"{type(r).__name__} cannot join a batch: call its .compute()")
     flags = next((r._flags for r in results if isinstance(r, LazyResult)), OptFlags())
     return [r.node if isinstance(r, LazyResult) else Scalar(_plain(r)) for r in results], flags

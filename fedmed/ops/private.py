@@ -288,6 +288,10 @@ def _complete_columns(columns: Any) -> np.ndarray:
     their index, and then plain arrays are stacked (a DataFrame built for the
     purpose costs more than the statistic on small fragments).
     """
+    tables = [i for i, c in enumerate(columns) if isinstance(c, pd.DataFrame)]
+    if tables:  # pairs and matrices are of single columns: a whole table has no one value per row
+        raise OperationError("this aggregate pairs single columns (data['x'], data['y']), not whole tables; "
+                             "select the columns, or use fm.stats.corr(data, columns) for a table")
     first = columns[0].index
     if all(c.index is first or c.index.equals(first) for c in columns[1:]):
         stacked = np.vstack([_floats(c) for c in columns])

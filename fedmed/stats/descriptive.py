@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..errors import ArgumentError
 from ..lazy import FedData, LazyResult
 from ..results import Comoments, Moments
 from .lazy_call import aggregate, call
@@ -102,6 +103,8 @@ def corr(data: FedData, columns: Sequence[str]) -> LazyResult:
     >>> float(fm.stats.corr(d, ["a", "c"]).compute().loc["a", "c"])
     -1.0
     """
+    if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+        raise ArgumentError(f"corr takes a list of column names, such as ['age', 'bmi'], not {columns!r}")
     columns = list(columns)
     pairs = [(i, j) for i in range(len(columns)) for j in range(i + 1, len(columns))]
     comoments = [aggregate(data[columns[i]], "comoments", data[columns[j]], needed_by="corr") for i, j in pairs]

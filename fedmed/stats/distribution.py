@@ -23,11 +23,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import FedMedError, PrivacyError, PrivacyWarning
+from ..errors import ArgumentError, FedMedError, PrivacyError, PrivacyWarning
 from ..lazy import FedData, LazyResult
 from ..ops.private import MAX_BINS
 from ..results import Histogram
-from .lazy_call import aggregate, call
+from .lazy_call import aggregate, call, columns
 
 #: First-round thresholds: 0 and ±{1, 2, 5}·10^e for e = -8 ... 16, so a bracket spans at most a factor 2.5.
 GRID = sorted({0.0, *(float(f"{sign}{m}e{e}") for sign in "-+" for m in (1, 2, 5) for e in range(-8, 17))})
@@ -121,9 +121,10 @@ def quantile(x: FedData, q: "float | Sequence[float]", rounds: int = 3, threshol
     >>> fm.stats.quantile(x, [0.1, 0.9]).compute() == np.quantile([1.0, 2.0, 3.0, 4.0, 10.0], [0.1, 0.9]).tolist()
     True
     """
+    columns("quantile", x)
     qs = [float(q)] if np.ndim(q) == 0 else [float(v) for v in q]  # type: ignore[arg-type]
     if not all(0.0 <= v <= 1.0 for v in qs):
-        raise ValueError("quantiles must lie in [0, 1]")
+        raise ArgumentError("quantiles must lie in [0, 1]")
     names = tuple(f"{source.server} [{source.fragment!r}]" for source in x.sources)
     state = call(_start, aggregate(x, "count", needed_by="quantile"),
                  aggregate(x, "count_below", GRID, needed_by="quantile"), tuple(qs))

@@ -12,15 +12,21 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..errors import FedMedError
+from ..errors import ArgumentError, FedMedError
 from ..expr.client import Call, Scalar
 from ..lazy import FedData, LazyResult
 
 
+def columns(needed_by: str, *xs: Any) -> None:
+    """Raise ``ArgumentError`` unless every ``x`` is a FedData (a list would broadcast as a constant)."""
+    for x in xs:
+        if not isinstance(x, FedData):
+            raise ArgumentError(f"{needed_by} takes FedData columns (data['x']), not {type(x).__name__}")
+
+
 def aggregate(x: FedData, name: str, *args: Any, needed_by: str) -> LazyResult:
     """The aggregate ``name`` of ``x``, or an error naming the statistic that needs it."""
-    if not isinstance(x, FedData):
-        raise TypeError(f"{needed_by} takes FedData columns, not {type(x).__name__}")
+    columns(needed_by, x)
     if name not in x.config.aggregates:
         raise FedMedError(f"{needed_by} needs the aggregate {name!r}, which the config {x.config.origin} does not offer")
     return x._aggregate(name, args)

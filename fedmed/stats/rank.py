@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from ..errors import DataError, PrivacyError
+from ..errors import ArgumentError, DataError, PrivacyError
 from ..expr.client import Reduce
 from ..lazy import FedData, LazyResult
 from ..results import Histogram, TestResult
@@ -128,7 +128,7 @@ def mannwhitneyu(
     _check_data(needed_by, a, b)
     if bins is None:
         if range is not None:
-            raise ValueError("mannwhitneyu: range is only used with bins")
+            raise ArgumentError("mannwhitneyu: range is only used with bins")
         return call(
             _mannwhitneyu_values,
             *_value_counts(needed_by, a),
@@ -217,7 +217,7 @@ def wilcoxon(
     d = a - b
     if bins is None:
         if range is not None:
-            raise ValueError("wilcoxon: range is only used with bins")
+            raise ArgumentError("wilcoxon: range is only used with bins")
         return call(_wilcoxon_values, *_value_counts(needed_by, d), bool(correction))
     bins, range = _bin_args(needed_by, bins, range)
     positive, negative = d[d > 0], (-d)[d < 0]
@@ -238,7 +238,7 @@ def wilcoxon(
 def _check_data(needed_by: str, *columns: Any) -> None:
     for x in columns:
         if not isinstance(x, FedData):
-            raise TypeError(f"{needed_by} takes FedData columns, not {type(x).__name__}")
+            raise ArgumentError(f"{needed_by} takes FedData columns, not {type(x).__name__}")
 
 
 def _value_counts(needed_by: str, x: FedData) -> tuple[LazyResult, LazyResult, tuple[str, ...]]:
@@ -262,20 +262,20 @@ def _bin_args(needed_by: str, bins: Any, range: Any) -> tuple[Any, Any]:
     """``(bins, range)`` as plain msgpack values, the same for every server."""
     if isinstance(bins, numbers.Integral) and not isinstance(bins, bool):
         if bins < 1:
-            raise ValueError(f"{needed_by}: bins must be at least 1, not {bins}")
+            raise ArgumentError(f"{needed_by}: bins must be at least 1, not {bins}")
         if range is None:
-            raise ValueError(f"{needed_by}: a bin count needs range=(lo, hi), so that every server uses the same bins")
+            raise ArgumentError(f"{needed_by}: a bin count needs range=(lo, hi), so that every server uses the same bins")
         lo, hi = (float(v) for v in range)
         if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"{needed_by}: range must be finite with lo < hi, not {range!r}")
+            raise ArgumentError(f"{needed_by}: range must be finite with lo < hi, not {range!r}")
         return int(bins), [lo, hi]
     if isinstance(bins, (str, bytes, bool)) or not isinstance(bins, (Sequence, np.ndarray)):
-        raise TypeError(f"{needed_by}: bins must be None, a bin count or a sequence of edges, not {bins!r}")
+        raise ArgumentError(f"{needed_by}: bins must be None, a bin count or a sequence of edges, not {bins!r}")
     if range is not None:
-        raise ValueError(f"{needed_by}: give either bin edges or a bin count with range, not both")
+        raise ArgumentError(f"{needed_by}: give either bin edges or a bin count with range, not both")
     edges = [float(e) for e in bins]
     if len(edges) < 2 or not all(math.isfinite(e) for e in edges) or any(x >= y for x, y in zip(edges, edges[1:])):
-        raise ValueError(f"{needed_by}: bin edges must be at least two finite, increasing numbers")
+        raise ArgumentError(f"{needed_by}: bin edges must be at least two finite, increasing numbers")
     return edges, None
 
 
@@ -327,7 +327,7 @@ def _numeric(needed_by: str, values: Any) -> np.ndarray:
     try:
         return np.asarray(list(values), dtype=float)
     except (TypeError, ValueError):
-        raise TypeError(
+        raise ArgumentError(
             f"{needed_by} ranks numbers: pass one numeric column (e.g. data['x']), not {list(values)[:3]!r}..."
         ) from None
 

@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from ..errors import DataError, PrivacyError, PrivacyWarning
+from ..errors import ArgumentError, DataError, PrivacyError, PrivacyWarning
 from ..lazy import FedData, LazyResult
 from ..results import SurvivalTable, TestResult
 from .lazy_call import aggregate, call
@@ -247,7 +247,7 @@ def logrank(time: FedData, event: FedData, group: FedData, bin_width: float | st
 def _check_columns(needed_by: str, **columns: Any) -> None:
     for name, column in columns.items():
         if not isinstance(column, FedData):
-            raise TypeError(f"{needed_by}: {name} must be a FedData column, not {type(column).__name__}")
+            raise ArgumentError(f"{needed_by}: {name} must be a FedData column, not {type(column).__name__}")
 
 
 def _numeric(event: FedData) -> FedData:
@@ -266,7 +266,7 @@ def _binned(needed_by: str, time: FedData, bin_width: Any) -> FedData:
     if isinstance(bin_width, LazyResult):  # a width of the automatic ladder, known after round 1
         return (time // bin_width) * bin_width
     if isinstance(bin_width, bool) or not isinstance(bin_width, numbers.Real):
-        raise TypeError(f"{needed_by}: bin_width must be 'auto', a number or None, not {bin_width!r}")
+        raise ArgumentError(f"{needed_by}: bin_width must be 'auto', a number or None, not {bin_width!r}")
     if not (math.isfinite(bin_width) and bin_width > 0):
         raise DataError(f"{needed_by}: bin_width must be a positive finite number, not {bin_width!r}")
     return (time // bin_width) * bin_width

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..lazy import FedData, LazyResult
 from ..results import Moments, TestResult
-from .lazy_call import aggregate, call
+from .lazy_call import aggregate, call, columns
 
 
 def ttest_ind(a: FedData, b: FedData, equal_var: bool = True) -> LazyResult:
@@ -49,6 +49,7 @@ def ttest_rel(a: FedData, b: FedData) -> LazyResult:
 
     Equal to ``scipy.stats.ttest_rel`` on the pooled complete pairs; one round.
     """
+    columns("ttest_rel", a, b)
     return call(_ttest_1samp, aggregate(a - b, "moments", needed_by="ttest_rel"), 0.0)
 
 

@@ -218,3 +218,32 @@ def test_the_rule_is_not_vacuous_on_a_real_cohort() -> None:
     # all but the two rows on the (here empty) third group (its mean unknown, its t-test refused) and the
     # whole column's describe (its min and max, held by fewer than 5 persons on a site, are withheld)
     assert [o for _, o in outcomes].count("exact") >= len(STATS) - 3, outcomes
+
+
+#: Each statistic called with something that is not a FedData column (a plain list), or a bad option.
+MISUSE = {
+    "mean": lambda d: fm.stats.mean([1, 2]), "var": lambda d: fm.stats.var([1, 2]),
+    "std": lambda d: fm.stats.std([1, 2]), "sem": lambda d: fm.stats.sem([1, 2]),
+    "describe": lambda d: fm.stats.describe([1, 2]), "cov": lambda d: fm.stats.cov(d["x"], [1, 2]),
+    "pearson": lambda d: fm.stats.pearson([1, 2], d["x"]), "corr": lambda d: fm.stats.corr(d, "x"),
+    "ttest_ind": lambda d: fm.stats.ttest_ind(d["x"], [1, 2]), "ttest_1samp": lambda d: fm.stats.ttest_1samp([1], 0),
+    "ttest_rel": lambda d: fm.stats.ttest_rel([1], d["x"]), "chi2_contingency": lambda d: fm.stats.chi2_contingency(d["g"], [1]),
+    "ols": lambda d: fm.stats.ols(d, "y", [[1, 2]]), "logit": lambda d: fm.stats.logit(d, 3, ["x"]),
+    "poisson": lambda d: fm.stats.poisson(d, "t", [[1]]), "quantile": lambda d: fm.stats.quantile(d["x"], 1.5),
+    "median": lambda d: fm.stats.median([1, 2]), "histogram": lambda d: fm.stats.histogram([1, 2]),
+    "reconstruct": lambda d: fm.stats.reconstruct([1, 2]),
+    "mannwhitneyu": lambda d: fm.stats.mannwhitneyu(d["x"], d["y"], bins=0, range=(0, 1)),
+    "wilcoxon": lambda d: fm.stats.wilcoxon(d["x"], d["y"], range=(0, 1)),
+    "kaplan_meier": lambda d: fm.stats.kaplan_meier(d["t"], d["e"], bin_width="30"),
+    "logrank": lambda d: fm.stats.logrank(d["t"], d["e"], "g"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(fm.stats.__all__))
+def test_misuse_is_a_fedmed_error_that_says_what_to_pass(name: str) -> None:
+    data = federate(pd.DataFrame({c: [1.0, 2.0] for c in ("x", "y", "t", "e")} | {"g": ["a", "b"]}),
+                    CONFIGS["exact"], (1,))
+    with pytest.raises(fm.FedMedError):
+        result = MISUSE[name](data)
+        result.compute() if hasattr(result, "compute") else result
+
