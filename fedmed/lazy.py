@@ -99,21 +99,56 @@ class FedData:
             return self._derive(Column(self._node, key))
         if isinstance(key, FedData):
             return self._derive(Filter(self._node, self._operand(key)))
+        select = _hook("select")  # data[["a", "b"]] (fedmed.api.frame)
+        if select is not None:
+            return select(self, key)
         raise ArgumentError(f"select a column by name or filter rows with a boolean FedData, not {type(key).__name__}")
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # data["bmi10"] = data["bmi"] / 10: a derived column of this expression; nothing is written on a server
+        setitem = _hook("setitem")
+        if setitem is None:
+            raise ArgumentError("FedData does not support item assignment")
+        self._node = setitem(self, key, value)._node
+
+    def __len__(self) -> int:
+        # len() must return an int: the rows are counted now (one round), as Dask does
+        length = _hook("length")
+        if length is None:
+            raise ArgumentError("len() of a FedData needs its rows counted: use data.len().compute()")
+        return length(self)
+
+    def __iter__(self) -> Any:
+        refuse = _hook("refuse")
+        if refuse is not None:
+            raise refuse(self, "__iter__")
+        raise ArgumentError("rows never leave a server: iterate over an aggregate's result instead")
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        # np.log(data["bmi"]): numpy's functions become elementwise operations on the servers
+        apply = _hook("array_ufunc")
+        if apply is None:
+            return NotImplemented
+        return apply(self, ufunc, method, *inputs, **kwargs)
 
     # -- operations named in the config ----------------------------------
     def __getattr__(self, name: str) -> Callable[..., Any]:
         if name.startswith("_"):
             raise AttributeError(name)
+        from .api import lookup, unknown  # here: the api modules build on this one
+
         config = self._config
+        pandas_first = lookup(self, name, overrides_only=True)
+        if pandas_first is not None:
+            return pandas_first
         if name in config.aggregates:
             fn = config.aggregates[name].map
             return lambda *args, **kwargs: self._aggregate(name, _positional(fn, args, kwargs))
         if name in config.elementwise:
             fn = config.elementwise[name]
             return lambda *args, **kwargs: self._elementwise(name, (self, *_positional(fn, args, kwargs)))
-        offered = sorted([*config.aggregates, *config.elementwise])
-        raise AttributeError(f"FedData has no operation {name!r}; the config {config.origin} offers {offered}")
+        found = lookup(self, name)
+        return found if found is not None else unknown(self, name)
 
     def _aggregate(self, name: str, args: Sequence[Any]) -> "LazyResult":
         operands = tuple(self._operand(a) for a in args)
@@ -232,6 +267,11 @@ class LazyResult:
             raise AttributeError(name)
         return LazyResult(Apply("getattr", (self._node, Scalar(name))), self._flags)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> "LazyResult":
+        # a method of the value, lazily: data["smoker"].value_counts().sort_index(), result.round(2)
+        call = Apply("call", (self._node, Scalar(tuple(_plain(a) for a in args)), Scalar(dict(kwargs))))
+        return LazyResult(call, self._flags)
+
     def __neg__(self) -> "LazyResult":
         return LazyResult(Apply("neg", (self._node,)), self._flags)
 
@@ -278,6 +318,12 @@ def _install_operators() -> None:
 
 
 _install_operators()
+
+
+def _hook(name: str) -> Callable[..., Any] | None:
+    from .api import hook  # here: the api modules build on this one
+
+    return hook(name)
 
 
 def _plain(value: Any) -> Any:

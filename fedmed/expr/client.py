@@ -26,6 +26,7 @@ OPERATORS: dict[str, Callable[..., Any]] = {
     "le": operator.le, "gt": operator.gt, "ge": operator.ge, "and": operator.and_,
     "or": operator.or_, "neg": operator.neg, "invert": operator.invert, "abs": operator.abs,
     "getitem": operator.getitem, "getattr": getattr,
+    "call": lambda fn, args, kwargs: fn(*args, **kwargs),  # a method of a value: r0.sort_index()
 }
 
 
@@ -80,6 +81,8 @@ class Apply(Node):
             return f"{refs[0]}[{refs[1]}]"
         if self.op == "getattr":
             return f"{refs[0]}.{refs[1].strip(chr(39))}"
+        if self.op == "call":
+            return f"{refs[0]}(*{refs[1]}, **{refs[2]})"
         return f"{self.op}({', '.join(refs)})"
 
     def code(self, args: list[str]) -> str:
