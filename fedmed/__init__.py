@@ -28,6 +28,7 @@ from .errors import (
     PrivacyError,
     PrivacyWarning,
     ProtocolError,
+    RowLevelError,
     ServerError,
     ServerMisconfigured,
     ServerUnavailable,
@@ -52,7 +53,7 @@ __all__ = [
     "FedData", "LazyResult", "compute", "explain", "OptFlags", "stats", "privacy", "options",
     "Remote", "Local", "Simulation", "Server",
     "Config", "load_config",
-    "FedMedError", "ArgumentError", "DataError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",
+    "FedMedError", "ArgumentError", "DataError", "RowLevelError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",
     "UnknownFragment", "OperationNotAllowed", "TaskFailed", "TooExpensive", "ServerMisconfigured", "ServerUnavailable", "PrivacyError", "PrivacyWarning",
     "ServerWarning", "Unauthorized", "InsecureTokenWarning",
 ]

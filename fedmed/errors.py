@@ -25,6 +25,11 @@ class ArgumentError(FedMedError, TypeError, ValueError):
     ``TypeError`` and a ``ValueError``, as Python and pandas raise one or the other for such calls."""
 
 
+class RowLevelError(FedMedError):
+    """A pandas call that would show rows (``head``, ``iloc``, iteration, ``to_numpy``...): rows never leave
+    a server, so it is refused on the client before anything is sent, saying which aggregate to use instead."""
+
+
 class ConfigError(FedMedError):
     """A config file or dict is missing, malformed, or names something that does not exist."""
 

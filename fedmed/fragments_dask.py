@@ -406,7 +406,24 @@ _AGGREGATES: dict[int, Callable[..., Any]] = {
     id(private.histogram): _partitions(private.histogram, _merge_histogram),
     id(private.count_below): _partitions(private.count_below, _merge_counts),
     id(private.glm_step): _partitions(private.glm_step, _merge_glm),
+    # per-group partials of each partition, merged per label as the client merges servers
+    id(private.grouped): _partitions(private.grouped, public.merge_grouped),
+    id(private.schema): lambda fn, x: _dtype(x),
 }
+
+
+def _dtype(x: Any) -> str:
+    """The column's dtype as the pandas fragment of the same rows shows it (no compute: the ``_meta``'s).
+
+    Dask turns text into pyarrow strings (``dataframe.convert-string``), whatever pandas held; the
+    same rows in pandas show pandas' default text dtype, ``str``.
+    """
+    dtype = x.dtype
+    converted = dask.config.get("dataframe.convert-string", None) is not False  # None: dask's default, on
+    if converted and isinstance(dtype, pd.StringDtype) \
+            and dtype.storage == "pyarrow" and dtype.na_value is pd.NA:
+        return "str"
+    return str(dtype)
 
 
 # -- one dask.compute for the whole request ------------------------------------------

@@ -138,6 +138,12 @@ class FedData:
         from .api import lookup, unknown  # here: the api modules build on this one
 
         config = self._config
+        if name not in config.aggregates and name not in config.elementwise:
+            # data.describe(), data.mean() of a whole table: pandas' frame methods, per column
+            dispatch = _hook("dispatch")
+            as_frame = dispatch(self, name) if dispatch is not None else None
+            if as_frame is not None:
+                return as_frame
         pandas_first = lookup(self, name, overrides_only=True)
         if pandas_first is not None:
             return pandas_first

@@ -342,6 +342,9 @@ def _try(expr: str) -> str:
     return f"TRY({expr})"
 
 
+#: Where a subquery reads the last CTE layer, whose name is known only when the query is written.
+LAST_LAYER = "<<last layer>>"
+
 #: A column name the compiler made (``s3``, ``n12``...); found in expressions to know which
 #: columns a layer must pass on (a name inside a text literal only keeps a column a little longer).
 ALIAS = re.compile(r"\b[a-z][0-9]+\b")
@@ -387,7 +390,9 @@ class Query:
         """The query. Each layer passes on only the columns used further up, so that a deep
         expression costs DuckDB linear work (``SELECT *`` at every layer would be quadratic)."""
         ctes, last = self._layers(self.selects)
-        return f"WITH {', '.join(ctes)}\nSELECT {', '.join(self.selects)} FROM {last}"
+        # a GROUP BY subquery (``Compiler._agg_grouped``) reads the last layer too: named once it is known
+        selects = [expr.replace(LAST_LAYER, last) for expr in self.selects]
+        return f"WITH {', '.join(ctes)}\nSELECT {', '.join(selects)} FROM {last}"
 
     def followup(self, columns: Sequence[tuple[str, str]], ctes: Sequence[str], selects: Sequence[str]) -> str:
         """A second statement over the same layers: ``_b`` holds each ``(expression, name)`` of
@@ -476,12 +481,13 @@ AGGREGATES: dict[Any, str] = {
     private.min: "min", private.max: "max", private.set: "set", private.value_counts: "value_counts",
     private.histogram: "histogram", private.crosstab: "crosstab", private.moments: "moments",
     private.comoments: "comoments", private.comoment_matrix: "comoment_matrix",
-    private.count_below: "count_below", private.glm_step: "glm_step",
+    private.count_below: "count_below", private.glm_step: "glm_step", private.grouped: "grouped", private.schema: "schema",
 }
 
 
 #: Arguments after the value that each aggregate takes (min, max).
 EXTRA_ARGUMENTS = {"histogram": (1, 2), "count_below": (1, 1), "crosstab": (1, 1), "comoments": (1, 1),
+                   "grouped": (2, 64),
                    "comoment_matrix": (0, 10_000), "glm_step": (3, 10_000)}
 
 
@@ -1391,9 +1397,15 @@ class Compiler:
         if not low <= len(extra) <= high:
             raise TaskFailed(f"map {name} failed: TypeError: it takes {low + 1}"
                              f"{'' if low == high else ' or more'} argument(s), not {len(extra) + 1}")
-        if x.kind == OTHER and op not in ("len", "count"):
+        if x.kind == OTHER and op not in ("len", "count", "schema"):
             raise TaskFailed(f"{name} is not supported for values of this type by this fragment")
         return getattr(self, f"_agg_{op}")(x, *extra)
+
+    def _agg_schema(self, x: Col) -> Callable[[tuple], Any]:
+        """The column's dtype as pandas writes it, from its DuckDB type (``pandas_dtype``): never a value."""
+        source = next((c for c in self.query.columns if c.alias == x.sql), None)
+        dtype = pandas_dtype(x, source.type if source is not None else None)
+        return lambda row: dtype
 
     def _numbers(self, op: str, *cols: Value) -> None:
         for c in cols:
@@ -1517,6 +1529,54 @@ class Compiler:
             counts = [less[i + 1] - less[i] for i in builtin_range(len(edges) - 2)]
             counts.append(self._at_most(c, edges[-1]) - less[-2])  # at least two edges: checked above
             return {"counts": counts, "edges": list(edges)}
+
+        return read
+
+    def _agg_grouped(self, x: Col, values: Value, *keys: Value) -> Callable[[tuple], Any]:
+        """Per-group partials (``private.grouped``) from one ``GROUP BY`` subquery over the last layer,
+        a scalar of the request's one statement: rows without a key or outside ``x``'s rows are left out."""
+        if not isinstance(values, Const) or not all(isinstance(k, Col) for k in keys):
+            raise TaskFailed("grouped needs a constant flag and key columns of the fragment")
+        if any(k.kind == OTHER for k in keys):
+            raise TaskFailed("grouped is not supported for keys of this type by this fragment")
+        fields = [f"key{chr(97 + i)}" for i in range(len(keys))]
+        cond = _and(x.rows.cond, *(k.rows.cond for k in keys), *(f"{k.sql} IS NOT NULL" for k in keys))
+        labels = ", ".join(f"{k.sql} AS {f}" for k, f in zip(keys, fields))
+        by = ", ".join(str(i + 1) for i in range(len(keys)))
+        pack = lambda names: f"list(struct_pack({', '.join(f'{n} := {n}' for n in names)}))"  # noqa: E731
+        if values.value:
+            inner = (f"SELECT {labels}, {x.sql} AS val, count(*) AS cnt FROM {LAST_LAYER} "
+                     f"WHERE {_and(cond, f'{x.sql} IS NOT NULL')} GROUP BY {by}, {len(keys) + 1}")
+            i = self.query.select(f"(SELECT {pack([*fields, 'val', 'cnt'])} FROM ({inner}))")
+            return lambda row: {"keys": len(keys), "counts": [[*(e[f] for f in fields), e["val"], int(e["cnt"])]
+                                                              for e in row[i] or []]}
+        if x.kind in NUMERIC:
+            v = Operand(x.sql, x.kind).double
+            total = _fsum(v) if x.kind == FLOAT else f"sum(CAST({x.sql} AS BIGINT))"
+            moments = f"{total} AS total, {_favg(v)} AS avg, coalesce(var_pop({v}) * count({x.sql}), 0) AS msq"
+            extremes = f"min({Operand(x.sql, x.kind).bigint if x.kind == BOOL else x.sql})"
+            extremes = f"{extremes} AS lo, max({Operand(x.sql, x.kind).bigint if x.kind == BOOL else x.sql}) AS hi"
+        else:
+            moments = "NULL AS total, NULL AS avg, NULL AS msq"
+            extremes = f"min({x.sql}) AS lo, max({x.sql}) AS hi"
+        inner = (f"SELECT {labels}, count(*) AS size, count({x.sql}) AS cnt, {moments}, {extremes} "
+                 f"FROM {LAST_LAYER} WHERE {cond} GROUP BY {by}")
+        names = [*fields, "size", "cnt", "total", "avg", "msq", "lo", "hi"]
+        i = self.query.select(f"(SELECT {pack(names)} FROM ({inner}))")
+        whole = x.kind != FLOAT
+
+        def read(row: tuple) -> dict[str, Any]:
+            groups = []
+            for e in row[i] or []:
+                total = e["total"]
+                if total is not None:
+                    total = int(total) if whole else float(total)
+                elif x.kind in NUMERIC:
+                    total = 0 if whole else 0.0
+                groups.append([*(e[f] for f in fields), int(e["size"]), int(e["cnt"]), total,
+                               None if e["avg"] is None else float(e["avg"]),
+                               None if e["msq"] is None else float(e["msq"]), e["lo"], e["hi"]])
+            return {"keys": len(keys), "groups": groups}
 
         return read
 
@@ -2220,6 +2280,37 @@ builtin_range = range
 
 def _name(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+# -- schema (fedmed.api.schema) -------------------------------------------------------------------
+
+#: pandas' dtype of a source column by its DuckDB type: what ``pd.read_parquet`` gives for the same
+#: Parquet column, so that a DuckDB fragment and a pandas fragment of the same data answer alike.
+PANDAS_DTYPES = {
+    "BIGINT": "int64", "INTEGER": "int32", "SMALLINT": "int16", "TINYINT": "int8",
+    "UBIGINT": "uint64", "UINTEGER": "uint32", "USMALLINT": "uint16", "UTINYINT": "uint8",
+    "DOUBLE": "float64", "FLOAT": "float32", "REAL": "float32", "BOOLEAN": "bool", "VARCHAR": "str",
+    "TIMESTAMP": "datetime64[us]", "TIMESTAMP_NS": "datetime64[ns]", "TIMESTAMP_MS": "datetime64[ms]",
+    "TIMESTAMP_S": "datetime64[s]", "NULL": "float64", '"NULL"': "float64",
+}
+#: pandas' dtype of a computed column by its kind: (plain, nullable extension dtype).
+KIND_DTYPES = {INT: ("int64", "Int64"), FLOAT: ("float64", "Float64"), BOOL: ("bool", "boolean"),
+               STR: ("str", "string"), OTHER: ("object", "object")}
+
+
+def pandas_dtype(x: Col, sql_type: str | None) -> str:
+    """The dtype pandas would show for ``x``: by its DuckDB type for a source column (``sql_type``),
+    by its kind for a computed one. DuckDB types no nullability, so a Parquet column written from
+    pandas' ``Int64`` answers ``int64``."""
+    if sql_type is not None:
+        t = sql_type.upper()
+        if t.startswith("ENUM"):
+            return "category"
+        if t.startswith("DECIMAL") or t == "HUGEINT" or t == "UHUGEINT":
+            return "float64"  # as DuckDB hands them to pandas
+        return PANDAS_DTYPES.get(t, "object")
+    plain, nullable = KIND_DTYPES[x.kind]
+    return nullable if x.nullable else plain
 
 
 def compile_request(nodes: Sequence[Node], outputs: Sequence[int], config: Config, *, source: str,

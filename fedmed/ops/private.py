@@ -305,3 +305,101 @@ def _log_factorial(values: np.ndarray) -> np.ndarray:
     from scipy.special import gammaln
 
     return gammaln(values + 1.0)
+
+
+# -- schema (pandas' columns and dtypes; fedmed.api.schema) ---------------------------------------
+
+
+@fixed_size
+def schema(x: pd.Series) -> str:
+    """The column's dtype as pandas writes it (``"int64"``, ``"str"``, ``"category"``): never a value.
+
+    On a table, each column answers on its own (``{"$columns": {name: dtype}}``, see
+    ``fedmed.ops.columns``): the column names and dtypes, in the fragment's order.
+
+    >>> schema(pd.Series([1, 2]))
+    'int64'
+    """
+    return str(x.dtype)
+
+
+# -- grouped partial aggregates (data.groupby(...)) ------------------------------------------------
+
+#: Numbers a ``grouped`` entry holds after its labels, in this order: rows of the group, values
+#: present, their sum, mean and centred sum of squares (Chan et al.'s merge), smallest, largest.
+GROUP_STATS = ("size", "n", "sum", "mean", "m2", "min", "max")
+
+
+def grouped(x: pd.Series, values: bool, *keys: pd.Series) -> dict[str, Any]:
+    """Per-group partial aggregates of ``x``, keyed by the labels of ``keys`` (as pandas' groupby).
+
+    With ``values=False``: ``{"keys": len(keys), "groups": [[*labels, size, n, sum, mean, m2, min,
+    max], ...]}`` (``GROUP_STATS``; sum, mean and m2 are None for text). With ``values=True``: ``{"keys":
+    len(keys), "counts": [[*labels, value, count], ...]}``, each value's count per group (medians,
+    quantiles, nunique and value_counts per group). Rows missing a key are dropped, as pandas'
+    ``dropna=True``; only groups present are sent (``observed=True``). The answer grows with the
+    groups, not the rows: a server prices it as one entry per row, as ``value_counts``.
+
+    Examples
+    --------
+    >>> x = pd.Series([1.0, 2.0, 4.0, None]); k = pd.Series(["a", "a", "b", "b"])
+    >>> grouped(x, False, k)["groups"]
+    [['a', 2, 2, 3.0, 1.5, 0.5, 1.0, 2.0], ['b', 2, 1, 4.0, 4.0, 0.0, 4.0, 4.0]]
+    >>> grouped(x, True, k)["counts"]
+    [['a', 1.0, 1], ['a', 2.0, 1], ['b', 4.0, 1]]
+    """
+    if not keys:
+        raise OperationError("grouped needs at least one key column")
+    if any(not isinstance(k, pd.Series) for k in keys):
+        raise OperationError("grouped keys must be columns of the fragment (data['sex']), not constants")
+    # keys are aligned to the values' rows, as pandas aligns a Series key to the grouped object
+    frame = pd.DataFrame({"x": x})
+    for i, k in enumerate(keys):
+        frame[f"k{i}"] = k
+    if values:
+        counts = frame.dropna(subset=["x"]).groupby([*frame.columns[1:], "x"], sort=False, observed=True,
+                                                    dropna=True).size()
+        return {"keys": builtins.len(keys), "counts": [[*map(_plain, _labels(i)), int(n)] for i, n in counts.items()]}
+    return {"keys": builtins.len(keys), "groups": _group_stats(frame, builtins.len(keys))}
+
+
+def _labels(label: Any) -> tuple[Any, ...]:
+    return label if isinstance(label, tuple) else (label,)
+
+
+def _group_stats(frame: pd.DataFrame, nkeys: int) -> list[list[Any]]:
+    x = frame["x"]
+    if isinstance(x.dtype, pd.CategoricalDtype) and not x.dtype.ordered:
+        frame = frame.assign(x=x.astype(x.dtype.categories.dtype))  # by value: an unordered category has no min
+        x = frame["x"]
+    numeric = _is_numeric(x) or pd.api.types.is_numeric_dtype(x.dtype)
+    if numeric and not _is_numeric(x):
+        frame = frame.assign(x=_floats(x))  # nullable Int64/Float64/boolean: as floats, NaN where missing
+    elif x.dtype.kind == "b":
+        frame = frame.assign(x=x.astype("int64"))  # pandas sums and averages booleans as 0/1
+    g = frame.groupby([f"k{i}" for i in range(nkeys)], sort=False, observed=True, dropna=True)["x"]
+    size, n, low, high = g.size(), g.count(), g.min(), g.max()
+    if numeric:
+        # one grouper for every statistic (keys factorised once); the mean from pandas' compensated sum
+        total, var = g.sum(), g.var(ddof=0)
+        mean = total / n.where(n > 0)
+        m2 = (var * n).where(n > 0, 0.0)
+    else:
+        total = mean = m2 = pd.Series(None, index=size.index, dtype=object)
+    rows = zip(size.index, size.to_numpy(), n.to_numpy(), total.to_numpy(), mean.to_numpy(), m2.to_numpy(),
+               low.to_numpy(), high.to_numpy())
+    return [[*map(_plain, _labels(label)), int(s), int(c), _number(t), _number(mu), _number(q), _value(lo), _value(hi)]
+            for label, s, c, t, mu, q, lo, hi in rows]
+
+
+def _number(value: Any) -> Any:
+    """A plain number, None for none (text columns, or a mean of no values)."""
+    if value is None or value is pd.NA:
+        return None
+    value = _plain(value)
+    return None if isinstance(value, float) and value != value else value
+
+
+def _value(value: Any) -> Any:
+    # an extreme of no values is None (as ``min``), never NaN: NaN means withheld on the wire
+    return _number(value)

@@ -196,3 +196,143 @@ def glm_step(parts: Sequence[Sequence[Any]]) -> dict[str, Any]:
         "hessian": np.sum([p[2] for p in parts], axis=0),
         "loglik": math.fsum(p[3] for p in parts),
     }
+
+
+# -- schema (fedmed.api.schema) -----------------------------------------------------------------
+
+
+def schema(parts: Sequence[Any]) -> list[Any]:
+    """The per-source answers as they came, in source order: the client compares them
+    (``fedmed.api.schema.dtypes``), naming the servers that differ, instead of merging them here."""
+    return list(parts)
+
+
+# -- grouped partial aggregates (data.groupby(...)) ------------------------------------------------
+
+_STATS = ("size", "n", "sum", "mean", "m2", "min", "max")  # fedmed.ops.private.GROUP_STATS
+
+
+def grouped(parts: Sequence[dict[str, Any]]) -> pd.DataFrame | pd.Series:
+    """Pool per-group partial aggregates: a DataFrame of ``size n sum mean m2 min max`` per group (moments
+    merged with Chan et al.'s update), or, for per-value counts, a Series of counts by (labels, value).
+
+    Groups are sorted by label (pandas' ``sort=True``), the index is a MultiIndex for several keys. A
+    group a server withheld (its entry without labels) is unknown: every number of a group absent from
+    a server that withheld groups is NaN, never a silent 0 (as ``value_counts``).
+    """
+    nkeys = next((p["keys"] for p in parts if isinstance(p, dict) and "keys" in p), 1)
+    if any("counts" in p for p in parts):
+        return _grouped_counts([p.get("counts", []) for p in parts], nkeys)
+    return _grouped_stats([p.get("groups", []) for p in parts], nkeys)
+
+
+def merge_grouped(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Partials of several pieces of one fragment (Dask partitions) merged into one fragment's wire value."""
+    pooled = grouped(parts)
+    nkeys = next((p["keys"] for p in parts if "keys" in p), 1)
+    if isinstance(pooled, pd.Series):
+        return {"keys": nkeys, "counts": [[*_plain_labels(k), int(v)] for k, v in pooled.items()]}
+    rows = [[*_plain_labels(k), *(None if _missing(v) else _py(v) for v in row)]
+            for k, row in zip(pooled.index, pooled.itertuples(index=False))]
+    for row in rows:  # counts are whole numbers on the wire
+        row[nkeys], row[nkeys + 1] = int(row[nkeys]), int(row[nkeys + 1])
+    return {"keys": nkeys, "groups": rows}
+
+
+def _plain_labels(key: Any) -> list[Any]:
+    return [_py(k) for k in (key if isinstance(key, tuple) else (key,))]
+
+
+def _py(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _grouped_counts(parts: Sequence[Sequence[Sequence[Any]]], nkeys: int) -> pd.Series:
+    cells = [_cells(part) for part in parts]
+    keys = _sorted(key for known, _ in cells for key in known)
+    counts = [_pooled(key, cells) for key in keys]
+    exact = not any(math.isnan(c) for c in counts)
+    index = pd.MultiIndex.from_tuples(keys, names=[*range(nkeys), "value"]) if keys else \
+        pd.MultiIndex.from_arrays([[]] * (nkeys + 1), names=[*range(nkeys), "value"])
+    return pd.Series(counts, index=index, name="count", dtype="int64" if exact else "float64")
+
+
+def _grouped_stats(parts: Sequence[Sequence[Sequence[Any]]], nkeys: int) -> pd.DataFrame:
+    servers = []
+    for part in parts:
+        known, withheld = {}, False
+        for entry in part:
+            labels = tuple(entry[:nkeys])
+            if all(label is None for label in labels):
+                withheld = True
+            else:
+                known[labels] = entry[nkeys:]
+        servers.append((known, withheld))
+    keys = _sorted(key for known, _ in servers for key in known)
+    rows = [_merge_group([known.get(key) if key in known else (None if withheld else ()) for known, withheld in servers])
+            for key in keys]
+    table = pd.DataFrame(rows, columns=list(_STATS), dtype=object)
+    if nkeys > 1:
+        table.index = pd.MultiIndex.from_tuples(keys) if keys else pd.MultiIndex.from_arrays([[]] * nkeys)
+    else:
+        table.index = pd.Index([k[0] for k in keys], dtype=None if keys else object)
+    for column in ("size", "n", "sum"):
+        values = table[column].tolist()
+        whole = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values)
+        table[column] = np.asarray(values, dtype="int64" if whole and values else "float64")
+    for column in ("mean", "m2"):
+        table[column] = np.asarray([math.nan if v is None else v for v in table[column]], dtype="float64")
+    for column in ("min", "max"):
+        values = [math.nan if v is None else v for v in table[column]]
+        kind = _common(values)
+        table[column] = np.asarray(values, dtype=object if kind == object else kind) if values else \
+            np.asarray([], dtype="float64")
+    return table
+
+
+def _common(values: Sequence[Any]) -> Any:
+    """int64 for whole numbers none of which is missing (as pandas' min of an int column), float64
+    for numbers (NaN where missing or withheld), object for text."""
+    present = [v for v in values if not _missing(v)]
+    if len(present) == len(values) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present):
+        return "int64"
+    if all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in present):
+        return "float64"
+    return object
+
+
+def _merge_group(entries: Sequence[Any]) -> list[Any]:
+    """One group over the servers: ``()`` where a server has no such group, None where it may have
+    withheld it (then everything is unknown); moments merged with Chan et al.'s update."""
+    if any(e is None for e in entries):
+        return [math.nan] * len(_STATS)
+    size, n, total, mean, m2 = 0, 0, 0, 0.0, 0.0
+    lows, highs, text = [], [], False
+    for entry in entries:
+        if not entry:
+            continue
+        s, nb, sb, mean_b, m2_b, low, high = entry
+        size += s
+        if sb is None:
+            text = True
+        else:
+            total += sb
+        if nb and mean_b is not None:
+            merged = n + nb
+            delta = mean_b - mean
+            mean += delta * nb / merged
+            m2 += (m2_b if m2_b is not None else math.nan) + delta * delta * n * nb / merged
+        n += nb
+        if nb:
+            lows.append(low)
+            highs.append(high)
+    nan = math.nan
+    if text:
+        total = mean = m2 = nan
+    elif n == 0:
+        mean = nan
+    return [size, n, total, mean, m2, _extreme(builtins.min, lows), _extreme(builtins.max, highs)]

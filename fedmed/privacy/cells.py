@@ -303,9 +303,156 @@ def _set(value: Any, k: int, sizes: CellSizes, path: Path) -> tuple[Any, Withhel
     return kept, Withheld(len(elements) - len(kept))
 
 
+def _grouped(value: Any, k: int, sizes: CellSizes, path: Path) -> tuple[Any, Withheld]:
+    """Per-group partials (``fedmed.ops.private.grouped``): every group is a cell.
+
+    Per-value counts are a crosstab of group by value (the crosstab rules, labels included). Per-group
+    statistics: a group is withheld, labels and all, when its rows or its values present number 1 to
+    ``k - 1`` persons, or when one person makes up more than ``DOMINANCE`` of its sum of absolute
+    values; then the 1-d secondary rule runs on both measures (rows and values present add up to
+    totals other queries give), until stable. A released group's min and max stay only when at least
+    ``k`` persons of the group hold them (the extremes rule), else NaN. Without a disclosure to read
+    (``KnownSizes``) the counts are the sizes and every extreme is withheld.
+    """
+    nkeys = int(value["keys"])
+    if "counts" in value:
+        entries = [[tuple(e[:nkeys]), e[nkeys], e[nkeys + 1]] for e in value["counts"]]
+        kept, withheld = _crosstab(entries, k, _Relabelled(sizes), path)
+        return {"keys": nkeys, "counts": [[None] * (nkeys + 2) if a is None and b is None else [*a, b, n]
+                                          for a, b, n in kept]}, withheld
+    entries = [list(e) for e in value["groups"]]
+    labels = [tuple(e[:nkeys]) for e in entries]
+    facts = _group_facts(sizes, path, nkeys)
+    size = [_whole(e[nkeys]) for e in entries]
+    present = [_whole(e[nkeys + 1]) for e in entries]
+    if facts is not None:
+        size = [None if s is None else _whole(facts.size.get(key)) for s, key in zip(size, labels)]
+        present = [None if n is None else _whole(facts.n.get(key, 0)) for n, key in zip(present, labels)]
+    hidden = {i for i in range(len(entries)) if size[i] is None or present[i] is None or 0 < size[i] < k
+              or 0 < present[i] < k or (facts is not None and labels[i] in facts.dominated)}
+    small = len(hidden)
+    everything = list(range(len(entries)))
+    while True:  # the 1-d rule on rows, then on values present, until neither withholds more
+        before = set(hidden)
+        _protect(everything, size, hidden, k)
+        _protect(everything, present, hidden, k)
+        if hidden == before:
+            break
+    kept, extremes = [], 0
+    for i, entry in enumerate(entries):
+        if i in hidden:
+            kept.append([None] * len(entry))
+            continue
+        for j, which in ((nkeys + 5, "min"), (nkeys + 6, "max")):
+            held = None if facts is None else facts.holders(labels[i], which, entry[j])
+            if entry[j] is not None and not _at_least(held, k):
+                entry[j] = math.nan
+                extremes += 1
+        kept.append(entry)
+    return {"keys": nkeys, "groups": kept}, Withheld(small, len(hidden) - small)
+
+
+#: The dominance rule a group's sum is held to ((1, 0.9), as ``Dominance``'s defaults): one person may
+#: not make up more than this share of a group's sum of absolute values.
+DOMINANCE = 0.9
+
+
+class _Relabelled:
+    """The sizes of a group-by-value table's cells, keyed as the crosstab rule keys them."""
+
+    def __init__(self, sizes: CellSizes) -> None:
+        self._sizes = sizes
+
+    def total(self, path: Path) -> int | None:
+        return self._sizes.total(path)
+
+    def cells(self, path: Path) -> Mapping[Any, Any] | None:
+        facts = _group_facts(self._sizes, path, None)
+        return None if facts is None else facts.by_value
+
+
+@dataclass
+class _GroupFacts:
+    """Persons behind each group of a ``grouped`` result, read from its disclosure."""
+
+    size: dict[tuple, int]
+    n: dict[tuple, int]
+    dominated: set[tuple]
+    by_value: dict[tuple, int]
+    _extremes: dict[tuple, tuple[Any, int, Any, int]]
+
+    def holders(self, label: tuple, which: str, value: Any) -> int | None:
+        low, low_n, high, high_n = self._extremes.get(label, (None, 0, None, 0))
+        extreme, count = (low, low_n) if which == "min" else (high, high_n)
+        return count if extreme is not None and extreme == value else None
+
+
+def _group_facts(sizes: CellSizes, path: Path, nkeys: int | None) -> _GroupFacts | None:
+    """Facts from an in-memory disclosure; None when ``sizes`` has none (counts are the sizes then).
+    An engine that cannot hand its rows over (SQL) fails the task: nothing is released unjudged.
+    ``nkeys`` None: the per-value cells are wanted (and only they are computed)."""
+    disclosure = getattr(sizes, "disclosure", None)
+    if disclosure is None:
+        return None
+    inputs = disclosure.inputs
+    x = _column(inputs[0], path)
+    keys = list(inputs[2:])
+    if x is None or not keys or not all(isinstance(k, pd.Series) for k in keys):
+        raise TaskFailed("grouped: the groups' rows cannot be judged by this server's privacy rules")
+    persons = getattr(disclosure, "persons", None)
+    names = [f"k{i}" for i in range(len(keys))]
+    frame = pd.DataFrame({"x": x})  # as the map aligns them: keys to the values' rows
+    for name, k in zip(names, keys):
+        frame[name] = k
+    used = disclosure.used_in([]).reindex(frame.index, fill_value=False).to_numpy(dtype=bool)
+    frame = frame[used].dropna(subset=names)
+    by_person = isinstance(persons, pd.Series)
+    if by_person:
+        frame["who"] = _who(frame.index, persons).to_numpy()
+    there = frame[frame["x"].notna().to_numpy()]
+
+    def persons_by(rows: pd.DataFrame, by: list[str]) -> pd.Series:
+        grouped = rows.groupby(by, sort=False, observed=True, dropna=True)
+        return grouped["who"].nunique() if by_person else grouped.size()
+
+    if nkeys is None:
+        return _GroupFacts({}, {}, set(), _labelled(persons_by(there, [*names, "x"]), pairs=True), {})
+    size, n = _labelled(persons_by(frame, names)), _labelled(persons_by(there, names))
+    dominated: set[tuple] = set()
+    if pd.api.types.is_numeric_dtype(there["x"].dtype) and not there.empty:
+        terms = there.assign(a=pd.to_numeric(there["x"], errors="coerce").astype(float).abs())
+        if by_person:
+            terms = terms.groupby([*names, "who"], sort=False, observed=True)["a"].sum().reset_index()
+        share = terms.groupby(names, sort=False, observed=True)["a"].agg(["max", "sum"])
+        dominated = set(_labelled(share["max"] > DOMINANCE * share["sum"].where(share["sum"] > 0)).items())
+        dominated = {label for label, flag in dominated if flag}
+    extremes: dict[tuple, tuple[Any, int, Any, int]] = {}
+    if not there.empty:
+        grouped = there.groupby(names, sort=False, observed=True)["x"]
+        low, high = grouped.transform("min"), grouped.transform("max")
+        lows, highs = _labelled(grouped.min()), _labelled(grouped.max())
+        at_low = _labelled(persons_by(there[(there["x"] == low).to_numpy()], names))
+        at_high = _labelled(persons_by(there[(there["x"] == high).to_numpy()], names))
+        extremes = {label: (lows[label], at_low.get(label, 0), highs[label], at_high.get(label, 0)) for label in lows}
+    return _GroupFacts(size, n, dominated, {}, extremes)
+
+
+def _labelled(series: pd.Series, pairs: bool = False) -> dict[Any, Any]:
+    """``{labels tuple: value}`` from a Series indexed by group (``pairs``: by (labels tuple, value))."""
+    out = {}
+    for key, value in series.items():
+        key = tuple(_plain(k) for k in (key if isinstance(key, tuple) else (key,)))
+        out[(key[:-1], key[-1]) if pairs else key] = _plain(value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
 _RULES: dict[str, Callable[[Any, int, CellSizes, Path], tuple[Any, Withheld]]] = {
     "value_counts": _value_counts, "crosstab": _crosstab, "histogram": _histogram,
-    "count_below": _count_below, "set": _set, "unique": _set,
+    "count_below": _count_below, "set": _set, "unique": _set, "grouped": _grouped,
 }
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from ..ops.columns import COLUMNS
 
 #: Aggregates whose result is a table of counts, one per cell.
-CELL_OPS = {"value_counts", "crosstab", "histogram", "set", "unique", "count_below"}
+CELL_OPS = {"value_counts", "crosstab", "histogram", "set", "unique", "count_below", "grouped"}
 
 
 def map_numbers(op: str, value: Any, fn: Callable[[Any], Any]) -> Any:
@@ -25,6 +25,10 @@ def map_numbers(op: str, value: Any, fn: Callable[[Any], Any]) -> Any:
         return [[a, b, fn(c)] for a, b, c in value]
     if op == "histogram":
         return {**value, "counts": [fn(c) for c in value["counts"]]}
+    if op == "grouped":  # the labels come first: they are values, not numbers to perturb
+        labels = value["keys"] + ("counts" in value)  # per-value counts: the value is a label too
+        return {**value, **{part: [[*e[:labels], *(_every_number(v, fn) for v in e[labels:])] for e in value[part]]
+                            for part in ("groups", "counts") if part in value}}
     if op in ("set", "unique"):
         return value  # values, not numbers to perturb
     return _every_number(value, fn)
