@@ -160,11 +160,35 @@ def run() -> dict[str, Any]:
     return {"run": good, "of": len(outcome), "outcomes": outcome}
 
 
+#: Rounds the issue sets (plan counted by ``explain``, nothing sent): name -> (idiom, rounds).
+ROUNDS: dict[str, tuple[Callable[[Any], Any], int]] = {
+    "describe() of 10 numeric columns (quartiles in the quantile rounds)": (lambda d: d.describe(), 4),
+    "groupby(20 groups).agg of 5 statistics": (lambda d: d.groupby("g")["x0"].agg(["mean", "std", "count", "min", "max"]), 1),
+    "fillna(x.mean()) then std()": (lambda d: d["x1"].fillna(d["x1"].mean()).std(), 2),
+}
+
+
+def rounds(servers: int = 3) -> dict[str, dict[str, int]]:
+    """Each ``ROUNDS`` idiom's planned rounds and requests on a 10-column frame over ``servers`` servers."""
+    rng = np.random.default_rng(7)
+    wide = pd.DataFrame({f"x{i}": rng.normal(size=2000) for i in range(10)} | {"g": rng.integers(0, 20, 2000)})
+    data = federated(wide, tuple(range(servers, 0, -1)))
+    counted = {}
+    for name, (idiom, _) in ROUNDS.items():
+        head = str(fm.explain(idiom(data))).splitlines()[0]  # "FedPlan · 1 output · 3 servers · 4 rounds · 12 requests"
+        numbers = dict((word.rstrip("s"), int(n)) for n, word in (part.split() for part in head.split(" · ")[2:]))
+        counted[name] = {"rounds": numbers["round"], "requests": numbers["request"]}
+    return counted
+
+
 def main() -> int:
     result = run()
+    result["rounds"] = rounds()
     for name, what in result["outcomes"].items():
         print(f"{name:28} {what}")
     print(f"{result['run']} of {result['of']} idioms run with pandas' results (or are refused as row-level)")
+    for name, counted in result["rounds"].items():
+        print(f"{name}: {counted['rounds']} round(s), {counted['requests']} requests over 3 servers")
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "idioms.json").write_text(json.dumps(result, indent=1))

@@ -44,3 +44,9 @@ def test_the_comparison_tells_different_results_apart() -> None:
     assert not idioms.same(pd.Series([1.0], index=["a"]), pd.Series([1.0], index=["b"]))
     assert not idioms.same(pd.DataFrame({"a": [1]}), pd.DataFrame({"b": [1]}))
     assert not idioms.same((3, 2), (3, 1))
+
+
+def test_the_rounds_the_issue_sets() -> None:
+    counted = idioms.rounds(servers=3)
+    for name, (_, rounds) in idioms.ROUNDS.items():
+        assert counted[name] == {"rounds": rounds, "requests": 3 * rounds}, name
