@@ -126,6 +126,19 @@ def _filtered(frame: Frame, mask: Node) -> Frame:
     return _frame(frame, Filter(frame._node, mask), frame._names, derived)
 
 
+def _on_rows(node: Node, rows: Node) -> Node:
+    """``node`` restricted to the frame's rows: pandas aligns an assigned column to the frame's index, so
+    ``data[mask].assign(x=expr)`` keeps only the rows ``mask`` keeps, even for an ``expr`` built on all
+    rows. Row filters select by row label, so a filter ``expr`` already has is kept, not doubled."""
+    masks = []
+    while isinstance(rows, Filter):
+        masks.append(rows.mask)
+        rows = rows.arg
+    for mask in reversed(masks):
+        node = Filter(node, mask)
+    return node
+
+
 def _root(node: Node) -> Node:
     while isinstance(node, Filter):
         node = node.arg
@@ -155,7 +168,7 @@ def _column_node(frame: Frame, value: Any, name: str) -> Node:
     if callable(value) and not isinstance(value, (FedData, LazyResult)):
         value = value(frame)  # pandas' assign(new=lambda df: df["a"] + 1)
     if isinstance(value, FedData) and not isinstance(value, Frame):
-        return frame._operand(value)
+        return _on_rows(frame._operand(value), frame.node)
     raise ArgumentError(
         f"column {name!r}: assign an expression of columns (data['bmi'] / 10), not a {type(value).__name__}; "
         "a constant or client value has no rows of its own: combine it with a column (data['x'] * 0 + value)"

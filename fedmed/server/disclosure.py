@@ -220,7 +220,98 @@ class Disclosure:
                     what = self._selects(node, column, scope, k, concentration)
                     if what:
                         return Finding(node, what)
-        return self._jointly(k, concentration) or self._influence(k)
+        return self._within_groups(k, concentration) or self._jointly(k, concentration) or self._influence(k)
+
+    # -- group-bys: each group is a scope of its own ---------------------------------------------
+    def _within_groups(self, k: int, share: float) -> Finding | None:
+        """For a group-by (``grouped``), the rules above judged within each group's rows.
+
+        A group releases its own sum, so it acts as a row filter: an
+        intermediate that marks one row in every group of five (``age * (id %
+        5 == 2) + 40`` grouped by ``id // 5``) marks a fifth of the fragment,
+        which no scope of the whole fragment catches, but singles out one
+        person per group. Judged vectorised over the groups (one pass per
+        intermediate), as the filters and intermediates of a task are.
+        """
+        if getattr(self.node, "op", None) != "grouped":
+            return None
+        groups = self._groups
+        if groups is None:
+            return None
+        graph = self._graph
+        for node, dropped, scopes in graph.filters:
+            for scope in scopes:
+                kept = self._count_by_group(scope & ~dropped, groups)
+                out = self._count_by_group(scope & dropped, groups)
+                if ((out > 0) & (out < k)).any() or ((kept > 0) & (kept < k) & (out > 0)).any():
+                    return Finding(node, f"is a row filter that keeps or drops fewer than {k} {self.unit} "
+                                         "within a group of the group-by")
+        for node, scopes in graph.derived:
+            value = self._values.get(id(node))
+            columns = value.items() if isinstance(value, pd.DataFrame) else [(None, value)]
+            for scope in scopes:
+                for _, column in columns:
+                    what = self._selects_by_group(node, column, scope, groups, k, share)
+                    if what:
+                        return Finding(node, f"{what} within a group of the group-by")
+        return None
+
+    @cached_property
+    def _groups(self) -> pd.Series | None:
+        """Each row's group number (-1 without a key), from the group-by's key inputs."""
+        keys = [self._values.get(id(arg)) for arg in self.node.args[2:]]
+        keys = [k for k in keys if isinstance(k, pd.Series)]
+        if not keys:
+            return None
+        frame = pd.DataFrame({f"k{i}": k.reindex(self.index) for i, k in enumerate(keys)}, index=self.index)
+        return frame.groupby(list(frame.columns), dropna=True, sort=False, observed=True).ngroup()
+
+    def _count_by_group(self, mask: pd.Series, groups: pd.Series) -> pd.Series:
+        """Persons (or rows) where ``mask`` holds, per group (rows without a group left out)."""
+        mask = self._align(mask) & (groups >= 0)
+        if self.persons is None:
+            return mask.groupby(groups).sum()
+        keys = self.persons.reindex(self.index)
+        keys = keys.where(keys.notna(), pd.Series([("row", i) for i in self.index], index=self.index, dtype=object))
+        return keys[mask].groupby(groups[mask]).nunique().reindex(np.unique(groups[groups >= 0]), fill_value=0)
+
+    def _selects_by_group(self, node: Node, value: pd.Series, scope: pd.Series, groups: pd.Series, k: int,
+                          share: float) -> str | None:
+        """``_selects`` within every group at once: what ``value`` does to single out 1 to k-1 persons."""
+        scope = scope & self._align(pd.Series(True, index=value.index))
+        present = scope & self._align(value.notna())
+        nulled = scope & self._graph.raw_present[id(node)] & ~present
+        nulled_n, present_n = self._count_by_group(nulled, groups), self._count_by_group(present, groups)
+        if ((nulled_n > 0) & (nulled_n < k)).any():
+            return f"is missing on fewer than {k} {self.unit} whose values are present"
+        if ((nulled_n > 0) & (present_n > 0) & (present_n < k)).any():
+            return f"is present on fewer than {k} {self.unit} only"
+        rows = present & (groups >= 0)
+        values = value.reindex(self.index)[rows.to_numpy()]
+        if values.empty:
+            return None
+        labels = groups[rows.to_numpy()]
+        # the most common value of each group, and who differs from it
+        mode = values.groupby(labels.to_numpy()).agg(lambda v: v.value_counts(dropna=True).index[0])
+        minority = pd.Series(values.to_numpy() != mode.reindex(labels.to_numpy()).to_numpy(), index=values.index)
+        minority_n = self._count_by_group(self._align(minority), groups)
+        if ((minority_n > 0) & (minority_n < k)).any():
+            return f"takes one value on all but fewer than {k} {self.unit}"
+        if _is_number(values) and values.dtype != bool:
+            numbers = values.astype(float)
+            finite = np.isfinite(numbers.to_numpy())
+            numbers, labels = numbers[finite], labels[finite]
+            median = numbers.groupby(labels.to_numpy()).transform("median")
+            spread = (numbers - median).abs()
+            if self.persons is not None:
+                return None  # per person spreads need the person key per group: judged over the fragment only
+            total = spread.groupby(labels.to_numpy()).sum()
+            size = spread.groupby(labels.to_numpy()).size()
+            distinct = numbers.groupby(labels.to_numpy()).nunique()
+            top = spread.groupby(labels.to_numpy()).apply(lambda v: float(np.sort(v.to_numpy())[::-1][: k - 1].sum()))
+            if ((total > 0) & (size >= k) & (distinct > 2) & (top > share * total)).any():
+                return f"puts almost all of its spread on fewer than {k} {self.unit}"
+        return None
 
     def _influence(self, k: int) -> Finding | None:
         """An intermediate whose value reaches the result through 1 to k-1 persons' rows only.
