@@ -25,7 +25,7 @@ __all__ = ["Fragment", "InMemory", "Parquet", "CSV", "DuckDB", "SQLFragment", "D
 def __getattr__(name: str):
     # Dask loads on first use: importing it takes seconds
     if name == "Dask":
-        from ..fragments_dask import Dask
+        from .dask import Dask
 
         return Dask
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

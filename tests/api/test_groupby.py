@@ -32,7 +32,7 @@ def _fragment(part: pd.DataFrame, kind: str):
     if kind == "dask":
         import dask.dataframe as dd
 
-        from fedmed.fragments_dask import Dask
+        from fedmed.fragments.dask import Dask
 
         return Dask(dd.from_pandas(part, npartitions=2))
     if kind == "duckdb":

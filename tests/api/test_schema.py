@@ -220,7 +220,7 @@ def test_duckdb_parquet_fragments_answer_as_pandas(tmp_path: Path) -> None:
 
 def test_dask_fragments_answer_as_pandas() -> None:
     dd = pytest.importorskip("dask.dataframe")
-    from fedmed.fragments_dask import Dask
+    from fedmed.fragments.dask import Dask
 
     df = _numbers_and_text()
     parts = [df.iloc[:30], df.iloc[30:]]

@@ -175,7 +175,7 @@ def engines(tmp_path: Path, frame: pd.DataFrame, config: str) -> dict[str, fm.Fe
     """The same rows in 3 servers per engine: pandas, DuckDB (a CSV and a Parquet file) and Dask."""
     import dask.dataframe as dd
 
-    from fedmed.fragments_dask import Dask
+    from fedmed.fragments.dask import Dask
 
     parts = [frame.iloc[:25], frame.iloc[25:40], frame.iloc[40:]]
     made: dict[str, list[Any]] = {"pandas": [], "csv": [], "parquet": [], "dask": []}

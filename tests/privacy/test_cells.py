@@ -512,7 +512,7 @@ def test_duckdb_whole_table_unique_of_one_row_releases_nothing(parquet):
 
 def test_dask_refuses_bad_edges_too():
     dd = pytest.importorskip("dask.dataframe")
-    from fedmed.fragments_dask import Dask
+    from fedmed.fragments.dask import Dask
 
     server = fm.Server(config=EXACT_CONFIG)
     server["cohort"] = Dask(dd.from_pandas(rt.cohort(), npartitions=2))

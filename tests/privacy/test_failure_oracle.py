@@ -251,7 +251,7 @@ def test_duckdb_computes_what_pandas_cannot_as_missing(tmp_path):
 
 def test_no_attack_fails_or_tells_whether_the_row_exists_on_a_dask_fragment():
     dd = pytest.importorskip("dask.dataframe")
-    from fedmed.fragments_dask import Dask
+    from fedmed.fragments.dask import Dask
 
     numeric = {name: attack for name, attack in ATTACKS.items()
                if not name.endswith(("of text", "text and numbers", "target's text"))}  # aggregates: see below

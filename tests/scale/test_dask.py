@@ -26,7 +26,7 @@ import dask.base  # noqa: E402
 
 import fedmed as fm  # noqa: E402
 from fedmed.expr.rowwise import Column, Fragment as FragmentNode, Map  # noqa: E402
-from fedmed.fragments_dask import Dask  # noqa: E402
+from fedmed.fragments.dask import Dask  # noqa: E402
 from fedmed.server.evaluate import Failure  # noqa: E402
 
 RTOL = 1e-9

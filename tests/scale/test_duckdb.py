@@ -328,7 +328,7 @@ def test_a_value_that_cannot_be_converted_is_missing_in_one_query(files, monkeyp
 def test_a_runtime_error_fails_its_task_only_and_quotes_no_value(files, monkeypatch):
     # the compiler leaves DuckDB no error to raise on data; one is made here (integer overflow
     # without TRY) to check the fallback that remains for any that would
-    monkeypatch.setattr(fm.fragments.sql, "_try", lambda expr: expr)
+    monkeypatch.setattr(fm.fragments.sql.elementwise, "_try", lambda expr: expr)
     fragment = fm.fragments.Parquet(files / "a-*.parquet")
     log = spied(fragment, monkeypatch)
     (server,), _ = federation([fragment])

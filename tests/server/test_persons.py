@@ -87,7 +87,7 @@ def test_dask_fragments_cannot_count_persons_and_sql_fragments_count_them(tmp_pa
     pytest.importorskip("duckdb")
     dd = pytest.importorskip("dask.dataframe")
     from fedmed.fragments import CSV
-    from fedmed.fragments_dask import Dask
+    from fedmed.fragments.dask import Dask
 
     labs = pd.DataFrame({"patient": [p // 2 for p in range(60)], "value": [5.0 + i % 7 for i in range(60)]})
     labs.to_csv(tmp_path / "labs.csv", index=False)
