@@ -105,3 +105,48 @@ def _first_unknown(surv: np.ndarray) -> int:
     """Index of the first unknown survival (``len(surv)`` if none is)."""
     unknown = np.flatnonzero(np.isnan(surv))
     return int(unknown[0]) if unknown.size else len(surv)
+
+
+def forest(estimates: pd.Series, bse: pd.Series, pooled: "dict[str, tuple[float, float]] | None" = None,
+           alpha: float = 0.05, title: str | None = None, ax: Any = None) -> Any:
+    """A forest plot: each site's estimate with its confidence interval, then pooled estimates as diamonds.
+
+    ``estimates`` and ``bse`` are Series by site; ``pooled`` maps a label
+    (``"fixed effect"``) to ``(estimate, standard error)``. Squares are
+    sized by inverse variance, as in a meta-analysis.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> ax = forest(pd.Series({"a": 0.2, "b": 0.5}), pd.Series({"a": 0.1, "b": 0.2}), pooled={"fixed": (0.26, 0.09)})
+    >>> [t.get_text() for t in ax.get_yticklabels()], len(ax.patches)
+    (['a', 'b', 'fixed'], 1)
+    """
+    from scipy import stats as sps
+
+    ax = _axes(ax)
+    z = sps.norm.ppf(1 - alpha / 2)
+    values, errors = _floats(estimates), _floats(bse)
+    rows = np.arange(len(values))[::-1] + len(pooled or {})  # sites from the top, pooled rows below them
+    weights = 1.0 / errors**2
+    ax.errorbar(values, rows, xerr=z * errors, fmt="none", ecolor="0.2", linewidth=1)
+    ax.scatter(values, rows, marker="s", s=20 + 80 * weights / np.nanmax(weights), color="0.2", zorder=3)
+    labels = list(map(str, estimates.index))
+    for i, (label, (estimate, error)) in enumerate((pooled or {}).items()):
+        row = len(pooled) - 1 - i
+        half = z * float(error)
+        ax.add_patch(_diamond(float(estimate), half, row))
+        labels.append(label)
+    ax.axvline(0.0, color="0.6", linestyle=":", linewidth=1)
+    ax.set_yticks(list(rows) + list(range(len(pooled or {}) - 1, -1, -1)), labels)
+    ax.set_ylim(-1, len(labels))
+    ax.set_xlabel(f"estimate ({1 - alpha:.0%} CI)" if title is None else f"{title} ({1 - alpha:.0%} CI)")
+    return ax
+
+
+def _diamond(estimate: float, half: float, row: float) -> Any:
+    from matplotlib.patches import Polygon
+
+    return Polygon([(estimate - half, row), (estimate, row + 0.3), (estimate + half, row), (estimate, row - 0.3)],
+                   closed=True, color="C0")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import OperationError
+from ..errors import OperationError, PrivacyError
 
 
 def fixed_size(fn: Any) -> Any:
@@ -276,6 +276,160 @@ def glm_step(y: pd.Series, family: str, intercept: bool, beta: list[float], *col
     return [builtins.len(rows), gradient.tolist(), hessian.tolist(), loglik]
 
 
+# -- GLM families with links, offsets and weights (fm.stats.glm) ---------------------------------
+
+#: Per link: the mean from the linear predictor, and g'(mu), g''(mu) of the link g (as statsmodels' links).
+GLM_LINKS = {
+    "identity": (lambda eta: eta, lambda mu: np.ones_like(mu), lambda mu: np.zeros_like(mu)),
+    "log": (np.exp, lambda mu: 1.0 / mu, lambda mu: -1.0 / mu**2),
+    "logit": (lambda eta: 0.5 * (1.0 + np.tanh(0.5 * eta)), lambda mu: 1.0 / (mu * (1.0 - mu)),
+              lambda mu: (2.0 * mu - 1.0) / (mu * (1.0 - mu)) ** 2),
+    "inverse_power": (lambda eta: 1.0 / eta, lambda mu: -1.0 / mu**2, lambda mu: 2.0 / mu**3),
+}
+
+
+#: Per link: the link g itself, the linear predictor of a mean (statsmodels' start, a per-site fit's start).
+GLM_LINK_VALUES = {"identity": lambda mu: mu, "log": np.log, "logit": lambda mu: np.log(mu / (1 - mu)),
+                   "inverse_power": lambda mu: 1 / mu}
+
+
+def _xlogy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from scipy.special import xlogy
+
+    return xlogy(a, b)
+
+
+def _gammaln(values: Any) -> Any:
+    from scipy.special import gammaln
+
+    return gammaln(values)
+
+
+#: Per family: V(mu), V'(mu), the unit deviance d(y, mu), and the log-likelihood of a row at
+#: ``(y, mu, var_weight, scale)``, all as statsmodels' ``genmod.families`` define them.
+GLM_FAMILIES = {
+    "gaussian": (lambda mu: np.ones_like(mu), lambda mu: np.zeros_like(mu), lambda y, mu: (y - mu) ** 2,
+                 lambda y, mu, v, s: -0.5 * (v * (y - mu) ** 2 / s + np.log(s / v) + np.log(2 * np.pi))),
+    "binomial": (lambda mu: mu * (1.0 - mu), lambda mu: 1.0 - 2.0 * mu,
+                 lambda y, mu: 2.0 * (_xlogy(y, y) - _xlogy(y, mu) + _xlogy(1 - y, 1 - y) - _xlogy(1 - y, 1 - mu)),
+                 lambda y, mu, v, s: v * (-_gammaln(y + 1) - _gammaln(2 - y) + y * np.log((mu + 1e-20) / (1 - mu + 1e-20))
+                                          + np.log(1 - mu + 1e-20))),
+    "poisson": (lambda mu: mu, lambda mu: np.ones_like(mu),
+                lambda y, mu: 2.0 * (_xlogy(y, y) - _xlogy(y, mu) - (y - mu)),
+                lambda y, mu, v, s: v / s * (_xlogy(y, mu) - mu - _gammaln(y + 1))),
+    "gamma": (lambda mu: mu**2, lambda mu: 2.0 * mu, lambda y, mu: 2.0 * ((y - mu) / mu - np.log(y / mu)),
+              lambda y, mu, v, s: (v / s) * np.log(v / s * y / mu) - v / s * y / mu - _gammaln(v / s) - np.log(y)),
+}
+
+#: The open interval a fitted mean must lie in under links that can leave it (a probability of 1.2 under the
+#: log link): outside it a step's deviance, Pearson chi² and log-likelihood are NaN, and the client halves
+#: back towards its last valid coefficients (fedmed.stats.regression.GLM).
+GLM_MEAN_RANGE = {("binomial", "log"): (0.0, 1.0), ("binomial", "identity"): (0.0, 1.0)}
+
+
+def _clip(family: str, mu: np.ndarray) -> np.ndarray:
+    eps = np.finfo(float).eps
+    return np.clip(mu, eps, 1 - eps) if family == "binomial" else mu
+
+
+#: Extra row-wise inputs a ``glm_family_step`` may take before the predictors, in this order.
+GLM_ROLES = ("offset", "freq_weights", "var_weights")
+
+
+def glm_family_weights(y: pd.Series, family: str, link: str, intercept: bool, beta: Any, scale: float,
+                       robust: bool, roles: list[str], *columns: pd.Series) -> pd.Series | None:
+    """The per-row weights ``W = f v / (g'(μ)² V(μ))`` that ``glm_family_step`` gives at the analyst's
+    ``beta``, on the rows it uses: the disclosure analysis judges them like any intermediate (a ``beta``
+    that puts all the weight on one row would make the information matrix that row's value). None
+    before the first estimate (``beta=None``: the server's own start) or for unknown arguments.
+    """
+    if beta is None or family not in GLM_FAMILIES or link not in GLM_LINKS or any(r not in GLM_ROLES for r in roles):
+        return None
+    if not all(isinstance(c, pd.Series) for c in (y, *columns)):
+        return None
+    frame = pd.concat([pd.to_numeric(c, errors="coerce") for c in (y, *columns)], axis=1).dropna()
+    values = frame.to_numpy(dtype=float).T
+    extra, design = dict(zip(roles, values[1:])), values[1 + builtins.len(roles):].T
+    if intercept:
+        design = np.column_stack([np.ones(builtins.len(frame)), design])
+    ones = np.ones(builtins.len(frame))
+    offset, freq, var = (extra.get(role, ones * (role != "offset")) for role in GLM_ROLES)
+    inverse, deriv, _ = GLM_LINKS[link]
+    variance = GLM_FAMILIES[family][0]
+    with np.errstate(all="ignore"):
+        mu = inverse(design @ np.asarray(beta, dtype=float) + offset)
+        weight = freq * var / (deriv(mu) ** 2 * variance(mu))
+        # to 12 digits of the largest: a family whose weights are constant in theory (gamma with a log
+        # link: 1 on every row) must not look like one that singles out the rows rounding moved
+        top = np.nanmax(np.abs(weight)) if np.isfinite(weight).any() else 1.0
+        if np.isfinite(top) and top > 0:
+            weight = np.round(weight / top, 12) * top
+    return pd.Series(weight, index=frame.index)
+
+
+@_INFINITE_IS_NAN
+@fixed_size
+@needs_numbers
+def glm_family_step(y: pd.Series, family: str, link: str, intercept: bool, beta: Any, scale: float, robust: bool,
+                    roles: list[str], *columns: pd.Series) -> dict[str, Any]:
+    """One IRLS (Fisher scoring) round of a GLM at ``beta``, over the rows where every input is present.
+
+    ``columns`` are the inputs named in ``roles`` (a subset of ``GLM_ROLES``, in that order), then the
+    predictors. Returns ``n`` (rows), ``wn`` (sum of the frequency weights), ``gradient`` (the score
+    ``Xᵀ f v (y − μ) / (g'(μ) V(μ))``), ``information`` (``Xᵀ W X`` with ``W = f v / (g'(μ)² V(μ))``),
+    ``deviance``, ``pearson`` (``Σ f v (y − μ)² / V(μ)``) and ``loglik`` at ``scale``; with ``robust``
+    also ``meat`` (``Σ f (score of the row)²``) and ``observed`` (the observed information), the two
+    halves of the HC0 sandwich. ``beta=None`` starts as statsmodels does, from ``μ = (y + ȳ) / 2``
+    (binomial ``(y + 0.5) / 2``): ``gradient`` is then ``Xᵀ W z`` with the working response ``z``, so
+    that ``information⁻¹ gradient`` is the first estimate.
+
+    >>> step = glm_family_step(pd.Series([1.0, 2.0, 4.0]), "gamma", "log", True, [0.5], 1.0, False, [])
+    >>> step["n"], round(step["gradient"][0], 6)
+    (3, 1.245715)
+    """
+    unknown = [r for r in roles if r not in GLM_ROLES]
+    if family not in GLM_FAMILIES or link not in GLM_LINKS or unknown:
+        raise OperationError(f"glm_family_step: unknown family {family!r}, link {link!r} or roles {unknown}")
+    inverse, deriv, deriv2 = GLM_LINKS[link]
+    variance, variance_deriv, unit_deviance, loglik = GLM_FAMILIES[family]
+    rows = _complete_columns((y, *columns))
+    target, extra, design = rows[0], dict(zip(roles, rows[1:])), rows[1 + builtins.len(roles):].T
+    if intercept:
+        design = np.column_stack([np.ones(builtins.len(target)), design])
+    ones = np.ones_like(target)
+    offset, freq, var = (extra.get(role, ones * (role != "offset")) for role in GLM_ROLES)
+    if beta is None:
+        mu = (target + 0.5) / 2 if family == "binomial" else (target + target.mean()) / 2
+    else:
+        mu = inverse(design @ np.asarray(beta, dtype=float) + offset)
+    gprime, v_mu = deriv(mu), variance(mu)
+    weight = freq * var / (gprime**2 * v_mu)
+    residual = target - mu
+    if beta is None:  # the working response of the first weighted least-squares fit
+        eta = GLM_LINK_VALUES[link](mu)
+        gradient = design.T @ (weight * (eta - offset + gprime * residual))
+    else:
+        gradient = design.T @ (freq * var * residual / (gprime * v_mu))
+    answer = {
+        "n": builtins.len(target), "wn": float(freq.sum()), "gradient": gradient.tolist(),
+        "information": ((design * weight[:, None]).T @ design).tolist(),
+        # statsmodels clips a binomial mean into (0, 1) for these sums only (log and identity links leave it)
+        "deviance": float(np.sum(freq * var * unit_deviance(target, _clip(family, mu)))),
+        "pearson": float(np.sum(freq * var * residual**2 / v_mu)),
+        "loglik": float(np.sum(freq * loglik(target, _clip(family, mu), var, float(scale)))),
+    }
+    low, high = GLM_MEAN_RANGE.get((family, link), (-np.inf, np.inf))
+    if not np.all((mu > low) & (mu < high)):  # no fit here: only that the coefficients left the range
+        answer.update(deviance=float("nan"), pearson=float("nan"), loglik=float("nan"))
+    if robust:
+        factor = residual / (gprime * v_mu)
+        score = var * factor  # per row, without the frequency weight
+        observed = weight * (1 + factor * (v_mu * deriv2(mu) + variance_deriv(mu) * gprime))
+        answer["meat"] = ((design * (freq * score**2)[:, None]).T @ design).tolist()
+        answer["observed"] = ((design * observed[:, None]).T @ design).tolist()
+    return answer
+
+
 def _complete_rows(columns: Any) -> np.ndarray:
     """The rows where every column has a value, as a float matrix (one column per input)."""
     return _complete_columns(columns).T
@@ -305,6 +459,89 @@ def _log_factorial(values: np.ndarray) -> np.ndarray:
     from scipy.special import gammaln
 
     return gammaln(values + 1.0)
+
+
+# -- Cox proportional hazards (fedmed.stats.cox) ---------------------------------------------------
+
+
+# Not @fixed_size: the answer holds a few sums per grid time, and the grid can have as many times as rows.
+@needs_numbers
+def cox_step(time: pd.Series, event: pd.Series, beta: Any, grid: Any, efron: bool, strata: bool,
+             *columns: pd.Series) -> dict[str, Any]:
+    """Risk-set sums of a Cox model at ``beta`` on the event-time ``grid``, per stratum; or, without a grid, the event times.
+
+    Rows missing any value are left out; ``columns`` are the predictors,
+    then (``strata`` true) a numeric stratum code. Without a ``grid``
+    (``None``) the answer is ``{"n", "events", "bad", "times"}``: complete
+    rows, events, event codes other than 0/1, and the distinct event times.
+    With a grid (sorted; every event time on it) the answer is, per
+    stratum label and grid time ``t_j``: ``d`` (events at ``t_j``), ``S0``,
+    ``S1``, ``S2`` (sums of ``w``, ``w x``, ``w x x'`` over rows with time
+    ``>= t_j``, ``w = exp(x'beta)``) and, with ``efron``, ``E0``, ``E1``,
+    ``E2`` (the same sums over the events at ``t_j``); and ``xsum``, the sum
+    of ``x`` over all events. One sort of the rows by (stratum, grid time),
+    sums per cell in one pass, then a reverse cumulative sum over the grid.
+
+    >>> t, e, x = pd.Series([1.0, 2.0, 2.0, 3.0]), pd.Series([1, 1, 0, 1]), pd.Series([0.5, 0.0, 1.0, 2.0])
+    >>> cox_step(t, e, None, None, False, False, x)["times"]
+    [1.0, 2.0, 3.0]
+    >>> step = cox_step(t, e, [0.0], [1.0, 2.0, 3.0], False, False, x)
+    >>> step["d"], step["S0"], step["xsum"]
+    ([[1.0, 1.0, 1.0]], [[4.0, 3.0, 1.0]], [2.5])
+    """
+    rows = _complete_rows((time, event, *columns))
+    t, e = rows[:, 0], rows[:, 1]
+    if grid is None:
+        return {"n": builtins.len(rows), "events": int(np.sum(e == 1)), "bad": int(np.sum((e != 0) & (e != 1))),
+                "times": np.unique(t[e == 1]).tolist()}
+    design = rows[:, 2:-1] if strata else rows[:, 2:]
+    labels, code = np.unique(rows[:, -1] if strata else np.zeros(builtins.len(rows)), return_inverse=True)
+    grid = np.asarray(grid, dtype=float)
+    slot = np.searchsorted(grid, t, side="right") - 1  # the last grid time at or before the row's time
+    event = e == 1
+    # an event off the grid is counted, not raised: a failure reaches the analyst before any privacy policy,
+    # and whether some event falls on a time the analyst names is a question about the rows
+    off_grid = int(np.sum(event & ((slot < 0) | (grid[np.maximum(slot, 0)] != t))))
+    at_risk = slot >= 0  # a row that left before the first grid time is in no risk set
+    table = _cox_cells(design[at_risk], np.asarray(beta, dtype=float), event[at_risk], efron)
+    cells = _cell_sums(code[at_risk] * builtins.len(grid) + slot[at_risk], table, builtins.len(labels) * builtins.len(grid))
+    answer = _cox_answer(cells.reshape(builtins.len(labels), builtins.len(grid), -1), design.shape[1], efron,
+                         labels, builtins.len(rows), design[event].sum(axis=0))
+    return {**answer, "off_grid": off_grid}
+
+
+def _cox_cells(design: np.ndarray, beta: np.ndarray, event: np.ndarray, efron: bool) -> np.ndarray:
+    """Per row: ``w, w x, w x x'`` then ``event`` (and, for Efron, the same three times ``event``)."""
+    n, p = design.shape
+    w = np.exp(design @ beta)
+    risk = np.column_stack([w, w[:, None] * design,
+                            (w[:, None, None] * design[:, :, None] * design[:, None, :]).reshape(n, p * p)])
+    parts = [risk, event[:, None].astype(float)] + ([risk * event[:, None]] if efron else [])
+    return np.hstack(parts)
+
+
+def _cell_sums(cell: np.ndarray, table: np.ndarray, cells: int) -> np.ndarray:
+    """``table``'s rows added per ``cell`` (0 to ``cells - 1``): one sort, one ``reduceat``."""
+    out = np.zeros((cells, table.shape[1]))
+    if builtins.len(cell):
+        order = np.argsort(cell, kind="stable")
+        cell = cell[order]
+        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+        out[cell[starts]] = np.add.reduceat(table[order], starts, axis=0)
+    return out
+
+
+def _cox_answer(cells: np.ndarray, p: int, efron: bool, labels: np.ndarray, n: int, xsum: np.ndarray) -> dict[str, Any]:
+    """The per-cell sums as the answer: risk sums over times at or after each grid time (reverse cumsum)."""
+    width = 1 + p + p * p
+    later = np.flip(np.cumsum(np.flip(cells[:, :, :width], axis=1), axis=1), axis=1)
+    shapes = {"0": (), "1": (p,), "2": (p, p)}
+    answer: dict[str, Any] = {"n": n, "labels": [_plain(v) for v in labels], "d": cells[:, :, width].tolist(),
+                              "xsum": xsum.tolist()}
+    for prefix, block in (("S", later), ("E", cells[:, :, width + 1:])) if efron else (("S", later),):
+        for order, (start, stop) in zip("012", ((0, 1), (1, 1 + p), (1 + p, width))):
+            answer[prefix + order] = block[:, :, start:stop].reshape(*block.shape[:2], *shapes[order]).tolist()
+    return answer
 
 
 # -- schema (pandas' columns and dtypes; fedmed.api.schema) ---------------------------------------
@@ -403,3 +640,217 @@ def _number(value: Any) -> Any:
 def _value(value: Any) -> Any:
     # an extreme of no values is None (as ``min``), never NaN: NaN means withheld on the wire
     return _number(value)
+
+
+# -- per-site model fits (fm.stats.slma; helper "slma", issue 17) ---------------------------------
+
+#: The fewest complete rows per parameter a ``site_fit`` accepts, whatever the analyst asks:
+#: DataSHIELD's ``nfilter.glm`` (parameters at most 0.37 of the rows), as rows per parameter.
+SITE_FIT_ROWS_PER_PARAMETER = 3.0
+
+
+def site_fit_with(rows_per_parameter: float = SITE_FIT_ROWS_PER_PARAMETER) -> Any:
+    """A ``site_fit`` map that refuses sites with fewer than ``rows_per_parameter`` complete rows per parameter.
+
+    The analyst may ask for more rows per parameter, never fewer: a server
+    that wants a stricter floor names its own map in its config, e.g.
+    ``site_fit: {map: hospital.ops.site_fit, reduce: fedmed.ops.public.site_fit}``
+    with ``site_fit = fedmed.ops.private.site_fit_with(10)`` in ``hospital/ops.py``.
+    """
+    floor = float(rows_per_parameter)
+
+    @fixed_size
+    @needs_numbers
+    def site_fit(y: pd.Series, model: str, intercept: bool, rows_per_parameter: float, max_iter: int,
+                 tol: float, *columns: pd.Series) -> list[Any]:
+        """``model`` fitted on this fragment's complete rows to convergence: ``[n, coefficients, covariance]``.
+
+        ``model`` is a key of ``SITE_FITS`` (``"ols"``, ``"logit"``, ``"poisson"``).
+        """
+        fit = SITE_FITS.get(model) or _site_family_fit(model)
+        if fit is None:
+            raise OperationError(f"unknown model {model!r}: use one of {sorted(SITE_FITS)} or 'glm/<family>/<link>'")
+        rows = _complete_rows((y, *columns))
+        target, design = rows[:, 0], rows[:, 1:]
+        if intercept:
+            design = np.column_stack([np.ones(builtins.len(rows)), design])
+        _check_site_size(builtins.len(rows), design.shape[1], builtins.max(floor, float(rows_per_parameter)))
+        params, cov = fit(target, design, int(max_iter), float(tol))
+        return [builtins.len(rows), params.tolist(), cov.tolist()]
+
+    site_fit.rows_per_parameter = floor
+    return site_fit
+
+
+def _check_site_size(n: int, parameters: int, rows_per_parameter: float) -> None:
+    from ..errors import PrivacyError
+
+    if n < rows_per_parameter * parameters:
+        # no count in the message: the refusal says only that the site is too small for the model
+        raise PrivacyError(
+            f"a per-site fit of {parameters} parameters needs at least {rows_per_parameter:g} complete rows per "
+            "parameter, and this fragment has fewer: fit fewer predictors, or pool this site with others "
+            "(fm.stats.logit, fm.stats.ols... on the pooled rows)",
+            operation="site_fit", policy=f"site_fit rows_per_parameter={rows_per_parameter:g}",
+        )
+
+
+def _site_ols(y: np.ndarray, design: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares with statsmodels' covariance ``rss / (n - p) (X'X)^-1``."""
+    n, p = design.shape
+    params, _, rank, _ = np.linalg.lstsq(design, y, rcond=None)
+    if rank < p or n <= p:
+        raise OperationError("the predictors are collinear on this site's rows (a column constant there, "
+                             "or one a combination of others): leave one out")
+    residual = y - design @ params
+    return params, (residual @ residual / (n - p)) * _inverse(design.T @ design)
+
+
+def _glm_terms(family: str, y: np.ndarray, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean, Newton weight and log-likelihood (up to a constant in beta) of a canonical-link GLM at ``eta``."""
+    if family == "logit":
+        mean = 0.5 * (1.0 + np.tanh(0.5 * eta))  # the logistic function, without overflow
+        return mean, mean * (1.0 - mean), float(np.sum(y * eta - np.logaddexp(0.0, eta)))
+    mean = np.exp(eta)
+    return mean, mean, float(np.sum(y * eta - mean))
+
+
+def _site_glm(family: str) -> Any:
+    """Newton–Raphson to convergence for a canonical-link ``family``, halving steps that lower the likelihood."""
+    def fit(y: np.ndarray, design: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+        _check_outcome(family, y)
+        beta = _glm_start(family, y, design)
+        _, weight, loglik = _glm_terms(family, y, design @ beta)
+        for _ in range(max_iter):
+            mean, weight, _ = _glm_terms(family, y, design @ beta)
+            step = _solve(design.T @ (design * weight[:, None]), design.T @ (y - mean))
+            for _ in range(40):
+                new = _glm_terms(family, y, design @ (beta + step))[2]
+                if new >= loglik - 1e-12 * (1.0 + abs(loglik)):
+                    break
+                step = step / 2
+            beta, loglik = beta + step, new
+            if np.max(np.abs(step)) < tol * (1.0 + np.max(np.abs(beta))):
+                _, weight, _ = _glm_terms(family, y, design @ beta)
+                return beta, _inverse(design.T @ (design * weight[:, None]))
+        raise OperationError(f"the {family} fit did not converge on this site in {max_iter} iterations: a predictor "
+                             "may predict the outcome perfectly there (separation); leave it out or raise max_iter")
+    return fit
+
+
+def _glm_start(family: str, y: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """Where statsmodels starts a Poisson fit (the intercept at log mean y); zeros otherwise."""
+    beta = np.zeros(design.shape[1])
+    if family == "poisson" and design.shape[1] and np.all(design[:, 0] == 1.0) and y.mean() > 0:
+        beta[0] = np.log(y.mean())
+    return beta
+
+
+def _check_outcome(family: str, y: np.ndarray) -> None:
+    if family == "logit" and (np.any(y < 0) or np.any(y > 1)):
+        raise OperationError("a logit's y must lie between 0 and 1: recode it (y=data['died'] == 1)")
+    if family == "poisson" and np.any(y < 0):
+        raise OperationError("a Poisson y must be a count of 0 or more")
+
+
+def _solve(matrix: np.ndarray, vector: np.ndarray) -> np.ndarray:
+    return _inverse(matrix) @ vector
+
+
+def _inverse(matrix: np.ndarray) -> np.ndarray:
+    """The inverse, or an error when the fit's information matrix is (nearly) singular on this site."""
+    scale = 1.0 / np.sqrt(np.where(np.diag(matrix) > 0, np.diag(matrix), np.inf))
+    scaled = matrix * np.outer(scale, scale)
+    if not np.all(np.isfinite(scaled)) or np.linalg.eigvalsh(scaled)[0] <= 1e-10 * builtins.max(1.0, np.abs(scaled).max()):
+        raise OperationError("the predictors are collinear on this site's rows, or some are constant there, or "
+                             "the fit diverges (separation): leave them out")
+    return np.linalg.inv(scaled) * np.outer(scale, scale)
+
+
+def _site_family_fit(model: str) -> Any:
+    """The fit of ``"glm/<family>/<link>"`` (a key pair of ``GLM_FAMILIES`` and ``GLM_LINKS``), or None.
+
+    IRLS as ``glm_family_step`` and the client's ``fm.stats.glm`` run it, on one site: statsmodels' start,
+    steps halved while the deviance rises or the means leave the family's range, statsmodels' covariance
+    ``scale · (Xᵀ W X)⁻¹`` (scale Pearson χ² / (n − p) for the gaussian and gamma families, else 1).
+    """
+    kind, _, rest = model.partition("/")
+    family, _, link = rest.partition("/")
+    if kind != "glm" or family not in GLM_FAMILIES or link not in GLM_LINKS:
+        return None
+
+    def fit(y: np.ndarray, design: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+        _check_family_outcome(family, y)
+        beta = _family_start(family, link, y, design)
+        deviance = _family_terms(family, link, y, design, beta)[3]
+        if not np.isfinite(deviance):
+            raise OperationError(f"the {family} {link} fit leaves the range of its means at its start on this site: "
+                                 "fit another link")
+        for _ in range(max_iter):
+            _, weight, score, _ = _family_terms(family, link, y, design, beta)
+            step = _solve(design.T @ (design * weight[:, None]), score)
+            for _ in range(40):
+                new = _family_terms(family, link, y, design, beta + step)[3]
+                if np.isfinite(new) and new <= deviance + 1e-12 * (1.0 + abs(deviance)):
+                    break
+                step = step / 2
+            else:
+                break
+            beta, deviance = beta + step, new
+            if np.max(np.abs(step)) < tol * (1.0 + np.max(np.abs(beta))):
+                mu, weight, _, _ = _family_terms(family, link, y, design, beta)
+                scale = 1.0
+                if family in ("gaussian", "gamma"):  # estimated scale, as statsmodels: Pearson chi² / df_resid
+                    scale = float(np.sum((y - mu) ** 2 / GLM_FAMILIES[family][0](mu))) / (builtins.len(y) - design.shape[1])
+                return beta, scale * _inverse(design.T @ (design * weight[:, None]))
+        raise OperationError(f"the {family} fit with the {link} link did not converge on this site: its means may "
+                             "reach the edge of their range (probabilities of 0 or 1) or a predictor separates the "
+                             "outcome there; fit fewer predictors or another link")
+    return fit
+
+
+
+def _family_start(family: str, link: str, y: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """statsmodels' first estimate: weighted least squares at ``μ = (y + ȳ)/2`` (binomial ``(y + ½)/2``); for a
+    link whose means can leave the family's range and do there, every mean at the range's centre instead."""
+    inverse, deriv, _ = GLM_LINKS[link]
+    mu = (y + 0.5) / 2 if family == "binomial" else (y + y.mean()) / 2
+    weight = 1.0 / (deriv(mu) ** 2 * GLM_FAMILIES[family][0](mu))
+    working = GLM_LINK_VALUES[link](mu) + deriv(mu) * (y - mu)
+    beta = _solve(design.T @ (design * weight[:, None]), design.T @ (weight * working))
+    low, high = GLM_MEAN_RANGE.get((family, link), (-np.inf, np.inf))
+    if np.isfinite(low) and np.all(design[:, 0] == 1.0):
+        mu = inverse(design @ beta)
+        if not np.all((mu > low) & (mu < high)):
+            beta = np.zeros_like(beta)
+            beta[0] = GLM_LINK_VALUES[link](np.array((low + high) / 2))
+    return beta
+
+
+def _family_terms(family: str, link: str, y: np.ndarray, design: np.ndarray,
+                  beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Mean, IRLS weight, score and deviance at ``beta`` (the deviance NaN where the means leave their range)."""
+    inverse, deriv, _ = GLM_LINKS[link]
+    variance, _, unit_deviance, _ = GLM_FAMILIES[family]
+    with np.errstate(all="ignore"):
+        mu = inverse(design @ beta)
+        gprime, v_mu = deriv(mu), variance(mu)
+        low, high = GLM_MEAN_RANGE.get((family, link), (-np.inf, np.inf))
+        deviance = float(np.sum(unit_deviance(y, _clip(family, mu))))
+    if not np.all((mu > low) & (mu < high)):
+        deviance = float("nan")
+    return mu, 1.0 / (gprime**2 * v_mu), design.T @ ((y - mu) / (gprime * v_mu)), deviance
+
+
+def _check_family_outcome(family: str, y: np.ndarray) -> None:
+    bad = {"binomial": (y < 0) | (y > 1), "poisson": y < 0, "gamma": y <= 0}.get(family)
+    if bad is not None and np.any(bad):
+        raise OperationError(f"y takes values the {family} family cannot take on this site (binomial 0 to 1, "
+                             "Poisson 0 or more, gamma above 0): recode it or choose another family")
+
+
+#: The fits ``site_fit`` runs, by model name: ``(y, design, max_iter, tol) -> (coefficients, covariance)``.
+SITE_FITS = {"ols": _site_ols, "logit": _site_glm("logit"), "poisson": _site_glm("poisson")}
+
+#: The per-site fit a default server offers (at least 3 rows per parameter).
+site_fit = site_fit_with()

@@ -198,6 +198,32 @@ def glm_step(parts: Sequence[Sequence[Any]]) -> dict[str, Any]:
     }
 
 
+def glm_family_step(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each number of the servers' ``glm_family_step`` answers added over servers (matrices as arrays)."""
+    return {key: (math.fsum(p[key] for p in parts) if isinstance(parts[0][key], float)
+                  else builtins.sum(p[key] for p in parts) if isinstance(parts[0][key], int)
+                  else np.sum([np.asarray(p[key], dtype=float) for p in parts], axis=0))
+            for key in parts[0]}
+
+
+# -- Cox proportional hazards (fedmed.stats.cox) ---------------------------------------------------
+
+
+def cox_step(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The pooled event-time grid (answers without a grid), or each server's risk-set sums as arrays.
+
+    Risk-set sums stay per server: ``fedmed.stats.cox`` adds them per
+    stratum, or keeps each server's apart (``strata="server"``).
+    """
+    if parts and "times" in parts[0]:
+        return {"n": builtins.sum(p["n"] for p in parts), "events": builtins.sum(p["events"] for p in parts),
+                "bad": builtins.sum(p["bad"] for p in parts),
+                "times": np.unique(np.concatenate([np.asarray(p["times"], dtype=float) for p in parts])),
+                "servers_with_events": builtins.sum(p["events"] > 0 for p in parts)}
+    return {"parts": [{key: value if key == "labels" else np.asarray(value, dtype=float) for key, value in p.items()}
+                      for p in parts]}
+
+
 # -- schema (fedmed.api.schema) -----------------------------------------------------------------
 
 
@@ -336,3 +362,12 @@ def _merge_group(entries: Sequence[Any]) -> list[Any]:
     elif n == 0:
         mean = nan
     return [size, n, total, mean, m2, _extreme(builtins.min, lows), _extreme(builtins.max, highs)]
+
+
+# -- per-site model fits (fm.stats.slma; helper "slma", issue 17) ---------------------------------
+
+
+def site_fit(parts: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Each source's own fit, in source order, as ``{"n", "params", "cov"}``: a meta-analysis pools them, not a sum."""
+    return [{"n": int(p[0]), "params": np.asarray(p[1], dtype=float), "cov": np.asarray(p[2], dtype=float)}
+            for p in parts]

@@ -12,9 +12,15 @@ from .shapes import CELL_OPS
 #: Aggregates where a zero term adds nothing: a row with x = 0 does not contribute to sum(x).
 ADDITIVE = {"sum", "sqsum"}
 #: Aggregates built from sums of the values, for the dominance rule.
-SUMS = {"sum", "sqsum", "moments", "comoments", "comoment_matrix", "glm_step"}
+SUMS = {"sum", "sqsum", "moments", "comoments", "comoment_matrix", "glm_step", "glm_family_step", "site_fit"}
 #: Aggregates that release one row's own value.
 EXTREMES = {"min", "max"}
+#: Aggregates whose releases these rules cannot judge, refused whole: Cox risk-set sums per event time
+#: (the last risk sets are a few persons' covariates, and consecutive times differ by who left between).
+UNJUDGED = {"cox_step": "Cox risk-set sums per event time single out the few persons at risk late in "
+                        "follow-up, and consecutive times differ by the persons who left in between; fit "
+                        "the model per site and pool the estimates (fm.stats.slma), or ask the data owner "
+                        "for a server without threshold policies"}
 
 
 class Anonymity(Policy):
@@ -72,6 +78,8 @@ class Anonymity(Policy):
         self.concentration = float(concentration)
 
     def apply(self, task: Task, value: Any) -> Any:
+        if task.op in UNJUDGED:
+            raise task.refuse(self, f"this server does not release {task.op} under Anonymity: {UNJUDGED[task.op]}")
         if getattr(task, "noised", False):
             return self._noisy(task, value)
         disclosure = task.disclosure

@@ -61,7 +61,7 @@ _POSITIONAL = {
 MAX_INFLUENCE = 64
 
 #: Aggregates that release sums of several inputs side by side (whose differences are then released too).
-_SIDE_BY_SIDE = {"comoments", "comoment_matrix", "glm_step"}
+_SIDE_BY_SIDE = {"comoments", "comoment_matrix", "glm_step", "glm_family_step", "site_fit"}
 
 
 @dataclass(frozen=True)
@@ -397,7 +397,12 @@ class Disclosure:
         return None
 
     def _glm_weights(self) -> pd.Series | None:
-        """The per-row weights a ``glm_step`` gives at the analyst's ``beta`` (None for other aggregates)."""
+        """The per-row weights a ``glm_step`` (or ``glm_family_step``) gives at the analyst's ``beta``
+        (None for other aggregates)."""
+        if self.node.op == "glm_family_step" and len(self.inputs) >= 8:
+            from ..ops.private import glm_family_weights  # the family's weights, where the map is defined
+
+            return glm_family_weights(*self.inputs)
         if self.node.op != "glm_step" or len(self.inputs) < 5:
             return None
         y, family, intercept, beta, *columns = self.inputs

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from ..errors import FedMedError, PrivacyError
+from ..errors import ArgumentError, DataError, FedMedError, PrivacyError
 from ..executor import progress
 from ..expr.node import render_code
 from ..expr.rowwise import Column as ColumnNode
@@ -484,10 +484,12 @@ def logit(data: FedData, y: Column, X: Predictors, intercept: bool = True,
 
 
 def poisson(data: FedData, y: Column, X: Predictors, intercept: bool = True,
-            max_iter: int = 25, tol: float = 1e-10) -> GLMFit:
+            max_iter: int = 25, tol: float = 1e-10, offset: "Column | None" = None,
+            exposure: "Column | None" = None) -> "GLMFit | GLM":
     """Poisson regression (log link) by Newton–Raphson, as ``statsmodels``' ``Poisson``; one round per iteration.
 
-    Arguments as :func:`logit`.
+    Arguments as :func:`logit`; with an ``offset`` or ``exposure`` (column names or expressions) it is
+    :func:`glm` with ``family="poisson"``.
 
     Examples
     --------
@@ -498,4 +500,255 @@ def poisson(data: FedData, y: Column, X: Predictors, intercept: bool = True,
     >>> fit.converged, list(fit.params.index)
     (True, ['Intercept', 'x'])
     """
+    if offset is not None or exposure is not None:
+        return glm(data, y, X, "poisson", offset=offset, exposure=exposure, intercept=intercept,
+                   max_iter=max_iter, tol=tol)
     return GLMFit(data, y, X, "poisson", intercept, max_iter, tol)
+
+
+# -- GLM families with links, offsets and weights ------------------------------------------------
+
+#: Per family: its links (the first is statsmodels' default), the outcomes it cannot take, and whether its
+#: scale is estimated (Pearson chi² / df_resid) or fixed at 1.
+_FAMILIES = {
+    "gaussian": (("identity", "log"), None, True),
+    # log and identity links: relative risks and risk differences, whose fitted probabilities may leave (0, 1)
+    "binomial": (("logit", "log", "identity"), "outside 0 to 1", False),
+    "poisson": (("log",), "negative", False),
+    "gamma": (("inverse_power", "log"), "0 or negative", True),
+}
+#: Links whose fitted means can leave the family's range (fedmed.ops.private.GLM_MEAN_RANGE), with the
+#: intercept that puts every mean at the range's centre (a probability of 0.5): a valid place to restart.
+_BOUNDED = {("binomial", "log"): math.log(0.5), ("binomial", "identity"): 0.5}
+#: Link names as users write them, to the names the servers know.
+_LINK_NAMES = {"inverse": "inverse_power"}
+_WEIGHTS = ("freq_weights", "var_weights")
+
+
+def family_link(family: str, link: "str | None", needed_by: str = "glm") -> tuple[str, str]:
+    """``(family, link)`` as the servers know them (the canonical link for None), or an ``ArgumentError``."""
+    if family not in _FAMILIES:
+        raise ArgumentError(f"{needed_by}: family {family!r} is not one of {list(_FAMILIES)}")
+    links = _FAMILIES[family][0]
+    link = _LINK_NAMES.get(link, link) if link is not None else links[0]
+    if link not in links:
+        raise ArgumentError(f"{needed_by}: the {family} family takes the links {list(links)}, not {link!r}")
+    return family, link
+
+
+def _invalid(family: str, y: FedData) -> FedData:
+    """True on rows whose outcome ``family`` cannot take."""
+    return {"binomial": (y < 0) | (y > 1), "poisson": y < 0, "gamma": y <= 0}.get(family, y != y)
+
+
+class GLM:
+    """A GLM of any family fitted on ``compute()``: one round per IRLS iteration, one more when needed.
+
+    ``explain()`` shows the plan of one iteration. Built by :func:`glm`.
+    """
+
+    def __init__(self, data: FedData, y: Column, X: Predictors, family: str, link: "str | None",
+                 offset: "Column | None", exposure: "Column | None", freq_weights: "Column | None",
+                 var_weights: "Column | None", cov_type: str, intercept: bool, max_iter: int, tol: float) -> None:
+        family, link = family_link(family, link)
+        _, self._outside, self._estimated = _FAMILIES[family]
+        if cov_type not in ("nonrobust", "HC0"):
+            raise ArgumentError(f"glm: cov_type is 'nonrobust' or 'HC0', not {cov_type!r}")
+        predictors = _predictors(data, X, "glm")
+        if not predictors and not intercept:
+            raise ArgumentError("glm needs a predictor in X or an intercept")
+        self.outcome = _column(data, y, "glm", "y")
+        self.extra = self._extra(data, offset, exposure, freq_weights, var_weights)
+        self.columns = [column for _, column in predictors]
+        self.family, self.link, self.cov_type, self.intercept = family, link, cov_type, intercept
+        self.max_iter, self.tol = max_iter, tol
+        self.names = ([INTERCEPT] if intercept else []) + [name for name, _ in predictors]
+
+    def _extra(self, data: FedData, offset: Any, exposure: Any, freq: Any, var: Any) -> dict[str, FedData]:
+        """The row-wise inputs besides y and X, by role; an exposure joins the offset as its log."""
+        extra = {role: _column(data, item, "glm", role)
+                 for role, item in (("offset", offset), ("exposure", exposure), ("freq_weights", freq),
+                                    ("var_weights", var)) if item is not None}
+        if "exposure" in extra:
+            self._exposure = extra.pop("exposure")
+            logged = self._exposure.log()
+            extra["offset"] = extra["offset"] + logged if "offset" in extra else logged
+        return {role: extra[role] for role in ("offset", *_WEIGHTS) if role in extra}
+
+    def _step(self, beta: "np.ndarray | None", scale: float = 1.0, robust: bool = False) -> LazyResult:
+        return aggregate(
+            self.outcome, "glm_family_step", self.family, self.link, self.intercept,
+            None if beta is None else [float(b) for b in beta], float(scale), robust, list(self.extra),
+            *self.extra.values(), *self.columns, needed_by="glm",
+        )
+
+    def explain(self) -> str:
+        return self._step(np.zeros(len(self.names))).explain() + \
+            f"\n(repeated once per iteration, at most {self.max_iter})"
+
+    def _checks(self) -> list[tuple[str, FedData]]:
+        """What the first round also counts: rows of inputs no fit can take, each with what to do."""
+        checks = []
+        if self._outside:
+            checks.append((f"y is {self._outside} on {{}} rows, which the {self.family} family cannot take; "
+                           "leave them out or choose another family", _invalid(self.family, self.outcome)))
+        for role in _WEIGHTS:
+            if role in self.extra:
+                checks.append((f"{role} are negative on {{}} rows; weights are 0 or more", self.extra[role] < 0))
+        if hasattr(self, "_exposure"):
+            checks.append(("exposure is 0 or negative on {} rows; its log is the offset, so it must be "
+                           "positive", self._exposure <= 0))
+        return checks
+
+    def _first(self) -> dict[str, Any]:
+        checks = self._checks()
+        step, *counts = compute(self._step(None), *(mask.sum() for _, mask in checks))
+        for (message, _), count in zip(checks, counts):
+            if count:
+                raise DataError(f"glm: {message.format(int(count))}")
+        if step["n"] == 0:
+            raise DataError("glm has no complete rows: every row misses y, a predictor, an offset or a weight")
+        return step
+
+    def _round(self, beta: np.ndarray, iteration: int, scale: float = 1.0, robust: bool = False) -> dict[str, Any]:
+        try:
+            return self._step(beta, scale, robust).compute()
+        except PrivacyError as error:
+            raise type(error)(
+                f"glm round {iteration} (coefficients {_rounded(self.names, beta)}): {error.message}. The server "
+                "judges the rows behind each round; pool servers or subgroups into larger ones",
+                server=error.server, fragment=error.fragment, operation=error.operation, policy=error.policy,
+            ) from None
+
+    def _centre(self) -> "np.ndarray | None":
+        """Coefficients whose fitted means are all the middle of the family's range (0.5 for a probability),
+        where a link that can leave the range restarts; None for the other links or without an intercept."""
+        if (self.family, self.link) not in _BOUNDED or not self.intercept:
+            return None
+        centre = np.zeros(len(self.names))
+        centre[0] = _BOUNDED[self.family, self.link]
+        return centre
+
+    def _at_edge(self, beta: np.ndarray, iteration: int) -> FedMedError:
+        advice = {"log": "for relative risks fit family='poisson' (log link) with cov_type='HC0'",
+                  "identity": "for risk differences fit the identity link on fewer predictors, or model odds "
+                              "ratios with the logit link"}[self.link]
+        return FedMedError(
+            f"glm: binomial with the {self.link} link did not converge by round {iteration}: the fitted "
+            f"probabilities leave (0, 1) at the optimum (they reach {'1' if self.link == 'log' else '0 or 1'} "
+            f"on some rows; last valid coefficients {_rounded(self.names, beta)}), where the maximum likelihood "
+            f"estimate has no usual standard errors; {advice}")
+
+    def _diverged(self, beta: np.ndarray, iteration: int) -> FedMedError:
+        where = f"in round {iteration} (coefficients {_rounded(self.names, beta)})"
+        if self.link == "inverse_power":
+            return FedMedError(f"glm: the gamma inverse link gives fitted means of 0 or below {where}; "
+                               "use link='log'")
+        return FedMedError(f"glm overflowed {where}: a predictor holds very large values; rescale or clip it "
+                           "(e.g. X={'income/1000': data['income'] / 1000})")
+
+    def _iterate(self) -> tuple[np.ndarray, dict[str, Any], bool, int]:
+        """IRLS from statsmodels' start; a step that worsens the deviance (or leaves the family's range) is halved."""
+        step = self._first()
+        information = np.asarray(step["information"])
+        _check_design(information, self.names, step["n"], "glm", centred=False)
+        scaling = 1.0 / np.sqrt(np.diag(information))
+        beta = np.linalg.solve(information, step["gradient"])
+        best, change, halvings, left, edge = math.inf, beta, 0, False, False
+        for iteration in range(2, self.max_iter + 1):
+            with progress() as bar:
+                bar.stage(f"{self.family} IRLS round {iteration}/{self.max_iter}")
+                step = self._round(beta, iteration)
+            worse = not math.isfinite(step["deviance"]) or step["deviance"] > best + 1e-12 * (1.0 + abs(best))
+            if worse:
+                halvings += 1
+                left = left or not math.isfinite(step["deviance"])
+                edge = edge or left
+                if best == math.inf and left and halvings == 1 and self._centre() is not None:
+                    # the first estimate left the family's range (probabilities above 1): restart from the
+                    # centre of the range, whence every later step halves back towards valid coefficients
+                    beta = change = self._centre()
+                    continue
+                if halvings > 40 or best == math.inf:  # the first estimate has no earlier one to fall back to
+                    raise self._at_edge(beta, iteration) if edge and self._centre() is not None \
+                        else self._diverged(beta, iteration)
+                change = change / 2
+                beta = beta - change
+                continue
+            left = False
+            if _information_lost(np.asarray(step["information"]), scaling):
+                raise FedMedError(
+                    f"glm: the fit diverges in round {iteration}: the coefficients of "
+                    f"{_weakest(np.asarray(step['information']) * np.outer(scaling, scaling), self.names)} grow "
+                    f"without bound (now {_rounded(self.names, beta)}) because they predict the outcome perfectly "
+                    "on some rows (separation); leave them out or merge their categories")
+            best, halvings = step["deviance"], 0
+            change = np.linalg.solve(step["information"], step["gradient"])
+            beta = beta + change
+            if np.max(np.abs(change)) < self.tol * (1.0 + np.max(np.abs(beta))):
+                return beta, step, True, iteration
+        if edge and (self.family, self.link) in _BOUNDED:
+            # steps towards the optimum kept leaving the range: it lies on its edge, where no MLE has the usual
+            # standard errors (statsmodels' IRLS oscillates there without converging)
+            raise self._at_edge(beta, self.max_iter)
+        warnings.warn(f"glm ({self.family}) did not converge in {self.max_iter} iterations; estimates are "
+                      "from the last one", ConvergenceWarning, stacklevel=3)
+        return beta, step, False, self.max_iter
+
+    def compute(self) -> RegressionResult:
+        from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
+
+        beta, step, converged, iterations = self._iterate()
+        df_resid = step["wn"] - len(beta)
+        # statsmodels: Pearson chi² / df_resid for estimated scales; the Gaussian identity llf at RSS / n
+        scale = step["pearson"] / df_resid if self._estimated else 1.0
+        llf_scale = step["deviance"] / step["wn"] if (self.family, self.link) == ("gaussian", "identity") else scale
+        final = step
+        if self._estimated or self.cov_type == "HC0":  # the log-likelihood at the scale, the sandwich's meat
+            final = self._round(beta, iterations + 1, llf_scale, robust=self.cov_type == "HC0")
+        cov = scale * np.linalg.inv(step["information"])
+        if self.cov_type == "HC0":
+            bread = np.linalg.inv(final["observed"])
+            cov = bread @ final["meat"] @ bread
+        bse = np.sqrt(np.diag(cov))
+        z = beta / bse
+        series = lambda values: pd.Series(values, index=self.names, dtype=float)  # noqa: E731
+        return RegressionResult(
+            series(beta), series(bse), series(z), series(2 * sps.norm.sf(np.abs(z))), int(step["n"]),
+            float(df_resid),
+            {"llf": float(final["loglik"]), "deviance": float(step["deviance"]),
+             "pearson_chi2": float(step["pearson"]), "scale": float(scale), "family": self.family,
+             "link": self.link, "cov_type": self.cov_type, "converged": converged, "iterations": iterations},
+        )
+
+
+def glm(data: FedData, y: Column, X: Predictors, family: str = "gaussian", link: "str | None" = None,
+        offset: "Column | None" = None, exposure: "Column | None" = None, freq_weights: "Column | None" = None,
+        var_weights: "Column | None" = None, cov_type: str = "nonrobust", intercept: bool = True,
+        max_iter: int = 50, tol: float = 1e-10) -> GLM:
+    """A generalised linear model as statsmodels' ``GLM``: one round per IRLS iteration.
+
+    ``family`` is ``"gaussian"``, ``"binomial"``, ``"poisson"`` or ``"gamma"``; ``link`` defaults to the
+    canonical one (statsmodels' default) and may be ``"log"`` for the gaussian and gamma families,
+    ``"logit"``, ``"log"`` (relative risks) or ``"identity"`` (risk differences) for the binomial one, whose
+    steps halve back whenever fitted probabilities leave (0, 1) (an optimum on that edge raises a
+    ``FedMedError``: use ``family="poisson"`` with ``cov_type="HC0"`` for relative risks there); the gamma's
+    canonical link is ``"inverse_power"`` (also written ``"inverse"``). ``y`` and ``X`` are given as in
+    :func:`ols`; ``offset``, ``exposure`` (its log joins the offset), ``freq_weights`` and ``var_weights``
+    are column names or expressions of ``data``. A binomial ``y`` is 0/1 or a proportion (give the trials
+    as ``var_weights``). ``cov_type="HC0"`` gives sandwich standard errors. Rounds: one per iteration,
+    plus one at the final coefficients for the gaussian and gamma families (the log-likelihood at the
+    estimated scale) and for ``HC0`` (the sandwich's meat).
+
+    Examples
+    --------
+    >>> import fedmed as fm
+    >>> a = fm.Local({"cost": [1.2, 2.5, 0.8, 3.1], "age": [30.0, 50.0, 25.0, 60.0]})
+    >>> b = fm.Local({"cost": [1.9, 2.2, 4.0], "age": [45.0, 40.0, 70.0]})
+    >>> data = fm.FedData([a, b])
+    >>> fit = fm.stats.glm(data, y="cost", X={"age/10": data["age"] / 10}, family="gamma", link="log").compute()
+    >>> fit.converged, [round(float(v), 4) for v in fit.params]
+    (True, [-0.7992, 0.328])
+    """
+    return GLM(data, y, X, family, link, offset, exposure, freq_weights, var_weights, cov_type, intercept,
+               max_iter, tol)

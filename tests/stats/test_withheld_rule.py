@@ -125,7 +125,7 @@ STATS = [
 #: quantile/median (tests/stats/test_tables_quantiles_plots.py), logit/poisson (test_models_honest.py),
 #: kaplan_meier/logrank (test_survival_honest.py), reconstruct (random by design), rank tests (test_rank.py).
 ELSEWHERE = {"quantile", "median", "logit", "poisson", "kaplan_meier", "logrank", "reconstruct",
-             "mannwhitneyu", "wilcoxon"}
+             "mannwhitneyu", "wilcoxon", "glm", "coxph", "slma"}  # the models: test_glm_families, test_cox, test_slma
 
 
 def test_every_statistic_has_a_row() -> None:
@@ -236,6 +236,9 @@ MISUSE = {
     "wilcoxon": lambda d: fm.stats.wilcoxon(d["x"], d["y"], range=(0, 1)),
     "kaplan_meier": lambda d: fm.stats.kaplan_meier(d["t"], d["e"], bin_width="30"),
     "logrank": lambda d: fm.stats.logrank(d["t"], d["e"], "g"),
+    "glm": lambda d: fm.stats.glm(d, "y", ["x"], family="tweedie"),
+    "coxph": lambda d: fm.stats.coxph(d, "t", "e", ["x"], ties="exact"),
+    "slma": lambda d: fm.stats.slma(len, d, y="y", X=["x"]),
 }
 
 

@@ -1,0 +1,147 @@
+"""fm.stats.coxph against statsmodels' PHReg on the pooled rows (issue 17, item 1)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from statsmodels.duration.hazard_regression import PHReg
+
+import fedmed as fm
+
+EXACT, PRIVATE = "example/config-exact.yaml", "example/config.yaml"
+
+
+def fed(df, config=EXACT, cuts=(0.5, 0.8)):
+    n = len(df)
+    b = [0] + [int(c * n) for c in cuts] + [n]
+    sources = []
+    for i in range(len(b) - 1):
+        s = fm.Server(config=config)
+        s["d"] = df.iloc[b[i]:b[i + 1]].reset_index(drop=True)
+        sources.append(fm.Simulation(s, "d", name=f"h{i}"))
+    return fm.FedData(sources, config=config)
+
+
+def site(df, cuts):
+    """The server index of each row, as ``fed`` splits them."""
+    edges = [int(c * len(df)) for c in cuts]
+    return np.searchsorted(edges, np.arange(len(df)), side="right")
+
+
+def agree(fit, df, time, event, X, ties, strata=None):
+    reference = PHReg(df[time], df[X], status=df[event], ties=ties, strata=strata).fit(tol=1e-12)
+    np.testing.assert_allclose(fit.params.to_numpy(), reference.params, rtol=1e-8)
+    np.testing.assert_allclose(fit.bse.to_numpy(), reference.bse, rtol=1e-8)
+    np.testing.assert_allclose(fit.pvalues.to_numpy(), reference.pvalues, rtol=1e-8)
+    np.testing.assert_allclose(fit.llf, reference.llf, rtol=1e-8)
+    np.testing.assert_allclose(fit.conf_int().to_numpy(), reference.conf_int(), rtol=1e-8)
+    assert fit.events == int(df[event].sum()) and fit.nobs == len(df)
+
+
+def synthetic(n, seed, levels=30):
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=n), rng.binomial(1, 0.4, n).astype(float)
+    time = np.ceil(rng.exponential(np.exp(-(0.5 * x1 - 0.7 * x2))) * levels / 3)  # heavy ties
+    return pd.DataFrame({"t": time, "e": rng.binomial(1, 0.7, n), "x1": x1, "x2": x2,
+                         "g": rng.integers(0, 3, n), "ward": rng.choice(["A", "B"], n)})
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+@pytest.mark.parametrize("cuts", [(), (0.3,), (0.5, 0.8), (0.1, 0.2, 0.6, 0.9)])
+def test_heart_data_equals_phreg_split_over_1_to_5_servers(ties, cuts):
+    heart = sm.datasets.heart.load_pandas().data
+    fit = fm.stats.coxph(fed(heart, cuts=cuts), "survival", "censors", ["age"], ties=ties).compute()
+    agree(fit, heart, "survival", "censors", ["age"], ties)
+    assert fit.rounds == 1 + fit.iterations and fit.converged
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_ties_and_a_stratum_column_equal_phreg(ties, seed):
+    df = synthetic(400, seed)
+    agree(fm.stats.coxph(fed(df), "t", "e", ["x1", "x2"], ties=ties).compute(), df, "t", "e", ["x1", "x2"], ties)
+    fit = fm.stats.coxph(fed(df), "t", "e", ["x1", "x2"], ties=ties, strata="g").compute()
+    agree(fit, df, "t", "e", ["x1", "x2"], ties, strata=df["g"])
+    assert fit.strata == "g"
+
+
+def test_text_strata_are_coded_by_the_client():
+    df = synthetic(300, 4)
+    fit = fm.stats.coxph(fed(df), "t", "e", ["x1"], ties="efron", strata="ward").compute()
+    agree(fit, df, "t", "e", ["x1"], "efron", strata=df["ward"])
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_strata_server_is_a_baseline_hazard_per_site(ties):
+    df, cuts = synthetic(500, 5), (0.2, 0.55, 0.7)
+    fit = fm.stats.coxph(fed(df, cuts=cuts), "t", "e", ["x1", "x2"], ties=ties, strata="server").compute()
+    agree(fit, df, "t", "e", ["x1", "x2"], ties, strata=site(df, cuts))
+    pooled = fm.stats.coxph(fed(df, cuts=cuts), "t", "e", ["x1", "x2"], ties=ties).compute()
+    assert abs(fit.llf - pooled.llf) > 1e-3  # a different model, not the pooled one relabelled
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_a_server_with_zero_events_and_one_all_censored(ties):
+    df = synthetic(400, 6)
+    df.loc[:99, "e"] = 0  # server 1 of 4: all censored
+    df.loc[320:, "e"] = 0  # server 4: zero events, late times in others' risk sets
+    df.loc[320:, "t"] += 5
+    cuts = (0.25, 0.5, 0.8)
+    agree(fm.stats.coxph(fed(df, cuts=cuts), "t", "e", ["x1", "x2"], ties=ties).compute(),
+          df, "t", "e", ["x1", "x2"], ties)
+    fit = fm.stats.coxph(fed(df, cuts=cuts), "t", "e", ["x1", "x2"], ties=ties, strata="server").compute()
+    agree(fit, df, "t", "e", ["x1", "x2"], ties, strata=site(df, cuts))
+
+
+def test_missing_values_are_left_out():
+    df = synthetic(300, 7)
+    df.loc[[3, 50, 200], "x1"] = np.nan
+    df.loc[[10, 250], "t"] = np.nan
+    complete = df.dropna().reset_index(drop=True)
+    data = fed(df)
+    fit = fm.stats.coxph(data, data["t"], data["e"], {"x1": data["x1"], "x2": data["x2"]}, ties="efron").compute()
+    agree(fit, complete, "t", "e", ["x1", "x2"], "efron")
+
+
+def test_errors_say_what_to_do():
+    df = synthetic(100, 8)
+    with pytest.raises(fm.DataError, match="no events"):
+        fm.stats.coxph(fed(df.assign(e=0)), "t", "e", ["x1"]).compute()
+    with pytest.raises(fm.DataError, match="recode"):
+        fm.stats.coxph(fed(df.assign(e=df["e"] * 2)), "t", "e", ["x1"]).compute()
+    with pytest.raises(fm.ArgumentError, match="ties"):
+        fm.stats.coxph(fed(df), "t", "e", ["x1"], ties="exact")
+    with pytest.raises(fm.FedMedError, match="constant"):
+        fm.stats.coxph(fed(df.assign(c=1.0)), "t", "e", ["x1", "c"]).compute()
+
+
+def test_threshold_policies_refuse_the_risk_set_sums():
+    df = synthetic(400, 9)
+    with pytest.raises(fm.PrivacyError, match="does not release cox_step under Anonymity: Cox risk-set sums"):
+        fm.stats.coxph(fed(df, config=PRIVATE), "t", "e", ["x1"]).compute()
+
+
+def test_explain_shows_both_rounds():
+    df = synthetic(50, 10)
+    text = fm.stats.coxph(fed(df), "t", "e", ["x1"]).explain()
+    assert "cox_step(" in text and "event-time grid" in text and "once per Newton iteration" in text
+
+
+def test_a_hand_built_request_for_one_persons_sums_is_refused_too():
+    # red-team: a grid of one late time whose risk set is one person would give that person's covariates
+    df = synthetic(200, 11)
+    data = fed(df, config=PRIVATE)
+    late = float(df["t"].max())
+    request = data["t"]._aggregate("cox_step", (data["e"], [0.0], [late], False, False, data["x1"]))
+    with pytest.raises(fm.PrivacyError, match="does not release"):
+        request.compute()
+
+
+def test_an_event_off_the_grid_is_counted_not_a_failure():
+    # a failure reaches the analyst before any privacy policy: whether an event falls on a named time
+    # must not be answerable by a task failing, so the map counts events off the grid instead
+    df = synthetic(200, 12)
+    data = fed(df)
+    late = float(df["t"].max())
+    answer = data["t"]._aggregate("cox_step", (data["e"], [0.0], [late], False, False, data["x1"])).compute()
+    assert sum(int(part["off_grid"]) for part in answer["parts"]) == int(((df["e"] == 1) & (df["t"] != late)).sum())

@@ -1,0 +1,327 @@
+"""fm.stats.slma: per-site fits equal statsmodels on each site's rows, pooling equals combine_effects.
+
+Real data shipped with statsmodels (spector, star98, fair, cancer) split
+unevenly over 2 to 8 simulated servers, under the exact and the
+privacy-aware example configs; the rows-per-parameter refusal; one request
+per server; the forest plot's artists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import statsmodels.api as sm
+from scipy.optimize import minimize_scalar
+from statsmodels.stats.meta_analysis import combine_effects
+
+import fedmed as fm
+from fedmed.config import Aggregate, load_config
+from fedmed.ops import private, public
+from fedmed.stats.meta import reml_score
+
+matplotlib.use("Agg")
+
+CONFIGS = ["example/config-exact.yaml", "example/config.yaml"]
+TOL = 1e-8
+
+
+def bounds(n: int, cuts: tuple[float, ...]) -> list[int]:
+    return [0] + [int(c * n) for c in cuts] + [n]
+
+
+def fed(df: pd.DataFrame, config: str = "example/config-exact.yaml", cuts: tuple[float, ...] = (0.5, 0.8),
+        servers: list | None = None) -> fm.FedData:
+    b, sources = bounds(len(df), cuts), []
+    for i in range(len(b) - 1):
+        s = fm.Server(config=config)
+        s["d"] = df.iloc[b[i]:b[i + 1]].reset_index(drop=True)
+        sources.append(fm.Simulation(s, "d", name=f"h{i}"))
+        if servers is not None:
+            servers.append(s)
+    return fm.FedData(sources, config=config)
+
+
+def parts(df: pd.DataFrame, cuts: tuple[float, ...]) -> list[pd.DataFrame]:
+    b = bounds(len(df), cuts)
+    return [df.iloc[b[i]:b[i + 1]] for i in range(len(b) - 1)]
+
+
+def shuffled(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def fair() -> pd.DataFrame:
+    df = shuffled(sm.datasets.fair.load_pandas().data)
+    return df.assign(affair=(df["affairs"] > 0).astype(float))
+
+
+def star98() -> pd.DataFrame:
+    df = shuffled(sm.datasets.star98.load_pandas().data)
+    return df.assign(share=df["NABOVE"] / (df["NABOVE"] + df["NBELOW"]))
+
+
+def cancer() -> pd.DataFrame:
+    df = shuffled(sm.datasets.cancer.load_pandas().data)
+    return df.assign(logpop=np.log(df["population"]))
+
+
+def spector() -> pd.DataFrame:
+    return shuffled(sm.datasets.spector.load_pandas().data)
+
+
+# (name, data, model, statsmodels model, y, X, cuts, rows per parameter asked)
+CASES = [
+    ("fair logit 4", fair, fm.stats.logit, sm.Logit, "affair", ["rate_marriage", "age", "yrs_married", "children"],
+     (0.3, 0.55, 0.8), 10),
+    ("fair poisson 8", fair, fm.stats.poisson, sm.Poisson, "children", ["rate_marriage", "age", "religious"],
+     (0.1, 0.2, 0.35, 0.5, 0.6, 0.7, 0.85), 10),
+    ("star98 ols 3", star98, fm.stats.ols, sm.OLS, "share", ["LOWINC", "PERASIAN", "PERBLACK", "PERHISP"],
+     (0.4, 0.7), 10),
+    ("cancer poisson 2", cancer, fm.stats.poisson, sm.Poisson, "cancer", ["logpop"], (0.6,), 10),
+    ("spector logit 2", spector, fm.stats.logit, sm.Logit, "GRADE", ["GPA", "PSI"], (0.5,), 5),
+    ("spector ols 2", spector, fm.stats.ols, sm.OLS, "GPA", ["TUCE"], (0.45,), 5),
+]
+
+
+def statsmodels_fit(model, part, y, X):
+    design = sm.add_constant(part[X], has_constant="add")
+    fit = model(part[y], design)
+    return fit.fit() if model is sm.OLS else fit.fit(disp=0, method="newton", tol=1e-13, maxiter=200)
+
+
+def close(a, b, tol=TOL) -> None:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    assert np.allclose(a, b, rtol=tol, atol=tol * np.max(np.abs(b))), (a, b)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_each_site_equals_statsmodels_on_its_rows(case, config):
+    _, load, model, sm_model, y, X, cuts, rows = case
+    df = load()
+    meta = fm.stats.slma(model, fed(df, config, cuts), y=y, X=X, rows_per_parameter=rows).compute()
+    assert list(meta.sites.index) == [f"h{i}" for i in range(len(cuts) + 1)]
+    for i, part in enumerate(parts(df, cuts)):
+        expected = statsmodels_fit(sm_model, part, y, X)
+        close(meta.sites.iloc[i], expected.params)
+        close(meta.sites_bse.iloc[i], expected.bse)
+        assert meta.nobs.iloc[i] == len(part)
+
+
+@pytest.mark.parametrize("method, method_re", [("dl", "chi2"), ("pm", "iterated")])
+@pytest.mark.parametrize("case", CASES[:4], ids=[c[0] for c in CASES[:4]])
+def test_pooled_equals_combine_effects(case, method, method_re):
+    _, load, model, _, y, X, cuts, rows = case
+    meta = fm.stats.slma(model, fed(load(), cuts=cuts), method=method, y=y, X=X, rows_per_parameter=rows).compute()
+    for name in meta.fixed.index:
+        with np.errstate(invalid="ignore"):  # statsmodels' square root of its negative tau2
+            sm_meta = combine_effects(meta.sites[name].to_numpy(), meta.sites_bse[name].to_numpy() ** 2,
+                                      method_re=method_re)
+        close(meta.fixed[name], sm_meta.mean_effect_fe, 1e-12)
+        close(meta.fixed_bse[name], sm_meta.sd_eff_w_fe, 1e-12)
+        close(meta.q[name], sm_meta.q, 1e-12)
+        close(meta.i2[name], max(0.0, sm_meta.i2), 1e-12)
+        if sm_meta.tau2 > 0:
+            close(meta.tau2[name], sm_meta.tau2, 1e-10)
+            close(meta.random[name], sm_meta.mean_effect_re, 1e-10)
+            close(meta.random_bse[name], sm_meta.sd_eff_w_re, 1e-10)
+        else:  # statsmodels leaves a negative tau2; truncated at 0 the random effect is the fixed one
+            assert meta.tau2[name] == 0.0
+            close(meta.random[name], sm_meta.mean_effect_fe, 1e-12)
+    if case[0] == "fair logit 4":
+        assert (meta.tau2 > 0).any()  # both branches above are taken: heterogeneity was there to estimate
+
+
+def test_reml_solves_its_score_equation():
+    meta = fm.stats.slma(fm.stats.logit, fed(fair(), cuts=(0.3, 0.55, 0.8)), method="reml", y="affair",
+                         X=["rate_marriage", "age", "yrs_married", "children"]).compute()
+    assert (meta.tau2 > 0).any() and (meta.tau2 == 0).any()
+    for name in meta.fixed.index:
+        effect, variance = meta.sites[name].to_numpy(), meta.sites_bse[name].to_numpy() ** 2
+        tau2 = meta.tau2[name]
+        if tau2 > 0:
+            assert abs(reml_score(tau2, effect, variance)) < 1e-8 * np.sum(1 / variance)
+        else:
+            assert reml_score(0.0, effect, variance) <= 0
+        w = 1 / (variance + tau2)
+        close(meta.random[name], w @ effect / w.sum(), 1e-12)
+        best = minimize_scalar(restricted_nll, bounds=(0.0, 10 * (np.var(effect) + variance.max())),
+                               args=(effect, variance), method="bounded", options={"xatol": 1e-14})
+        assert restricted_nll(tau2, effect, variance) <= restricted_nll(best.x, effect, variance) + 1e-12
+
+
+def restricted_nll(tau2, effect, variance):
+    """Minus the restricted log-likelihood of a random effects meta-analysis, up to a constant."""
+    w = 1 / (variance + tau2)
+    mean = w @ effect / w.sum()
+    return 0.5 * (np.sum(np.log(variance + tau2)) + np.log(w.sum()) + w @ (effect - mean) ** 2)
+
+
+def test_one_request_per_server_for_a_logit_over_eight_servers():
+    servers: list[fm.Server] = []
+    data = fed(fair(), "example/config.yaml", (0.1, 0.2, 0.35, 0.5, 0.6, 0.7, 0.85), servers)
+    meta = fm.stats.slma(fm.stats.logit, data, y="affair", X=["rate_marriage", "age", "yrs_married"]).compute()
+    assert len(meta.sites) == 8
+    assert [s.traffic.requests for s in servers] == [1] * 8
+
+
+def test_computed_with_other_statistics_in_the_same_request():
+    servers: list[fm.Server] = []
+    data = fed(fair(), cuts=(0.5,), servers=servers)
+    meta, mean = fm.compute(fm.stats.slma(fm.stats.ols, data, y="age", X=["yrs_married"]), data["age"].mean())
+    assert [s.traffic.requests for s in servers] == [1, 1]
+    close(mean, fair()["age"].mean(), 1e-12)
+    assert meta.sites.shape == (2, 2)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_a_site_with_too_few_rows_per_parameter_is_refused(config):
+    df = spector()  # 32 rows: a site of 8 rows, 3 parameters
+    data = fed(df, config, cuts=(0.25,))
+    with pytest.raises(fm.PrivacyError, match="rows per parameter") as refused:
+        fm.stats.slma(fm.stats.logit, data, y="GRADE", X=["GPA", "PSI"], rows_per_parameter=3).compute()
+    assert refused.value.server.startswith("h0")
+    # the analyst cannot go below the server's floor of 3
+    small = fed(df.iloc[:16], config, cuts=(0.5,))  # 8 rows, 3 parameters: 2.7 rows each
+    with pytest.raises(fm.PrivacyError, match="at least 3 complete rows per parameter"):
+        fm.stats.slma(fm.stats.ols, small, y="GPA", X=["TUCE", "PSI"], rows_per_parameter=1).compute()
+
+
+def test_a_server_sets_a_stricter_floor_in_its_config():
+    config = load_config("example/config-exact.yaml")
+    strict = dataclasses.replace(config, aggregates={
+        **config.aggregates, "site_fit": Aggregate("site_fit", private.site_fit_with(10), public.site_fit)})
+    df = spector()
+    sources = []
+    for i, part in enumerate(parts(df, (0.5,))):
+        server = fm.Server(config=strict if i == 1 else "example/config-exact.yaml")
+        server["d"] = part.reset_index(drop=True)
+        sources.append(fm.Simulation(server, "d", name=f"h{i}"))
+    data = fm.FedData(sources, config="example/config-exact.yaml")
+    with pytest.raises(fm.PrivacyError, match="at least 10 complete rows") as refused:  # 16 rows < 10 * 2
+        fm.stats.slma(fm.stats.ols, data, y="GPA", X=["TUCE"], rows_per_parameter=4).compute()
+    assert refused.value.server.startswith("h1")
+
+
+def test_an_indicator_built_in_the_predictors_is_refused_under_privacy():
+    df = fair().assign(id=lambda d: np.arange(len(d)))
+    data = fed(df, "example/config.yaml", cuts=(0.5,))
+    with pytest.raises(fm.PrivacyError, match="fewer than 5"):
+        fm.stats.slma(fm.stats.ols, data, y="age", X={"marked": data["yrs_married"] * (data["id"] == 17)}).compute()
+
+
+def test_separation_on_one_site_is_named():
+    df = fair()
+    df.loc[df.index[:1000], "affair"] = (df["rate_marriage"].iloc[:1000] < 3).astype(float)  # site 0 separated
+    with pytest.raises(fm.TaskFailed, match="separation") as failed:
+        fm.stats.slma(fm.stats.logit, fed(df, cuts=(0.15,)), y="affair", X=["rate_marriage"]).compute()
+    assert failed.value.server.startswith("h0")
+
+
+def test_misuse_is_an_argument_error():
+    data = fed(fair())
+    with pytest.raises(fm.ArgumentError, match="fm.stats.ols"):
+        fm.stats.slma(fm.stats.mean, data, y="age", X=["children"])
+    with pytest.raises(fm.ArgumentError, match="reml"):
+        fm.stats.slma(fm.stats.ols, data, method="hksj", y="age", X=["children"])
+    with pytest.raises(fm.DataError, match="at least two sites"):
+        fm.stats.slma(fm.stats.ols, fed(fair(), cuts=()), y="age", X=["children"]).compute()
+
+
+def test_result_reports_and_forest_plot():
+    meta = fm.stats.slma(fm.stats.poisson, fed(cancer(), cuts=(0.3, 0.6)), y="cancer", X=["logpop"]).compute()
+    summary = meta.summary()
+    assert list(summary.index) == ["Intercept", "logpop"] and "tau2" in summary.columns
+    assert "SLMA · 3 sites · dl" in repr(meta) and "<table" in meta._repr_html_()
+    ci = meta.conf_int()
+    assert (ci["lower"] < meta.random).all() and (meta.random < ci["upper"]).all()
+    ax = meta.plot()
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["h0", "h1", "h2", "fixed effect", "random effects (dl)"]
+    assert len(ax.patches) == 2  # the two pooled diamonds
+    diamond = ax.patches[0].get_xy()
+    close([diamond[:, 0].min(), diamond[:, 0].max()],
+          [meta.fixed["logpop"] - 1.959963984540054 * meta.fixed_bse["logpop"],
+           meta.fixed["logpop"] + 1.959963984540054 * meta.fixed_bse["logpop"]], 1e-9)
+    squares = ax.collections[-1].get_offsets()
+    close(squares[:, 0], meta.sites["logpop"])
+    with pytest.raises(fm.ArgumentError, match="no coefficient"):
+        meta.plot("age")
+
+
+def test_two_predictors_that_differ_on_one_row_are_refused_side_by_side():
+    # site_fit is judged as the other sums released side by side: a pair proportional on all rows but
+    # one would let the site's coefficients depend on that row
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"id": np.arange(300), "y": rng.normal(size=300), "x": rng.normal(size=300),
+                       "age": rng.integers(20, 90, 300).astype(float)})
+    sources = []
+    for i, (a, b) in enumerate([(0, 150), (150, 300)]):
+        server = fm.Server(config="example/config.yaml")
+        server["d"] = df.iloc[a:b].reset_index(drop=True)
+        sources.append(fm.Simulation(server, "d", name=f"h{i}"))
+    d = fm.FedData(sources, config="example/config.yaml")
+    with pytest.raises(fm.PrivacyError, match="differs from a multiple of another input"):
+        fm.stats.slma(fm.stats.ols, d, y="y",
+                      X={"a": d["age"] * (d["id"] <= 17), "b": d["age"] * (d["id"] < 17), "x": d["x"]}).compute()
+
+
+# -- fm.stats.glm per site (families and links of fedmed.ops.private.GLM_FAMILIES / GLM_LINKS) -------------
+
+SM_FAMILIES = {"gaussian": sm.families.Gaussian, "binomial": sm.families.Binomial, "poisson": sm.families.Poisson,
+               "gamma": sm.families.Gamma}
+SM_LINKS = {"identity": sm.families.links.Identity, "log": sm.families.links.Log, "logit": sm.families.links.Logit,
+            "inverse_power": sm.families.links.InversePower}
+
+# (name, data, family, link, y, X, cuts)
+GLM_CASES = [
+    ("star98 gamma log 3", star98, "gamma", "log", "AVSALK", ["PTRATIO", "LOWINC"], (0.4, 0.7)),
+    ("star98 gamma inverse 2", star98, "gamma", "inverse_power", "AVSALK", ["PTRATIO", "LOWINC"], (0.5,)),
+    ("fair binomial identity 3", fair, "binomial", "identity", "affair", ["age", "educ"], (0.3, 0.6)),
+    ("fair binomial log 3", fair, "binomial", "log", "affair", ["age", "educ"], (0.3, 0.6)),
+    ("cancer poisson log 2", cancer, "poisson", "log", "cancer", ["logpop"], (0.6,)),
+    ("star98 gaussian log 3", star98, "gaussian", "log", "share", ["LOWINC", "PERBLACK"], (0.3, 0.65)),
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("case", GLM_CASES, ids=[c[0] for c in GLM_CASES])
+def test_glm_each_site_equals_statsmodels_glm(case, config):
+    _, load, family, link, y, X, cuts = case
+    df = load()
+    meta = fm.stats.slma(fm.stats.glm, fed(df, config, cuts), y=y, X=X, family=family, link=link).compute()
+    for i, part in enumerate(parts(df, cuts)):
+        model = sm.GLM(part[y], sm.add_constant(part[X]), family=SM_FAMILIES[family](SM_LINKS[link]()))
+        # statsmodels' IRLS stops on the deviance's change, flat at the optimum: on fair's identity link it stops
+        # with a score 1000 times fedmed's and coefficients 1e-7 apart. Its Newton method finds the optimum; IRLS
+        # started there gives statsmodels' (expected information) standard errors.
+        optimum = model.fit(method="newton", tol=1e-14, maxiter=200)
+        expected = model.fit(start_params=optimum.params, tol=1e-14, maxiter=200)
+        assert optimum.mle_retvals["converged"] and 0 < expected.fittedvalues.min()  # converged inside the range
+        assert family != "binomial" or expected.fittedvalues.max() < 1
+        close(meta.sites.iloc[i], expected.params)
+        close(meta.sites_bse.iloc[i], expected.bse)
+        assert meta.nobs.iloc[i] == len(part)
+    pooled = combine_effects(meta.sites[X[0]].to_numpy(), meta.sites_bse[X[0]].to_numpy() ** 2, method_re="chi2")
+    assert meta.fixed[X[0]] == pytest.approx(pooled.mean_effect_fe, rel=1e-12)
+
+
+def test_glm_family_and_link_are_checked_before_any_request():
+    data = fed(fair())
+    with pytest.raises(fm.ArgumentError, match="slma: the gamma family takes the links"):
+        fm.stats.slma(fm.stats.glm, data, y="age", X=["children"], family="gamma", link="logit")
+    with pytest.raises(fm.ArgumentError, match="family and link, not \\['offset'\\]"):
+        fm.stats.slma(fm.stats.glm, data, y="age", X=["children"], family="gamma", offset="age")
+    with pytest.raises(fm.ArgumentError, match="takes no \\['family'\\]"):
+        fm.stats.slma(fm.stats.logit, data, y="affair", X=["age"], family="binomial")
+
+
+def test_glm_site_whose_probabilities_reach_one_fails_with_the_reason():
+    # statsmodels does not converge on any of these sites (probabilities up to 1.0006, 1.24, 1.07 when it stops)
+    with pytest.raises(fm.TaskFailed, match="edge of their range") as failed:
+        fm.stats.slma(fm.stats.glm, fed(fair(), cuts=(0.3, 0.6)), y="affair", X=["rate_marriage", "yrs_married"],
+                      family="binomial", link="log").compute()
+    assert failed.value.server.startswith("h")
