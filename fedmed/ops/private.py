@@ -359,6 +359,13 @@ def glm_family_weights(y: pd.Series, family: str, link: str, intercept: bool, be
     with np.errstate(all="ignore"):
         mu = inverse(design @ np.asarray(beta, dtype=float) + offset)
         weight = freq * var / (deriv(mu) ** 2 * variance(mu))
+        # a row whose mean leaves the family's range makes the round's deviance NaN, one bit the analyst
+        # steers with beta: such rows are missing here, so that 1 to k-1 of them are refused as any
+        # intermediate missing on a few rows is (what is left is the "zero against refused" limit)
+        low, high = GLM_MEAN_RANGE.get((family, link), (-np.inf, np.inf))
+        if link == "inverse_power":
+            low = 0.0  # a gamma mean at or below zero
+        weight = np.where((mu > low) & (mu < high) & np.isfinite(mu), weight, np.nan)
         # to 12 digits of the largest: a family whose weights are constant in theory (gamma with a log
         # link: 1 on every row) must not look like one that singles out the rows rounding moved
         top = np.nanmax(np.abs(weight)) if np.isfinite(weight).any() else 1.0

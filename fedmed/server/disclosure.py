@@ -391,7 +391,7 @@ class Disclosure:
                 return Finding(node, f"differs from a multiple of another input on fewer than {k} {self.unit}")
         weights = self._glm_weights()
         if weights is not None:
-            what = self._selects(self.node, weights, used & self._align(weights.notna()), k, share)
+            what = self._selects(self.node, weights, used, k, share)  # a weight missing on a few rows singles them out
             if what:
                 return Finding(self.node, f"(its row weights at this beta) {what}")
         return None
