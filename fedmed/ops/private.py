@@ -337,11 +337,14 @@ GLM_ROLES = ("offset", "freq_weights", "var_weights")
 
 
 def glm_family_weights(y: pd.Series, family: str, link: str, intercept: bool, beta: Any, scale: float,
-                       robust: bool, roles: list[str], *columns: pd.Series) -> pd.Series | None:
-    """The per-row weights ``W = f v / (g'(μ)² V(μ))`` that ``glm_family_step`` gives at the analyst's
-    ``beta``, on the rows it uses: the disclosure analysis judges them like any intermediate (a ``beta``
-    that puts all the weight on one row would make the information matrix that row's value). None
-    before the first estimate (``beta=None``: the server's own start) or for unknown arguments.
+                       robust: bool, roles: list[str], *columns: pd.Series) -> list[pd.Series] | None:
+    """The per-row multipliers that ``glm_family_step`` sums at the analyst's ``beta``, on the rows it
+    uses: the information's weights ``W = f v / (g'(μ)² V(μ))``, the score's ``f v / (g'(μ) V(μ))`` (it
+    multiplies ``y − μ``) and the Pearson sum's ``f v / V(μ)``. The disclosure analysis judges each like
+    any intermediate: a ``beta`` or an offset that puts (almost) all of one of them on one row makes
+    that sum one row's value. Red-teamed: gamma with a log link has ``W = 1`` on every row, but its
+    score factor ``exp(-η)``, with an offset that is small on one row only, summed one patient's age.
+    None before the first estimate (``beta=None``: the server's own start) or for unknown arguments.
     """
     if beta is None or family not in GLM_FAMILIES or link not in GLM_LINKS or any(r not in GLM_ROLES for r in roles):
         return None
@@ -358,20 +361,26 @@ def glm_family_weights(y: pd.Series, family: str, link: str, intercept: bool, be
     variance = GLM_FAMILIES[family][0]
     with np.errstate(all="ignore"):
         mu = inverse(design @ np.asarray(beta, dtype=float) + offset)
-        weight = freq * var / (deriv(mu) ** 2 * variance(mu))
+        gprime, v_mu = deriv(mu), variance(mu)
+        factors = [freq * var / (gprime**2 * v_mu), freq * var / (gprime * v_mu), freq * var / v_mu]
         # a row whose mean leaves the family's range makes the round's deviance NaN, one bit the analyst
         # steers with beta: such rows are missing here, so that 1 to k-1 of them are refused as any
         # intermediate missing on a few rows is (what is left is the "zero against refused" limit)
         low, high = GLM_MEAN_RANGE.get((family, link), (-np.inf, np.inf))
         if link == "inverse_power":
             low = 0.0  # a gamma mean at or below zero
-        weight = np.where((mu > low) & (mu < high) & np.isfinite(mu), weight, np.nan)
-        # to 12 digits of the largest: a family whose weights are constant in theory (gamma with a log
-        # link: 1 on every row) must not look like one that singles out the rows rounding moved
-        top = np.nanmax(np.abs(weight)) if np.isfinite(weight).any() else 1.0
-        if np.isfinite(top) and top > 0:
-            weight = np.round(weight / top, 12) * top
-    return pd.Series(weight, index=frame.index)
+        inside = (mu > low) & (mu < high) & np.isfinite(mu)
+        return [pd.Series(_to_digits(np.where(inside, f, np.nan)), index=frame.index) for f in factors]
+
+
+def _to_digits(values: np.ndarray, digits: int = 12) -> np.ndarray:
+    """``values`` to ``digits`` of the largest: a multiplier constant in theory (gamma with a log link has
+    ``W = 1`` on every row) must not look like one that singles out the rows rounding moved."""
+    finite = np.isfinite(values)
+    top = np.max(np.abs(values[finite])) if finite.any() else 0.0
+    if top > 0:
+        return np.round(values / top, digits) * top
+    return values
 
 
 @_INFINITE_IS_NAN

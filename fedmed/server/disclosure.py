@@ -389,15 +389,14 @@ class Disclosure:
             counts = ratio.value_counts()
             if len(counts) > 1 and 0 < self.count(self._align(ratio != counts.index[0])) < k:
                 return Finding(node, f"differs from a multiple of another input on fewer than {k} {self.unit}")
-        weights = self._glm_weights()
-        if weights is not None:
+        for weights in self._glm_weights() or ():
             what = self._selects(self.node, weights, used, k, share)  # a weight missing on a few rows singles them out
             if what:
                 return Finding(self.node, f"(its row weights at this beta) {what}")
         return None
 
-    def _glm_weights(self) -> pd.Series | None:
-        """The per-row weights a ``glm_step`` (or ``glm_family_step``) gives at the analyst's ``beta``
+    def _glm_weights(self) -> list[pd.Series] | None:
+        """The per-row multipliers a ``glm_step`` (or ``glm_family_step``) sums at the analyst's ``beta``
         (None for other aggregates)."""
         if self.node.op == "glm_family_step" and len(self.inputs) >= 8:
             from ..ops.private import glm_family_weights  # the family's weights, where the map is defined
@@ -420,7 +419,7 @@ class Disclosure:
                 weight = mean * (1.0 - mean)
             else:
                 weight = np.exp(eta)
-        return pd.Series(weight, index=frame.index)
+        return [pd.Series(weight, index=frame.index)]
 
     def _selects(self, node: Node, value: pd.Series, scope: pd.Series, k: int, share: float) -> str | None:
         """What ``value`` does to single out 1 to k-1 persons within ``scope``, or None."""
