@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import OperationError, PrivacyError
+from . import cox
 
 
 def fixed_size(fn: Any) -> Any:
@@ -519,45 +520,13 @@ def cox_step(time: pd.Series, event: pd.Series, beta: Any, grid: Any, efron: boo
     # and whether some event falls on a time the analyst names is a question about the rows
     off_grid = int(np.sum(event & ((slot < 0) | (grid[np.maximum(slot, 0)] != t))))
     at_risk = slot >= 0  # a row that left before the first grid time is in no risk set
-    table = _cox_cells(design[at_risk], np.asarray(beta, dtype=float), event[at_risk], efron)
-    cells = _cell_sums(code[at_risk] * builtins.len(grid) + slot[at_risk], table, builtins.len(labels) * builtins.len(grid))
-    answer = _cox_answer(cells.reshape(builtins.len(labels), builtins.len(grid), -1), design.shape[1], efron,
-                         labels, builtins.len(rows), design[event].sum(axis=0))
-    return {**answer, "off_grid": off_grid}
-
-
-def _cox_cells(design: np.ndarray, beta: np.ndarray, event: np.ndarray, efron: bool) -> np.ndarray:
-    """Per row: ``w, w x, w x x'`` then ``event`` (and, for Efron, the same three times ``event``)."""
-    n, p = design.shape
-    w = np.exp(design @ beta)
-    risk = np.column_stack([w, w[:, None] * design,
-                            (w[:, None, None] * design[:, :, None] * design[:, None, :]).reshape(n, p * p)])
-    parts = [risk, event[:, None].astype(float)] + ([risk * event[:, None]] if efron else [])
-    return np.hstack(parts)
-
-
-def _cell_sums(cell: np.ndarray, table: np.ndarray, cells: int) -> np.ndarray:
-    """``table``'s rows added per ``cell`` (0 to ``cells - 1``): one sort, one ``reduceat``."""
-    out = np.zeros((cells, table.shape[1]))
-    if builtins.len(cell):
-        order = np.argsort(cell, kind="stable")
-        cell = cell[order]
-        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-        out[cell[starts]] = np.add.reduceat(table[order], starts, axis=0)
-    return out
-
-
-def _cox_answer(cells: np.ndarray, p: int, efron: bool, labels: np.ndarray, n: int, xsum: np.ndarray) -> dict[str, Any]:
-    """The per-cell sums as the answer: risk sums over times at or after each grid time (reverse cumsum)."""
-    width = 1 + p + p * p
-    later = np.flip(np.cumsum(np.flip(cells[:, :, :width], axis=1), axis=1), axis=1)
-    shapes = {"0": (), "1": (p,), "2": (p, p)}
-    answer: dict[str, Any] = {"n": n, "labels": [_plain(v) for v in labels], "d": cells[:, :, width].tolist(),
-                              "xsum": xsum.tolist()}
-    for prefix, block in (("S", later), ("E", cells[:, :, width + 1:])) if efron else (("S", later),):
-        for order, (start, stop) in zip("012", ((0, 1), (1, 1 + p), (1 + p, width))):
-            answer[prefix + order] = block[:, :, start:stop].reshape(*block.shape[:2], *shapes[order]).tolist()
-    return answer
+    table = cox.row_terms(design[at_risk], np.asarray(beta, dtype=float), event[at_risk], efron)
+    cells = cox.cell_sums(code[at_risk] * builtins.len(grid) + slot[at_risk], table,
+                          builtins.len(labels) * builtins.len(grid))
+    sums = cox.risk_sums(cells.reshape(builtins.len(labels), builtins.len(grid), -1), design.shape[1], efron)
+    return {"n": builtins.len(rows), "labels": [_plain(v) for v in labels],
+            **{name: value.tolist() for name, value in sums.items()},
+            "xsum": design[event].sum(axis=0).tolist(), "off_grid": off_grid}
 
 
 # -- schema (pandas' columns and dtypes; fedmed.api.schema) ---------------------------------------
@@ -681,32 +650,41 @@ def site_fit_with(rows_per_parameter: float = SITE_FIT_ROWS_PER_PARAMETER) -> An
                  tol: float, *columns: pd.Series) -> list[Any]:
         """``model`` fitted on this fragment's complete rows to convergence: ``[n, coefficients, covariance]``.
 
-        ``model`` is a key of ``SITE_FITS`` (``"ols"``, ``"logit"``, ``"poisson"``).
+        ``model`` is a key of ``SITE_FITS`` (``"ols"``, ``"logit"``, ``"poisson"``), ``"glm/<family>/<link>"``
+        or ``"cox/breslow"``, ``"cox/efron"``. A Cox fit reads ``y`` as the follow-up time and the first
+        of ``columns`` as the event (0/1), and adds the number of events to its answer.
         """
         fit = SITE_FITS.get(model) or _site_family_fit(model)
         if fit is None:
             raise OperationError(f"unknown model {model!r}: use one of {sorted(SITE_FITS)} or 'glm/<family>/<link>'")
+        outcomes = getattr(fit, "outcomes", 1)  # leading columns that are the outcome (Cox: time and event)
         rows = _complete_rows((y, *columns))
-        target, design = rows[:, 0], rows[:, 1:]
+        target, design = (rows[:, 0] if outcomes == 1 else rows[:, :outcomes]), rows[:, outcomes:]
         if intercept:
             design = np.column_stack([np.ones(builtins.len(rows)), design])
-        _check_site_size(builtins.len(rows), design.shape[1], builtins.max(floor, float(rows_per_parameter)))
+        least = builtins.max(floor, float(rows_per_parameter))
+        counts = {"complete rows": builtins.len(rows), **getattr(fit, "counts", _no_counts)(target)}
+        floors = getattr(fit, "floors", {})  # a fit's own floors, which no analyst can lower
+        for what, count in counts.items():
+            _check_site_size(count, design.shape[1], builtins.max(least, floors.get(what, 0)), what)
         params, cov = fit(target, design, int(max_iter), float(tol))
-        return [builtins.len(rows), params.tolist(), cov.tolist()]
+        return [builtins.len(rows), params.tolist(), cov.tolist(), *list(counts.values())[1:]]
 
     site_fit.rows_per_parameter = floor
     return site_fit
 
 
-def _check_site_size(n: int, parameters: int, rows_per_parameter: float) -> None:
-    from ..errors import PrivacyError
+def _no_counts(target: np.ndarray) -> dict[str, int]:
+    return {}
 
+
+def _check_site_size(n: int, parameters: int, rows_per_parameter: float, what: str = "complete rows") -> None:
     if n < rows_per_parameter * parameters:
         # no count in the message: the refusal says only that the site is too small for the model
         raise PrivacyError(
-            f"a per-site fit of {parameters} parameters needs at least {rows_per_parameter:g} complete rows per "
-            "parameter, and this fragment has fewer: fit fewer predictors, or pool this site with others "
-            "(fm.stats.logit, fm.stats.ols... on the pooled rows)",
+            f"a per-site fit of {parameters} parameters needs at least {rows_per_parameter:g} {what} per "
+            f"parameter, and this fragment has fewer {what}: fit fewer predictors, or pool this site with others "
+            "(fm.stats.logit, fm.stats.ols, fm.stats.coxph... on the pooled rows, where the server allows it)",
             operation="site_fit", policy=f"site_fit rows_per_parameter={rows_per_parameter:g}",
         )
 
@@ -865,8 +843,75 @@ def _check_family_outcome(family: str, y: np.ndarray) -> None:
                              "Poisson 0 or more, gamma above 0): recode it or choose another family")
 
 
+def _site_cox(ties: str) -> Any:
+    """Newton on a Cox model's partial likelihood (``ties`` Breslow or Efron), to convergence on this site.
+
+    The outcome is two columns, time and event (0/1). The rows are sorted
+    once by event time; each iteration sums them per time and accumulates
+    the risk sets backwards (``fedmed.ops.cox``, the math the client's
+    ``fm.stats.coxph`` runs on the servers' sums), with no loop over times.
+    Steps that lower the partial likelihood are halved. The covariance is
+    the inverse information at the estimate, as statsmodels' ``PHReg``.
+    """
+    efron = ties == "efron"
+
+    def fit(outcome: np.ndarray, design: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+        derivatives = _cox_likelihood(outcome[:, 0], outcome[:, 1] == 1, design, efron)  # events checked: _cox_events
+        beta = np.zeros(design.shape[1])
+        step = derivatives(beta)
+        for _ in range(max_iter):
+            change = _solve(step["information"], step["gradient"])
+            for _ in range(40):
+                new = derivatives(beta + change)
+                if np.isfinite(new["loglik"]) and new["loglik"] >= step["loglik"] - 1e-12 * (1.0 + abs(step["loglik"])):
+                    break
+                change = change / 2
+            beta, step = beta + change, new
+            if np.max(np.abs(change)) < tol * (1.0 + np.max(np.abs(beta))):
+                return beta, _inverse(step["information"])
+        raise OperationError(f"the Cox fit did not converge on this site in {max_iter} iterations: a predictor may "
+                             "order the event times perfectly there (monotone likelihood); leave it out")
+
+    fit.outcomes = 2
+    fit.counts = _cox_events
+    fit.floors = {"events": COX_EVENTS_PER_PARAMETER}
+    return fit
+
+
+#: Events per coefficient a site's Cox fit needs at least, whatever the analyst asks: the usual "ten events
+#: per variable" of survival models, and always more events than a threshold policy's k, so that a site's
+#: coefficients never rest on the covariates of a handful of deaths.
+COX_EVENTS_PER_PARAMETER = 10
+
+
+def _cox_events(outcome: np.ndarray) -> dict[str, int]:
+    """The site's events (checked before its size: a miscoded event must not read as a site too small)."""
+    event = outcome[:, 1]
+    if np.any((event != 0) & (event != 1)):
+        raise OperationError("a Cox model's event is 0 (censored) or 1 (event): recode it (event=data['status'] == 2)")
+    return {"events": int(np.sum(event == 1))}
+
+
+def _cox_likelihood(time: np.ndarray, event: np.ndarray, design: np.ndarray, efron: bool) -> Any:
+    """``beta -> {"loglik", "gradient", "information"}`` on these rows: sorted by time once, summed per iteration."""
+    grid = np.unique(time[event])
+    slot = np.searchsorted(grid, time, side="right") - 1  # the last event time at or before the row's time
+    keep = slot >= 0  # a row censored before the first event is in no risk set
+    order = np.argsort(slot[keep], kind="stable")
+    slot, rows, events = slot[keep][order], design[keep][order], event[keep][order]
+    xsum = design[event].sum(axis=0)
+
+    def derivatives(beta: np.ndarray) -> dict[str, Any]:
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflowing step is halved back
+            table = cox.row_terms(rows, beta, events, efron)
+            sums = cox.risk_sums(cox.sorted_cell_sums(slot, table, builtins.len(grid))[None], design.shape[1], efron)
+            return cox.derivatives({name: value[0] for name, value in sums.items()}, xsum, beta, efron)
+    return derivatives
+
+
 #: The fits ``site_fit`` runs, by model name: ``(y, design, max_iter, tol) -> (coefficients, covariance)``.
-SITE_FITS = {"ols": _site_ols, "logit": _site_glm("logit"), "poisson": _site_glm("poisson")}
+SITE_FITS = {"ols": _site_ols, "logit": _site_glm("logit"), "poisson": _site_glm("poisson"),
+             "cox/breslow": _site_cox("breslow"), "cox/efron": _site_cox("efron")}
 
 #: The per-site fit a default server offers (at least 3 rows per parameter).
 site_fit = site_fit_with()

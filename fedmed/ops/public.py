@@ -368,6 +368,7 @@ def _merge_group(entries: Sequence[Any]) -> list[Any]:
 
 
 def site_fit(parts: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
-    """Each source's own fit, in source order, as ``{"n", "params", "cov"}``: a meta-analysis pools them, not a sum."""
-    return [{"n": int(p[0]), "params": np.asarray(p[1], dtype=float), "cov": np.asarray(p[2], dtype=float)}
-            for p in parts]
+    """Each source's own fit, in source order, as ``{"n", "params", "cov"}`` (and ``"events"`` for a Cox
+    fit): a meta-analysis pools them, not a sum."""
+    return [{"n": int(p[0]), "params": np.asarray(p[1], dtype=float), "cov": np.asarray(p[2], dtype=float),
+             **({"events": int(p[3])} if len(p) > 3 else {})} for p in parts]

@@ -15,7 +15,9 @@ adds sums of two servers: each site has its own baseline hazard.
 Exact event times identify people, and per-time sums late in follow-up
 rest on few persons: servers with threshold policies (``example/config.yaml``)
 refuse ``cox_step`` (``docs/privacy.md``); the model is exact on servers
-without them.
+without them. With them, fit the model per site and pool the estimates:
+``fm.stats.slma(fm.stats.coxph, data, duration=..., event=..., X=[...])``.
+The partial-likelihood math is ``fedmed.ops.cox``, shared with the servers.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import pandas as pd
 from ..errors import ArgumentError, DataError, FedMedError
 from ..executor import progress
 from ..lazy import FedData, LazyResult, compute
+from ..ops import cox as partial_likelihood
 from .lazy_call import aggregate
 from .regression import ConvergenceWarning, Predictors, RegressionResult, _check_design, _predictors, _rounded
 
@@ -181,41 +184,15 @@ def _blocks(parts: Sequence[Mapping[str, Any]], by_server: bool) -> list[dict[st
 
 
 def _derivatives(parts: Sequence[Mapping[str, Any]], by_server: bool, beta: np.ndarray, efron: bool) -> dict[str, Any]:
-    """Log partial likelihood, gradient and information from the pooled sums, all times at once.
-
-    Each event time with ``d`` events adds ``-sum_l log(S0 - f_l E0)`` with
-    ``f_l = l / d``, ``l = 0..d-1`` (Efron), or ``-d log S0`` (Breslow, one
-    term of weight ``d``), and the matching gradient and information terms.
-    """
+    """Log partial likelihood, gradient and information from the servers' sums added per stratum and time
+    (``fedmed.ops.cox.derivatives``: the same math a server's own Cox fit runs)."""
     if any(part.get("off_grid") for part in parts):
         raise DataError("coxph: a server's event times are not on the grid agreed in the first round (its rows "
                         "changed between rounds); compute the model again")
     blocks = _blocks(parts, by_server)
     sums = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
     xsum = np.sum([part["xsum"] for part in parts], axis=0)  # the events' predictors, all servers
-    at, fraction, weight = _terms(sums["d"], efron)
-    den, num1, num2 = (sums[f"S{k}"][at] - (_scaled(fraction, sums[f"E{k}"][at]) if efron else 0.0)
-                       for k in "012")
-    mean = num1 / den[:, None]
-    loglik = float(xsum @ beta - np.sum(weight * np.log(den)))
-    gradient = xsum - weight @ mean
-    information = np.einsum("t,tij->ij", weight / den, num2) - np.einsum("t,ti,tj->ij", weight, mean, mean)
-    return {"loglik": loglik, "gradient": gradient, "information": information}
-
-
-def _terms(d: np.ndarray, efron: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(time index, f, weight)`` of each term: one per event for Efron, one per event time for Breslow."""
-    counts = np.rint(d).astype(int)
-    times = np.flatnonzero(counts)
-    if not efron:
-        return times, np.zeros(len(times)), counts[times].astype(float)
-    at = np.repeat(times, counts[times])
-    first = np.repeat(np.cumsum(counts[times]) - counts[times], counts[times])
-    return at, (np.arange(len(at)) - first) / counts[at], np.ones(len(at))
-
-
-def _scaled(fraction: np.ndarray, values: np.ndarray) -> np.ndarray:
-    return fraction.reshape(-1, *([1] * (values.ndim - 1))) * values
+    return partial_likelihood.derivatives(sums, xsum, beta, efron)
 
 
 def coxph(data: FedData, duration: Any, event: Any, X: Predictors, ties: str = "breslow", strata: Any = None,

@@ -2,7 +2,7 @@
 
 Each server fits the model on its own rows to convergence in one request
 (the ``site_fit`` map) and releases only its coefficients, their covariance
-and its row count. The client pools each coefficient across sites: a fixed
+and its row count (a Cox fit: and its number of events). The client pools each coefficient across sites: a fixed
 effect and a random effects estimate (DerSimonian–Laird, Paule–Mandel or
 REML), with the heterogeneity statistics tau², I², Q and Q's p-value. The
 fixed effect, DerSimonian–Laird and Paule–Mandel come from
@@ -21,7 +21,7 @@ import pandas as pd
 
 from ..errors import ArgumentError, DataError
 from ..lazy import FedData, LazyResult
-from . import regression
+from . import cox, regression
 from .lazy_call import aggregate, call
 
 
@@ -33,6 +33,9 @@ class SiteModel:
     iterative: bool = True  #: takes ``max_iter`` and ``tol``
     #: Keywords of the model function that ``slma`` passes on, with a function that checks them and names the fit.
     options: "Callable[..., str] | None" = None
+    #: The keywords naming the outcome's columns, in the order the server reads them.
+    outcome: tuple[str, ...] = ("y",)
+    intercept: bool = True  #: has an intercept (a Cox model has none: its baseline hazard absorbs it)
 
 
 def _glm_fit(family: str = "gaussian", link: "str | None" = None) -> str:
@@ -41,30 +44,41 @@ def _glm_fit(family: str = "gaussian", link: "str | None" = None) -> str:
     return f"glm/{family}/{link}"
 
 
+def _cox_fit(ties: str = "breslow") -> str:
+    """The server's fit for ``fm.stats.coxph``'s ``ties`` (no strata per site: a site is its own stratum)."""
+    if ties not in cox.TIES:
+        raise ArgumentError(f"slma: coxph's ties is one of {sorted(cox.TIES)}, not {ties!r}")
+    return f"cox/{ties}"
+
+
 #: Model functions ``slma`` can run per site. Adding a model is one entry here and one fit in ``SITE_FITS``.
 SITE_MODELS: dict[Callable[..., Any], SiteModel] = {
     regression.ols: SiteModel("ols", iterative=False),
     regression.logit: SiteModel("logit"),
     regression.poisson: SiteModel("poisson"),
     regression.glm: SiteModel("glm", options=_glm_fit),  # family=..., link=...: no offsets or weights per site
+    cox.coxph: SiteModel("cox", options=_cox_fit, outcome=("duration", "event"), intercept=False),
 }
 
 #: ``method`` names to ``combine_effects``' ``method_re`` (REML is solved here: statsmodels has no REML).
 METHODS = {"dl": "chi2", "pm": "iterated", "reml": None}
 
 
-def slma(model: Callable[..., Any], data: FedData, method: str = "dl", *, y: Any, X: Any = (),
-         intercept: bool = True, rows_per_parameter: float = 10.0, max_iter: int = 50,
-         tol: float = 1e-10, **options: Any) -> LazyResult:
+def slma(model: Callable[..., Any], data: FedData, method: str = "dl", *, y: Any = None, duration: Any = None,
+         event: Any = None, X: Any = (), intercept: "bool | None" = None, rows_per_parameter: float = 10.0,
+         max_iter: int = 50, tol: float = 1e-10, **options: Any) -> LazyResult:
     """``model`` fitted on each server's rows separately, pooled by inverse-variance meta-analysis.
 
-    ``model`` is ``fm.stats.ols``, ``fm.stats.logit``, ``fm.stats.poisson`` or
-    ``fm.stats.glm`` (with its ``family`` and ``link``; no offsets or weights);
-    ``y``, ``X`` and ``intercept`` are given as to that function. Each server
-    fits the model to convergence in one request and releases only its
-    coefficients, their covariance and its row count; a server refuses
-    (``fm.PrivacyError``) when it holds fewer than ``rows_per_parameter``
-    complete rows per coefficient (or fewer than its own floor, at least 3).
+    ``model`` is ``fm.stats.ols``, ``fm.stats.logit``, ``fm.stats.poisson``,
+    ``fm.stats.glm`` (with its ``family`` and ``link``; no offsets or weights)
+    or ``fm.stats.coxph`` (with its ``ties``; no strata: each site has its own
+    baseline hazard); ``y`` (Cox: ``duration`` and ``event``), ``X`` and
+    ``intercept`` (by default the model's: none for Cox) are given as to that
+    function. Each server fits the model to convergence in one request and
+    releases only its coefficients, their covariance and its row count (Cox:
+    and its number of events); a server refuses (``fm.PrivacyError``) when it
+    holds fewer than ``rows_per_parameter`` complete rows per coefficient, or
+    for Cox fewer events per coefficient (or fewer than its own floor, at least 3).
     The client pools each coefficient: a fixed effect and random effects by
     ``method`` ``"dl"`` (DerSimonian–Laird), ``"pm"`` (Paule–Mandel) or
     ``"reml"``. One round, one request per server.
@@ -90,15 +104,35 @@ def slma(model: Callable[..., Any], data: FedData, method: str = "dl", *, y: Any
     fit = _fit_name(site_model, model, options)
     if method not in METHODS:
         raise ArgumentError(f"slma: method is one of {sorted(METHODS)} (random effects), not {method!r}")
+    intercept = _intercept(site_model, model, intercept)
     predictors = regression._predictors(data, X, "slma")
     if not predictors and not intercept:
-        raise ArgumentError("slma needs a predictor in X or an intercept")
-    outcome = regression._column(data, y, "slma", "y")
+        raise ArgumentError("slma needs a predictor in X" + (" or an intercept" if site_model.intercept else ""))
+    outcome = _outcome(site_model, model, data, {"y": y, "duration": duration, "event": event})
     names = ([regression.INTERCEPT] if intercept else []) + [name for name, _ in predictors]
-    fits = aggregate(outcome, "site_fit", fit, bool(intercept), float(rows_per_parameter),
-                     int(max_iter), float(tol), *(column for _, column in predictors), needed_by="slma")
+    fits = aggregate(outcome[0], "site_fit", fit, intercept, float(rows_per_parameter), int(max_iter), float(tol),
+                     *outcome[1:], *(column for _, column in predictors), needed_by="slma")
     sites = tuple(_site_name(source) for source in data.sources)
     return call(_pool, fits, tuple(names), sites, method)
+
+
+def _intercept(site_model: SiteModel, model: Callable[..., Any], intercept: "bool | None") -> bool:
+    if intercept is None:
+        return site_model.intercept
+    if intercept and not site_model.intercept:
+        raise ArgumentError(f"slma: fm.stats.{model.__name__} has no intercept (its baseline absorbs it)")
+    return bool(intercept)
+
+
+def _outcome(site_model: SiteModel, model: Callable[..., Any], data: FedData,
+             given: Mapping[str, Any]) -> list[FedData]:
+    """The outcome's columns as the model names them (``y``; Cox's ``duration`` and ``event``), checked."""
+    wrong = sorted(name for name, value in given.items() if value is not None and name not in site_model.outcome)
+    missing = [name for name in site_model.outcome if given[name] is None]
+    if wrong or missing:
+        raise ArgumentError(f"slma: fm.stats.{model.__name__}'s outcome is {' and '.join(site_model.outcome)}"
+                            + (f", not {wrong}" if wrong else f"; give {' and '.join(missing)}"))
+    return [regression._column(data, given[name], "slma", name) for name in site_model.outcome]
 
 
 def _fit_name(site_model: SiteModel, model: Callable[..., Any], options: Mapping[str, Any]) -> str:

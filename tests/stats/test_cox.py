@@ -145,3 +145,33 @@ def test_an_event_off_the_grid_is_counted_not_a_failure():
     late = float(df["t"].max())
     answer = data["t"]._aggregate("cox_step", (data["e"], [0.0], [late], False, False, data["x1"])).compute()
     assert sum(int(part["off_grid"]) for part in answer["parts"]) == int(((df["e"] == 1) & (df["t"] != late)).sum())
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_under_threshold_policies_the_refusal_points_to_slma_which_fits_it(ties):
+    df = synthetic(600, 13)
+    with pytest.raises(fm.PrivacyError, match=r"pool the estimates \(fm.stats.slma\)"):
+        fm.stats.coxph(fed(df, config=PRIVATE), "t", "e", ["x1", "x2"], ties=ties).compute()
+    meta = fm.stats.slma(fm.stats.coxph, fed(df, config=PRIVATE), duration="t", event="e", X=["x1", "x2"],
+                         ties=ties).compute()
+    b = [0, 300, 480, 600]
+    for i in range(3):
+        part = df.iloc[b[i]:b[i + 1]]
+        reference = PHReg(part["t"], part[["x1", "x2"]], status=part["e"], ties=ties).fit()
+        np.testing.assert_allclose(meta.sites.iloc[i], reference.params, rtol=1e-8)
+        np.testing.assert_allclose(meta.sites_bse.iloc[i], reference.bse, rtol=1e-8)
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_one_servers_own_rows_give_the_same_fit_through_coxph_and_site_fit(ties):
+    # the client's fit and a server's site fit share the partial-likelihood math (fedmed.ops.cox)
+    from fedmed.ops import private
+
+    df = synthetic(300, 14)
+    fit = fm.stats.coxph(fed(df, cuts=()), "t", "e", ["x1", "x2"], ties=ties).compute()
+    frame = df.astype({"e": float})
+    n, params, cov, events = private.site_fit(frame["t"], f"cox/{ties}", False, 3.0, 50, 1e-10, frame["e"],
+                                              frame["x1"], frame["x2"])
+    np.testing.assert_allclose(params, fit.params, rtol=1e-8)
+    np.testing.assert_allclose(np.sqrt(np.diag(cov)), fit.bse, rtol=1e-6)  # coxph's information is one step back
+    assert (n, events) == (fit.nobs, fit.events)

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import statsmodels.api as sm
 from scipy.optimize import minimize_scalar
+from statsmodels.duration.hazard_regression import PHReg
 from statsmodels.stats.meta_analysis import combine_effects
 
 import fedmed as fm
@@ -325,3 +326,128 @@ def test_glm_site_whose_probabilities_reach_one_fails_with_the_reason():
         fm.stats.slma(fm.stats.glm, fed(fair(), cuts=(0.3, 0.6)), y="affair", X=["rate_marriage", "yrs_married"],
                       family="binomial", link="log").compute()
     assert failed.value.server.startswith("h")
+
+
+# -- Cox models per site (fm.stats.coxph) ------------------------------------------------------------
+
+
+def heart() -> pd.DataFrame:
+    return shuffled(sm.datasets.heart.load_pandas().data)
+
+
+def tied(n: int = 600, seed: int = 1) -> pd.DataFrame:
+    """Survival times on a coarse grid (many ties), a fifth of the rows censored, two predictors."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=n), rng.binomial(1, 0.4, n).astype(float)
+    time = np.ceil(rng.exponential(np.exp(-(0.5 * x1 - 0.7 * x2))) * 8)
+    return pd.DataFrame({"t": time, "e": rng.binomial(1, 0.8, n), "x1": x1, "x2": x2})
+
+
+# (name, data, duration, event, X, cuts, rows per parameter asked)
+COX_CASES = [
+    ("heart 2", heart, "survival", "censors", ["age"], (0.45,), 10),
+    ("heart 3", heart, "survival", "censors", ["age"], (0.3, 0.65), 5),
+    ("tied 2", tied, "t", "e", ["x1", "x2"], (0.6,), 10),
+    ("tied 4", tied, "t", "e", ["x1", "x2"], (0.2, 0.45, 0.7), 10),
+]
+
+
+def phreg(part: pd.DataFrame, duration: str, event: str, X: list[str], ties: str):
+    return PHReg(part[duration], part[X], status=part[event], ties=ties).fit()
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("case", COX_CASES, ids=[c[0] for c in COX_CASES])
+def test_cox_each_site_equals_phreg_on_its_rows(case, config, ties):
+    _, load, duration, event, X, cuts, rows = case
+    df = load()
+    meta = fm.stats.slma(fm.stats.coxph, fed(df, config, cuts), duration=duration, event=event, X=X, ties=ties,
+                         rows_per_parameter=rows).compute()
+    assert list(meta.sites.columns) == X  # no intercept: the baseline hazard absorbs it
+    for i, part in enumerate(parts(df, cuts)):
+        expected = phreg(part, duration, event, X, ties)
+        np.testing.assert_allclose(meta.sites.iloc[i], expected.params, rtol=TOL)
+        np.testing.assert_allclose(meta.sites_bse.iloc[i], expected.bse, rtol=TOL)
+        assert meta.nobs.iloc[i] == len(part)
+
+
+@pytest.mark.parametrize("ties", ["breslow", "efron"])
+def test_cox_pooled_equals_combine_effects_of_the_phreg_fits(ties):
+    df, cuts, X = tied(), (0.2, 0.45, 0.7), ["x1", "x2"]
+    meta = fm.stats.slma(fm.stats.coxph, fed(df, cuts=cuts), duration="t", event="e", X=X, ties=ties).compute()
+    fits = [phreg(part, "t", "e", X, ties) for part in parts(df, cuts)]
+    for j, name in enumerate(X):
+        with np.errstate(invalid="ignore"):
+            expected = combine_effects(np.array([f.params[j] for f in fits]), np.array([f.bse[j] ** 2 for f in fits]),
+                                       method_re="chi2")
+        close(meta.fixed[name], expected.mean_effect_fe)
+        close(meta.fixed_bse[name], expected.sd_eff_w_fe)
+        close(meta.q[name], expected.q)
+        close(meta.random[name], expected.mean_effect_re if expected.tau2 > 0 else expected.mean_effect_fe)
+
+
+def test_cox_site_answer_holds_only_counts_coefficients_and_covariance():
+    df = tied(200, 3)
+    frame = df.assign(e=df["e"].astype(float))
+    answer = private.site_fit(frame["t"], "cox/efron", False, 10.0, 50, 1e-10, frame["e"], frame["x1"], frame["x2"])
+    assert answer[0] == len(df) and answer[3] == int(df["e"].sum())  # n, coefficients, covariance, events
+    assert len(answer) == 4 and np.shape(answer[1]) == (2,) and np.shape(answer[2]) == (2, 2)
+
+
+def test_cox_one_request_per_server_under_privacy():
+    servers: list[fm.Server] = []
+    data = fed(tied(), "example/config.yaml", (0.25, 0.5, 0.75), servers)
+    meta = fm.stats.slma(fm.stats.coxph, data, duration="t", event="e", X=["x1", "x2"], ties="efron").compute()
+    assert len(meta.sites) == 4
+    assert [s.traffic.requests for s in servers] == [1] * 4
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_a_cox_site_with_too_few_rows_or_events_per_coefficient_is_refused(config):
+    df = tied(400, 2)
+    data = fed(df, config, cuts=(0.9,))  # 40 rows on h1, 2 coefficients
+    with pytest.raises(fm.PrivacyError, match="at least 25 complete rows per parameter") as refused:
+        fm.stats.slma(fm.stats.coxph, data, duration="t", event="e", X=["x1", "x2"], rows_per_parameter=25).compute()
+    assert refused.value.server.startswith("h1")
+    censored = df.assign(e=np.where(np.arange(len(df)) < 300, df["e"], 0))  # h1: 100 rows, no events
+    data = fed(censored, config, cuts=(0.75,))
+    with pytest.raises(fm.PrivacyError, match="at least 10 events per parameter") as refused:
+        fm.stats.slma(fm.stats.coxph, data, duration="t", event="e", X=["x1", "x2"]).compute()
+    assert refused.value.server.startswith("h1")
+
+
+def test_cox_misuse_is_an_argument_error():
+    data = fed(tied())
+    with pytest.raises(fm.ArgumentError, match="outcome is duration and event; give event"):
+        fm.stats.slma(fm.stats.coxph, data, duration="t", X=["x1"])
+    with pytest.raises(fm.ArgumentError, match="not \\['y'\\]"):
+        fm.stats.slma(fm.stats.coxph, data, y="t", duration="t", event="e", X=["x1"])
+    with pytest.raises(fm.ArgumentError, match="outcome is y, not \\[.duration.\\]"):
+        fm.stats.slma(fm.stats.ols, data, duration="t", X=["x1"])
+    with pytest.raises(fm.ArgumentError, match="no intercept"):
+        fm.stats.slma(fm.stats.coxph, data, duration="t", event="e", X=["x1"], intercept=True)
+    with pytest.raises(fm.ArgumentError, match="ties"):
+        fm.stats.slma(fm.stats.coxph, data, duration="t", event="e", X=["x1"], ties="exact")
+    with pytest.raises(fm.ArgumentError, match="takes ties, not \\['strata'\\]"):
+        fm.stats.slma(fm.stats.coxph, data, duration="t", event="e", X=["x1"], strata="server")
+    with pytest.raises(fm.TaskFailed, match="recode"):
+        fm.stats.slma(fm.stats.coxph, fed(tied().assign(e=lambda d: d["e"] * 2)), duration="t", event="e",
+                      X=["x1"]).compute()
+
+
+def test_a_cox_site_needs_ten_events_per_coefficient_whatever_the_analyst_asks():
+    rng = np.random.default_rng(4)
+    n = 200
+    frame = pd.DataFrame({"t": rng.exponential(10, n).round(1), "x": rng.normal(size=n)})
+    frame["e"] = 0.0
+    frame.loc[:7, "e"] = 1.0  # 8 events on the first site: above k = 5, below 10 per coefficient
+    frame.loc[100:150, "e"] = 1.0
+    sources = []
+    for i, (a, b) in enumerate([(0, 100), (100, 200)]):
+        server = fm.Server(config="example/config-exact.yaml")
+        server["d"] = frame.iloc[a:b].reset_index(drop=True)
+        sources.append(fm.Simulation(server, "d", name=f"h{i}"))
+    data = fm.FedData(sources, config="example/config-exact.yaml")
+    with pytest.raises(fm.PrivacyError, match="events"):
+        fm.stats.slma(fm.stats.coxph, data, duration="t", event="e", X=["x"], rows_per_parameter=3).compute()
