@@ -284,10 +284,11 @@ def test_hypothesis_risks_equal_statsmodels(seed, servers, link):
         assert fit.converged and fit.deviance <= ref.deviance * (1 + 1e-10) + 1e-10
         return
     fit = model.compute()
-    # statsmodels' IRLS stops on the deviance's change, flat at the optimum: its coefficients are that far
-    # from the optimum (1e-9 here against 1e-7 of the errors elsewhere); the deviance pins the optimum
-    np.testing.assert_allclose(fit.params, ref.params, rtol=0, atol=1e-5 * ref.bse.min())
-    np.testing.assert_allclose(fit.bse, ref.bse, rtol=1e-7)
+    # statsmodels' IRLS stops on the deviance's change (88 iterations at a random seed near the edge of (0, 1)),
+    # where the likelihood is flat: the deviance pins the optimum (1e-10), the coefficients only to a
+    # thousandth of their standard errors (3e-6 against an error of 0.02 at hypothesis seed 21738)
+    np.testing.assert_allclose(fit.params, ref.params, rtol=0, atol=1e-3 * ref.bse.min())
+    np.testing.assert_allclose(fit.bse, ref.bse, rtol=1e-3)  # the curvature near the edge moves as fast
     assert fit.deviance == pytest.approx(ref.deviance, rel=1e-10)
 
 
