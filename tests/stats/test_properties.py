@@ -39,7 +39,8 @@ single = fragments(cells)
 pairs = fragments(st.tuples(cells, cells))
 triples = fragments(st.tuples(cells, cells, cells))
 
-SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# filter_too_much: some tests assume() two non-empty groups, which a random split of tiny parts often is not
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 
 
 def federate(parts, columns=None) -> tuple[fm.FedData, "pd.Series | pd.DataFrame"]:
