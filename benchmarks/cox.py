@@ -22,9 +22,12 @@ asserts a time.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import ``benchmarks`` as a package, from the repo root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    __package__ = "benchmarks"
 
 import numpy as np
 import pandas as pd
@@ -33,6 +36,8 @@ from statsmodels.duration.hazard_regression import PHReg
 import fedmed as fm
 from fedmed.ops import private
 from fedmed.stats.cox import TIES, _derivatives
+
+from .support import median_time
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "example/config-exact.yaml")
@@ -47,13 +52,6 @@ def frame(rows: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"t": days, "e": (rng.random(rows) < 0.6) & (days < 3650), **dict(zip(X, x.T))})
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run(rows: int, repeats: int) -> None:

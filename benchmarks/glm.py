@@ -25,10 +25,14 @@ asserts a time.
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import ``benchmarks`` as a package, from the repo root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    __package__ = "benchmarks"
 
 import numpy as np
 import pandas as pd
@@ -36,6 +40,8 @@ import statsmodels.api as sm
 
 import fedmed as fm
 from fedmed.ops import private
+
+from .support import median_time
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "example/config-exact.yaml")
@@ -60,13 +66,6 @@ MODELS = {
 }
 
 
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def statsmodels_fit(df: pd.DataFrame, y: str, family, extra: dict):

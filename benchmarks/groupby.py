@@ -19,15 +19,22 @@ are equal. Run ``python benchmarks/groupby.py`` (1M rows, 5 repeats) or
 from __future__ import annotations
 
 import argparse
+import sys
 import statistics
-import time
 import warnings
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import ``benchmarks`` as a package, from the repo root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    __package__ = "benchmarks"
 
 import numpy as np
 import pandas as pd
 
 import fedmed as fm
+
+from .support import timed
+
 
 ROOT = Path(__file__).resolve().parents[1]
 STATS = ["mean", "std", "count", "min", "max"]
@@ -47,10 +54,6 @@ def fedmed_result(df: pd.DataFrame, config: str) -> fm.LazyResult:
     return data.groupby("g")["x"].agg(STATS)
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
 
 
 def run(rows: int, repeats: int, privacy: bool) -> dict[str, float]:

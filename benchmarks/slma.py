@@ -22,14 +22,21 @@ for a quick look. No test asserts a time.
 from __future__ import annotations
 
 import argparse
+import sys
 import statistics
-import time
 from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: import ``benchmarks`` as a package, from the repo root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    __package__ = "benchmarks"
 
 import numpy as np
 import pandas as pd
 
 import fedmed as fm
+
+from .support import timed
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARES = np.array([0.05, 0.08, 0.1, 0.12, 0.13, 0.15, 0.17, 0.2])  # uneven sites
@@ -57,10 +64,6 @@ def federation(frames: list[pd.DataFrame], config: str) -> tuple[list[fm.Server]
     return servers, fm.FedData(sources, config=str(ROOT / config))
 
 
-def timed(fn) -> tuple[float, object]:
-    start = time.perf_counter()
-    value = fn()
-    return time.perf_counter() - start, value
 
 
 def run(rows: int, repeats: int, privacy: bool) -> None:

@@ -122,3 +122,8 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     result = fn()
     return time.perf_counter() - started, result
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """The median seconds of ``repeats`` calls of ``fn``."""
+    return median(timed(fn)[0] for _ in range(repeats))
