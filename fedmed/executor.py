@@ -54,6 +54,10 @@ def _shut_down() -> None:
 
 
 CHOICES = ("raise", "skip")
+#: ``on_suppressed="keep"``: each refused partial reaches its reduce as the ``PrivacyError`` itself, and the
+#: server stays in every other task: for a statistic that asks several alternatives of one question in one
+#: round and takes, per server, those answered (``fm.stats.coxph``'s ladder of time bins).
+KEEP = "keep"
 
 
 @dataclass(frozen=True)
@@ -76,8 +80,9 @@ def execute(
     ``PrivacyWarning``s.
     """
     for name, choice in (("on_suppressed", on_suppressed), ("on_error", on_error)):
-        if choice not in CHOICES:
+        if choice not in CHOICES and not (name == "on_suppressed" and choice == KEEP):
             raise ValueError(f"{name} must be one of {CHOICES}, not {choice!r}")
+    keep = on_suppressed == KEEP
     plan = make_plan(outputs, flags)
     identity = flags.identity()
     values: dict[Hashable, Any] = {}
@@ -87,7 +92,9 @@ def execute(
             requests = plan_requests(reduces, flags, lambda node: _client_value(node, values, identity))
             bar.expect(len(requests))
             bar.stage(f"round {number}/{len(plan.rounds)}")
-            partials = _send_all(requests, flags, on_suppressed == "skip", on_error == "skip", bar)
+            partials = _send_all(requests, flags, on_suppressed != "raise", on_error == "skip", bar)
+            if keep:
+                partials = {key: _kept(part) for key, part in partials.items()}
             _leave_out(partials, left_out, first_round=number == 1)
             for reduce in reduces:
                 parts = [_part(partials[(id(reduce), source.uid)], source.uid, left_out) for source in reduce.sources]
@@ -106,6 +113,11 @@ def _leave_out(partials: dict[tuple[int, str], Any], left_out: dict[str, ServerE
                     f"no consistent result without it: {part.error}"
                 ) from part.error
             left_out[uid] = part.error
+
+
+def _kept(part: Any) -> Any:
+    """A refused partial as the ``PrivacyError`` its reduce receives (``on_suppressed="keep"``)."""
+    return part.error if isinstance(part, Skipped) and isinstance(part.error, PrivacyError) else part
 
 
 def _part(part: Any, uid: str, left_out: dict[str, ServerError]) -> Any:

@@ -354,7 +354,10 @@ def compute(*results: Any, on_suppressed: str = "raise", on_error: str = "raise"
     When a server's privacy policy suppresses a result, ``on_suppressed="raise"``
     (the default) raises ``fm.PrivacyError`` naming the server, fragment,
     operation and policy; ``"skip"`` pools only the servers that answered and
-    warns (``fm.PrivacyWarning``) which were left out. Likewise a server that
+    warns (``fm.PrivacyWarning``) which were left out; ``"keep"`` hands each
+    refused partial to its reduce as the ``fm.PrivacyError`` itself, for a
+    reduce written to take, per server, the answers it was given (a
+    statistic asking several alternatives in one round). Likewise a server that
     fails or cannot be reached raises by default (``fm.ServerUnavailable``...),
     and ``on_error="skip"`` pools the others with an ``fm.ServerWarning``. A
     result that no server answered always raises.

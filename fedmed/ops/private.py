@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..errors import OperationError, PrivacyError
 from . import cox
+from .declared import Cells, Release, declares
 
 
 def fixed_size(fn: Any) -> Any:
@@ -249,6 +250,28 @@ def count_below(x: pd.Series, thresholds: list[float]) -> list[int]:
     return np.searchsorted(values, np.asarray(thresholds, dtype=float), side="right").tolist()
 
 
+def glm_step_release(y: pd.Series, family: str, intercept: bool, beta: Any, *columns: pd.Series) -> Release | None:
+    """The row weights ``glm_step`` sums at the analyst's ``beta`` (``μ(1 − μ)`` for a logit, ``μ`` for a
+    Poisson model): a ``beta`` that puts all the weight on one row makes the Hessian that row's value, so
+    the weights are judged like any intermediate (``fedmed.ops.declared``)."""
+    if not all(isinstance(c, pd.Series) for c in (y, *columns)) or beta is None:
+        return None
+    # read as the map reads them: what is not a number is missing (fedmed.server.evaluate.apply_map)
+    frame = pd.concat([pd.to_numeric(c, errors="coerce") for c in (y, *columns)], axis=1).dropna()
+    design = frame.iloc[:, 1:].to_numpy(dtype=float)
+    if intercept:
+        design = np.column_stack([np.ones(builtins.len(frame)), design])
+    with np.errstate(all="ignore"):
+        eta = design @ np.asarray(beta, dtype=float)
+        if family == "binomial":
+            mean = 0.5 * (1.0 + np.tanh(0.5 * eta))
+            weight = mean * (1.0 - mean)
+        else:
+            weight = np.exp(eta)
+    return Release(weights=(pd.Series(weight, index=frame.index),))
+
+
+@declares(glm_step_release)
 @fixed_size
 @needs_numbers
 def glm_step(y: pd.Series, family: str, intercept: bool, beta: list[float], *columns: pd.Series) -> list[Any]:
@@ -384,6 +407,14 @@ def _to_digits(values: np.ndarray, digits: int = 12) -> np.ndarray:
     return values
 
 
+def glm_family_release(*args: Any) -> Release | None:
+    """``glm_family_step``'s row multipliers at the analyst's ``beta`` (:func:`glm_family_weights`), judged
+    like intermediates (``fedmed.ops.declared``)."""
+    weights = glm_family_weights(*args) if builtins.len(args) >= 8 else None
+    return None if weights is None else Release(weights=tuple(weights))
+
+
+@declares(glm_family_release)
 @_INFINITE_IS_NAN
 @fixed_size
 @needs_numbers
@@ -452,6 +483,14 @@ def _complete_rows(columns: Any) -> np.ndarray:
     return _complete_columns(columns).T
 
 
+def _complete_indexed(columns: Any) -> tuple[pd.Index, np.ndarray]:
+    """As :func:`_complete_rows`, with the index labels of the rows kept (for a release's declaration)."""
+    frame = pd.concat([pd.Series(_floats(c), index=c.index) for c in columns], axis=1)
+    values = frame.to_numpy(dtype=float)
+    keep = ~np.isnan(values).any(axis=1)
+    return frame.index[keep], values[keep]
+
+
 def _complete_columns(columns: Any) -> np.ndarray:
     """The same values column by column: row ``i`` holds input ``i``, each contiguous in memory.
 
@@ -481,52 +520,126 @@ def _log_factorial(values: np.ndarray) -> np.ndarray:
 # -- Cox proportional hazards (fedmed.stats.cox) ---------------------------------------------------
 
 
-# Not @fixed_size: the answer holds a few sums per grid time, and the grid can have as many times as rows.
-@needs_numbers
-def cox_step(time: pd.Series, event: pd.Series, beta: Any, grid: Any, efron: bool, strata: bool,
-             *columns: pd.Series) -> dict[str, Any]:
-    """Risk-set sums of a Cox model at ``beta`` on the event-time ``grid``, per stratum; or, without a grid, the event times.
+def cox_release(time: pd.Series, event: pd.Series, beta: Any, efron: bool, strata: bool, bins: Any,
+                *columns: pd.Series) -> Release:
+    """What a ``cox_step`` (or ``cox_bins``) answer is made of, for the privacy rules (``fedmed.ops.declared``).
 
-    Rows missing any value are left out; ``columns`` are the predictors,
-    then (``strata`` true) a numeric stratum code. Without a ``grid``
-    (``None``) the answer is ``{"n", "events", "bad", "times"}``: complete
-    rows, events, event codes other than 0/1, and the distinct event times.
-    With a grid (sorted; every event time on it) the answer is, per
-    stratum label and grid time ``t_j``: ``d`` (events at ``t_j``), ``S0``,
-    ``S1``, ``S2`` (sums of ``w``, ``w x``, ``w x x'`` over rows with time
-    ``>= t_j``, ``w = exp(x'beta)``) and, with ``efron``, ``E0``, ``E1``,
-    ``E2`` (the same sums over the events at ``t_j``); and ``xsum``, the sum
-    of ``x`` over all events. One sort of the rows by (stratum, grid time),
-    sums per cell in one pass, then a reverse cumulative sum over the grid.
+    Per stratum and time bin (``bins``, ``fedmed.ops.cox.binned``) the answer
+    sums over the persons who leave follow-up in it (a risk set is the bins
+    from its time on) and counts its events: each bin is a cell, judged
+    like a group of a group-by. The terms summed are 1, each predictor and
+    each product of two, weighed by ``exp(x'beta)``, whose spread over the
+    rows is judged like any intermediate. Bins other than powers of two are
+    refused: bins of powers of two are dyadic intervals, any two of which
+    nest or are disjoint, so that what two fits at two binnings release
+    differs by whole bins one of them judged, never by a sliver of persons.
+    """
+    index, rows = _complete_indexed((time, event, *columns))
+    t, e = cox.binned(rows[:, 0], bins), rows[:, 1]
+    design = rows[:, 2:-1] if strata else rows[:, 2:]
+    stratum = rows[:, -1] if strata else np.zeros(builtins.len(rows))
+    cell = cox.cells(stratum, t)[0]
+    everywhere = time.index.union(event.index)
+
+    def coded(where: np.ndarray) -> pd.Series:
+        codes = pd.Series(-1, index=everywhere)
+        codes[index[where]] = cell[where]
+        return codes
+
+    names = [str(c.name) if c.name is not None else f"predictor {i + 1}" for i, c in enumerate(columns)]
+    names = names[: design.shape[1]]
+    terms = {name: design[:, j] for j, name in enumerate(names)}
+    terms.update({f"{a} * {b}": design[:, i] * design[:, j]
+                  for i, a in enumerate(names) for j, b in enumerate(names) if j >= i})
+    bad = (e != 0) & (e != 1)
+    scale = None
+    if beta is not None:
+        with np.errstate(all="ignore"):
+            scale = pd.Series(np.exp(design @ np.asarray(beta, dtype=float)), index=index)
+    return Release(
+        weights=() if scale is None else (scale,),
+        cells=(Cells("the persons leaving follow-up in one time bin", coded(np.ones(builtins.len(rows), bool))),
+               Cells("the events of one time bin", coded(e == 1), summed=efron),  # Breslow: their count only
+               Cells("the rows whose event is neither 0 nor 1", _flagged(index, bad, everywhere), summed=False)),
+        terms=pd.DataFrame(terms, index=index), scale=scale,
+        refused=None if cox.nested(bins) else
+        f"time bins {bins!r}: under privacy rules a width is 0 (exact times) or a power of two (..., 0.5, 1, 2, "
+        "4, ...), and so is a number of bins per octave, so that the bins of any two fits nest",
+        advice="widen the time bins (fm.stats.coxph(..., bin_width='auto') finds the binning every cell allows)",
+    )
+
+
+def _flagged(index: pd.Index, where: np.ndarray, everywhere: pd.Index) -> pd.Series:
+    """One cell (0) of the rows of ``index`` where ``where`` holds; -1 on the other rows of ``everywhere``."""
+    codes = pd.Series(-1, index=everywhere)
+    codes[index[where]] = 0
+    return codes
+
+
+def _cox_rows(time: pd.Series, event: pd.Series, strata: bool, bins: Any,
+              columns: tuple[pd.Series, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The complete rows as (binned time, event code, stratum code, predictors)."""
+    rows = _complete_rows((time, event, *columns))
+    stratum = rows[:, -1] if strata else np.zeros(builtins.len(rows))
+    return cox.binned(rows[:, 0], bins), rows[:, 1], stratum, rows[:, 2:-1] if strata else rows[:, 2:]
+
+
+@declares(lambda time, event, efron, strata, bins, *columns: cox_release(time, event, None, efron, strata, bins,
+                                                                          *columns))
+@fixed_size
+@needs_numbers
+def cox_bins(time: pd.Series, event: pd.Series, efron: bool, strata: bool, bins: Any,
+             *columns: pd.Series) -> dict[str, int]:
+    """Whether a binning of the times can be released, and how many event times it keeps (``fm.stats.coxph``).
+
+    The answer is ``{"n", "events", "bad", "times"}``: complete rows, events,
+    event codes other than 0/1 and distinct binned event times. Its privacy
+    rules are ``cox_step``'s at the same binning, so that a client asks for
+    a ladder of binnings in one request and fits at one every server answered.
 
     >>> t, e, x = pd.Series([1.0, 2.0, 2.0, 3.0]), pd.Series([1, 1, 0, 1]), pd.Series([0.5, 0.0, 1.0, 2.0])
-    >>> cox_step(t, e, None, None, False, False, x)["times"]
-    [1.0, 2.0, 3.0]
-    >>> step = cox_step(t, e, [0.0], [1.0, 2.0, 3.0], False, False, x)
-    >>> step["d"], step["S0"], step["xsum"]
-    ([[1.0, 1.0, 1.0]], [[4.0, 3.0, 1.0]], [2.5])
+    >>> cox_bins(t, e, False, False, 0.0, x), cox_bins(t, e, False, False, 2.0, x)["times"]
+    ({'n': 4, 'events': 3, 'bad': 0, 'times': 3}, 2)
     """
-    rows = _complete_rows((time, event, *columns))
-    t, e = rows[:, 0], rows[:, 1]
-    if grid is None:
-        return {"n": builtins.len(rows), "events": int(np.sum(e == 1)), "bad": int(np.sum((e != 0) & (e != 1))),
-                "times": np.unique(t[e == 1]).tolist()}
-    design = rows[:, 2:-1] if strata else rows[:, 2:]
-    labels, code = np.unique(rows[:, -1] if strata else np.zeros(builtins.len(rows)), return_inverse=True)
-    grid = np.asarray(grid, dtype=float)
-    slot = np.searchsorted(grid, t, side="right") - 1  # the last grid time at or before the row's time
-    event = e == 1
-    # an event off the grid is counted, not raised: a failure reaches the analyst before any privacy policy,
-    # and whether some event falls on a time the analyst names is a question about the rows
-    off_grid = int(np.sum(event & ((slot < 0) | (grid[np.maximum(slot, 0)] != t))))
-    at_risk = slot >= 0  # a row that left before the first grid time is in no risk set
-    table = cox.row_terms(design[at_risk], np.asarray(beta, dtype=float), event[at_risk], efron)
-    cells = cox.cell_sums(code[at_risk] * builtins.len(grid) + slot[at_risk], table,
-                          builtins.len(labels) * builtins.len(grid))
-    sums = cox.risk_sums(cells.reshape(builtins.len(labels), builtins.len(grid), -1), design.shape[1], efron)
-    return {"n": builtins.len(rows), "labels": [_plain(v) for v in labels],
-            **{name: value.tolist() for name, value in sums.items()},
-            "xsum": design[event].sum(axis=0).tolist(), "off_grid": off_grid}
+    t, e, _, _ = _cox_rows(time, event, strata, bins, columns)
+    return {"n": builtins.len(t), "events": int(np.sum(e == 1)), "bad": int(np.sum((e != 0) & (e != 1))),
+            "times": builtins.len(np.unique(t[e == 1]))}
+
+
+# Not @fixed_size: the answer holds a few sums per time bin, and there can be as many bins as rows.
+@declares(cox_release)
+@needs_numbers
+def cox_step(time: pd.Series, event: pd.Series, beta: Any, efron: bool, strata: bool, bins: Any,
+             *columns: pd.Series) -> dict[str, Any]:
+    """Per stratum and time bin, the sums a Cox model's partial likelihood at ``beta`` needs (``fm.stats.coxph``).
+
+    Rows missing any value are left out; ``columns`` are the predictors,
+    then (``strata`` true) a numeric stratum code. Times are read in
+    ``bins`` (each moved down to the start of its bin,
+    ``fedmed.ops.cox.binned``; 0 keeps them exact). The answer has ``n``,
+    ``events`` and ``bad`` (complete rows, events, event codes other than
+    0/1), one entry per cell of rows sharing a stratum and a binned time in
+    ``stratum`` and ``time`` (sorted), and per cell the sums of
+    ``fedmed.ops.cox.row_terms`` in ``cells``: ``w``, ``w x``, ``w x x'``
+    (``w = exp(x'beta)``), the events, and with ``efron`` the same three
+    over the events; ``xsum`` is the sum of ``x`` over all events. The
+    client adds the cells of all servers and sums them backwards over time
+    into risk sets (``fedmed.ops.cox.pooled_sums``): no grid of event times
+    has to be agreed first. One sort of the rows, sums per cell in one pass.
+
+    >>> t, e, x = pd.Series([1.0, 2.0, 2.0, 3.0]), pd.Series([1, 1, 0, 1]), pd.Series([0.5, 0.0, 1.0, 2.0])
+    >>> step = cox_step(t, e, [0.0], False, False, 0.0, x)
+    >>> step["time"], step["cells"][1], step["xsum"]
+    ([1.0, 2.0, 3.0], [2.0, 1.0, 1.0, 1.0], [2.5])
+    """
+    t, e, stratum, design = _cox_rows(time, event, strata, bins, columns)
+    event_rows = e == 1
+    code, labels, times = cox.cells(stratum, t)
+    table = cox.row_terms(design, np.asarray(beta, dtype=float), event_rows, efron)
+    sums = cox.cell_sums(code, table, builtins.len(times))
+    return {"n": builtins.len(t), "events": int(np.sum(event_rows)), "bad": int(np.sum((e != 0) & (e != 1))),
+            "stratum": [_plain(v) for v in labels], "time": times.tolist(),
+            "cells": sums.tolist(), "xsum": design[event_rows].sum(axis=0).tolist()}
 
 
 # -- schema (pandas' columns and dtypes; fedmed.api.schema) ---------------------------------------

@@ -209,19 +209,17 @@ def glm_family_step(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # -- Cox proportional hazards (fedmed.stats.cox) ---------------------------------------------------
 
 
-def cox_step(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The pooled event-time grid (answers without a grid), or each server's risk-set sums as arrays.
+def cox_bins(parts: Sequence[Any]) -> list[Any]:
+    """Each server's answer (or, under ``on_suppressed="keep"``, its ``PrivacyError``), in source order:
+    ``fm.stats.coxph`` picks a binning every server answered."""
+    return list(parts)
 
-    Risk-set sums stay per server: ``fedmed.stats.cox`` adds them per
-    stratum, or keeps each server's apart (``strata="server"``).
-    """
-    if parts and "times" in parts[0]:
-        return {"n": builtins.sum(p["n"] for p in parts), "events": builtins.sum(p["events"] for p in parts),
-                "bad": builtins.sum(p["bad"] for p in parts),
-                "times": np.unique(np.concatenate([np.asarray(p["times"], dtype=float) for p in parts])),
-                "servers_with_events": builtins.sum(p["events"] > 0 for p in parts)}
-    return {"parts": [{key: value if key == "labels" else np.asarray(value, dtype=float) for key, value in p.items()}
-                      for p in parts]}
+
+def cox_step(parts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each server's cells as arrays, kept apart: ``fm.stats.coxph`` adds them per stratum and time, or
+    keeps each server's apart (``strata="server"``)."""
+    return [{key: value if key == "stratum" else np.asarray(value, dtype=float) for key, value in p.items()}
+            for p in parts]
 
 
 # -- schema (fedmed.api.schema) -----------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..ops.columns import COLUMNS
 from .base import Policy, Task
 from .cells import withhold_task_cells
@@ -12,17 +14,10 @@ from .shapes import CELL_OPS
 #: Aggregates where a zero term adds nothing: a row with x = 0 does not contribute to sum(x).
 ADDITIVE = {"sum", "sqsum"}
 #: Aggregates built from sums of the values, for the dominance rule.
-SUMS = {"sum", "sqsum", "moments", "comoments", "comoment_matrix", "glm_step", "glm_family_step", "site_fit"}
+SUMS = {"sum", "sqsum", "moments", "comoments", "comoment_matrix", "glm_step", "glm_family_step", "site_fit",
+        "cox_step"}
 #: Aggregates that release one row's own value.
 EXTREMES = {"min", "max"}
-#: Aggregates whose releases these rules cannot judge, refused whole: Cox risk-set sums per event time
-#: (the last risk sets are a few persons' covariates, and consecutive times differ by who left between).
-UNJUDGED = {"cox_step": "Cox risk-set sums per event time single out the few persons at risk late in "
-                        "follow-up, and consecutive times differ by the persons who left in between; fit "
-                        "the model per site and pool the estimates (fm.stats.slma), or ask the data owner "
-                        "for a server without threshold policies"}
-
-
 class Anonymity(Policy):
     """Suppress what fewer than ``k`` persons stand behind, or what singles out fewer than ``k``.
 
@@ -78,8 +73,6 @@ class Anonymity(Policy):
         self.concentration = float(concentration)
 
     def apply(self, task: Task, value: Any) -> Any:
-        if task.op in UNJUDGED:
-            raise task.refuse(self, f"this server does not release {task.op} under Anonymity: {UNJUDGED[task.op]}")
         if getattr(task, "noised", False):
             return self._noisy(task, value)
         disclosure = task.disclosure
@@ -155,13 +148,34 @@ class Dominance(Policy):
             return value  # under Noise an exact-data refusal would answer outside the accounting
         if task.disclosure is None:
             raise task.refuse(self, "this fragment cannot report the contributions behind a result")
+        cells = getattr(task.disclosure, "cell_contributions", lambda: None)()
+        if cells is not None:  # sums per cell (fedmed.ops.declared): each cell's own sums
+            if any(_dominated(code, values, self.n, self.p) for code, values in cells):
+                raise task.refuse(self, f"in one of its cells, {self._largest()} more than {self.p:.0%} of a sum")
+            return value
         terms = task.disclosure.contributions()
         if task.op == "sqsum":
             terms = terms**2
         total = float(terms.sum())
         if total > 0 and float(terms[: self.n].sum()) > self.p * total:
-            raise task.refuse(
-                self, f"{'the largest contribution makes' if self.n == 1 else f'the {self.n} largest contributions make'}"
-                f" up more than {self.p:.0%} of the total"
-            )
+            raise task.refuse(self, f"{self._largest()} up more than {self.p:.0%} of the total")
         return value
+
+    def _largest(self) -> str:
+        return "the largest contribution makes" if self.n == 1 else f"the {self.n} largest contributions make"
+
+
+def _dominated(code: np.ndarray, values: np.ndarray, n: int, p: float) -> bool:
+    """Does some cell's sum of some column have its ``n`` largest terms above ``p`` of its total?"""
+    if not len(code):
+        return False
+    for column in values.T:
+        order = np.lexsort((-column, code))
+        cell, term = code[order], column[order]
+        starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
+        rank = np.arange(len(cell)) - np.repeat(starts, np.diff(np.r_[starts, len(cell)]))
+        top = np.bincount(cell, weights=np.where(rank < n, term, 0.0))
+        total = np.bincount(cell, weights=term)
+        if np.any((total > 0) & (top > p * total)):
+            return True
+    return False

@@ -87,15 +87,18 @@ class Disclosure:
     rerun : ``rerun(map, overrides)``, the map's arguments recomputed with some node values
         replaced (the engine's "what if"), or None when the engine cannot (then influence is
         not judged and every other rule still is).
+    release : the map's declaration of what its answer is made of (``fedmed.ops.declared``):
+        ``release(*arguments)``, or None for a map that releases sums of its inputs only.
     """
 
     def __init__(self, node: Map, values: Mapping[int, Any], index: pd.Index, persons: Any = None,
-                 rerun: Any = None) -> None:
+                 rerun: Any = None, release: Any = None) -> None:
         self.node = node
         self._values = values
         self.index = index
         self.persons = persons
         self._rerun = rerun  # (map, {id(node): value}) -> the map's arguments recomputed, or None
+        self._release = release
 
     # -- counting ------------------------------------------------------------------------------
     @property
@@ -207,6 +210,9 @@ class Disclosure:
             return Finding(self.node, f"has more than {MAX_INFLUENCE} row-wise steps, too many to judge; simplify it")
         for node in graph.lists:
             return Finding(node, "combines a list constant row by row (or column by column): positions must not be addressable")
+        finding = self._declared_cells(k)
+        if finding is not None:
+            return finding
         for node, dropped, scopes in graph.filters:
             for scope in scopes:
                 kept, out = self.count(scope & ~dropped), self.count(scope & dropped)
@@ -233,11 +239,24 @@ class Disclosure:
         person per group. Judged vectorised over the groups (one pass per
         intermediate), as the filters and intermediates of a task are.
         """
-        if getattr(self.node, "op", None) != "grouped":
-            return None
-        groups = self._groups
-        if groups is None:
-            return None
+        for groups in self._groupings:
+            finding = self._within(groups, k, share)
+            if finding is not None:
+                return finding
+        return None
+
+    @cached_property
+    def _groupings(self) -> list[pd.Series]:
+        """Each partition of the rows whose parts are released one by one: a group-by's groups, the cells a
+        map declares (``fedmed.ops.declared``); each a group number per row, -1 outside."""
+        if getattr(self.node, "op", None) == "grouped":
+            return [] if self._groups is None else [self._groups]
+        release = self.declared
+        if release is None:
+            return []
+        return [cells.codes.reindex(self.index, fill_value=-1).astype(int) for cells in release.cells if cells.summed]
+
+    def _within(self, groups: pd.Series, k: int, share: float) -> Finding | None:
         graph = self._graph
         for node, dropped, scopes in graph.filters:
             for scope in scopes:
@@ -295,7 +314,11 @@ class Disclosure:
         mode = values.groupby(labels.to_numpy()).agg(lambda v: v.value_counts(dropna=True).index[0])
         minority = pd.Series(values.to_numpy() != mode.reindex(labels.to_numpy()).to_numpy(), index=values.index)
         minority_n = self._count_by_group(self._align(minority), groups)
-        if ((minority_n > 0) & (minority_n < k)).any():
+        majority_n = self._count_by_group(self._align(~minority) & self._align(pd.Series(True, index=values.index)),
+                                          groups).reindex(minority_n.index, fill_value=0)
+        # in a small group of distinct values (a derived covariate in a cell of five) the "mode" is one
+        # value among equals: an indicator is a value most of the group shares and a few do not
+        if ((minority_n > 0) & (minority_n < k) & (majority_n > minority_n)).any():
             return f"takes one value on all but fewer than {k} {self.unit}"
         if _is_number(values) and values.dtype != bool:
             numbers = values.astype(float)
@@ -389,37 +412,104 @@ class Disclosure:
             counts = ratio.value_counts()
             if len(counts) > 1 and 0 < self.count(self._align(ratio != counts.index[0])) < k:
                 return Finding(node, f"differs from a multiple of another input on fewer than {k} {self.unit}")
-        for weights in self._glm_weights() or ():
+        release = self.declared
+        for weights in release.weights if release is not None else ():
             what = self._selects(self.node, weights, used, k, share)  # a weight missing on a few rows singles them out
             if what:
                 return Finding(self.node, f"(its row weights at this beta) {what}")
         return None
 
-    def _glm_weights(self) -> list[pd.Series] | None:
-        """The per-row multipliers a ``glm_step`` (or ``glm_family_step``) sums at the analyst's ``beta``
-        (None for other aggregates)."""
-        if self.node.op == "glm_family_step" and len(self.inputs) >= 8:
-            from ..ops.private import glm_family_weights  # the family's weights, where the map is defined
+    # -- what the map declares it releases (fedmed.ops.declared) --------------------------------
+    @cached_property
+    def declared(self) -> Any:
+        """The map's ``Release`` at these arguments (weights, cells, terms), or None."""
+        return None if self._release is None else self._release(*self.inputs)
 
-            return glm_family_weights(*self.inputs)
-        if self.node.op != "glm_step" or len(self.inputs) < 5:
+    def _declared_cells(self, k: int) -> Finding | None:
+        """Each declared cell, and within it the rows where each summed term is zero and non-zero, hold 0 or
+        at least k persons: a cell's sum is an aggregate of its own, and a term that is zero on some of its
+        rows (a 0/1 predictor) splits it in two whose counts the sums give away."""
+        release = self.declared
+        if release is None:
             return None
-        y, family, intercept, beta, *columns = self.inputs
-        if not all(isinstance(c, pd.Series) for c in (y, *columns)):
+        if release.refused:
+            return Finding(self.node, f"is not released for {release.refused}")
+        used = self.used.to_numpy()
+        present, nonzero = self._term_masks(release)
+        for cells in release.cells:
+            codes = np.where(used, cells.codes.reindex(self.index, fill_value=-1).to_numpy(dtype=int), -1)
+            masks = [np.ones((len(codes), 1), bool)] + ([nonzero, present & ~nonzero] if cells.summed else [])
+            labels = [""] + ([f", those with {t} non-zero" for t in release.terms.columns]
+                             + [f", those with {t} zero" for t in release.terms.columns] if cells.summed else [])
+            counts = self._per_cell(codes, np.hstack(masks))
+            small = ((counts > 0) & (counts < k)).any(axis=0)
+            if small.any():
+                label = labels[int(np.flatnonzero(small)[0])]
+                return Finding(self.node, f"holds fewer than {k} {self.unit} in one of its cells ({cells.what}"
+                                          f"{label}); {release.advice}".rstrip("; "))
+        return None
+
+    def _term_masks(self, release: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Per row of the fragment and term: present, and non-zero (False where the row has no terms)."""
+        terms = release.terms if release.terms is not None else pd.DataFrame(index=self.index[:0])
+        where = self.index.get_indexer(terms.index)
+        present = np.zeros((len(self.index), terms.shape[1]), bool)
+        nonzero = np.zeros_like(present)
+        values = terms.to_numpy(dtype=float)
+        inside = where >= 0
+        present[where[inside]] = ~np.isnan(values[inside])
+        nonzero[where[inside]] = np.nan_to_num(values[inside]) != 0
+        return present, nonzero
+
+    def _per_cell(self, codes: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """Persons (or rows) per cell (rows) where each mask (columns) holds; codes -1 are in no cell."""
+        inside = codes >= 0
+        cells = int(codes.max()) + 1 if inside.any() else 0
+        code, masks = codes[inside], masks[inside]
+        out = np.zeros((cells, masks.shape[1]))
+        if self.persons is None:
+            for j in range(masks.shape[1]):
+                out[:, j] = np.bincount(code, weights=masks[:, j], minlength=cells)
+            return out
+        person = self._person_ids[inside]
+        for j in range(masks.shape[1]):
+            pairs = np.unique(np.stack([code[masks[:, j]], person[masks[:, j]]]), axis=1)
+            out[:, j] = np.bincount(pairs[0], minlength=cells)
+        return out
+
+    @cached_property
+    def _person_ids(self) -> np.ndarray:
+        """Each row's person as a number (a row without a person key is a person of its own)."""
+        keys = self.persons.reindex(self.index)
+        ids = pd.factorize(keys)[0]
+        alone = ids < 0
+        ids[alone] = ids.max(initial=-1) + 1 + np.arange(int(alone.sum()))
+        return ids
+
+    def cell_contributions(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """For the dominance rule: per declared partition into cells of sums, ``(cell, contributions)``, one
+        row per person in a cell, one column per summed term (its absolute value times ``scale``; first
+        the cell's count, a term of 1). None when the map declares no cells."""
+        release = self.declared
+        if release is None or not any(cells.summed for cells in release.cells):
             return None
-        # read as the map reads them: what is not a number is missing (fedmed.server.evaluate.apply_map)
-        frame = pd.concat([pd.to_numeric(c, errors="coerce") for c in (y, *columns)], axis=1).dropna()
-        design = frame.iloc[:, 1:].to_numpy(dtype=float)
-        if intercept:
-            design = np.column_stack([np.ones(len(frame)), design])
-        with np.errstate(all="ignore"):
-            eta = design @ np.asarray(beta, dtype=float)
-            if family == "binomial":
-                mean = 0.5 * (1.0 + np.tanh(0.5 * eta))
-                weight = mean * (1.0 - mean)
-            else:
-                weight = np.exp(eta)
-        return [pd.Series(weight, index=frame.index)]
+        terms = release.terms if release.terms is not None else pd.DataFrame(index=self.index[:0])
+        scale = np.ones(len(terms)) if release.scale is None else release.scale.reindex(terms.index).to_numpy()
+        values = np.abs(np.column_stack([np.ones(len(terms)), terms.to_numpy(dtype=float)]) * scale[:, None])
+        used = self._align(self.used).reindex(terms.index, fill_value=False).to_numpy()
+        out = []
+        for cells in release.cells:
+            if not cells.summed:
+                continue
+            codes = cells.codes.reindex(terms.index, fill_value=-1).to_numpy(dtype=int)
+            keep = used & (codes >= 0)
+            code, value = codes[keep], values[keep]
+            if self.persons is not None:  # a person's rows in one cell are one contribution
+                person = self._person_ids[self.index.get_indexer(terms.index[keep])]
+                summed = pd.DataFrame(value).groupby([code, person]).sum()
+                code, value = summed.index.get_level_values(0).to_numpy(), summed.to_numpy()
+            out.append((code, value))
+        return out
 
     def _selects(self, node: Node, value: pd.Series, scope: pd.Series, k: int, share: float) -> str | None:
         """What ``value`` does to single out 1 to k-1 persons within ``scope``, or None."""

@@ -89,8 +89,9 @@ def evaluate_pandas(
             for c in step.drops.get(i, ()):
                 by_node.pop(id(nodes[c]), None)
         value = by_node[id(nodes[o])]
-        yield Evaluated(value, Disclosure(nodes[o], by_node, index, persons=persons, rerun=rerun)  # type: ignore[arg-type]
-                        if index is not None and judged else None)
+        release = getattr(config.aggregates[nodes[o].op].map, "release", None) if nodes[o].op in config.aggregates else None
+        yield Evaluated(value, Disclosure(nodes[o], by_node, index, persons=persons, rerun=rerun,  # type: ignore[arg-type]
+                                          release=release) if index is not None and judged else None)
         for i in step.freed:
             by_node.pop(id(nodes[i]), None)
 

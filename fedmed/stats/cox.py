@@ -13,11 +13,18 @@ its gradient and its information matrix exactly. ``strata="server"`` never
 adds sums of two servers: each site has its own baseline hazard.
 
 Exact event times identify people, and per-time sums late in follow-up
-rest on few persons: servers with threshold policies (``example/config.yaml``)
-refuse ``cox_step`` (``docs/privacy.md``); the model is exact on servers
-without them. With them, fit the model per site and pool the estimates:
-``fm.stats.slma(fm.stats.coxph, data, duration=..., event=..., X=[...])``.
-The partial-likelihood math is ``fedmed.ops.cox``, shared with the servers.
+rest on few persons. Servers with threshold policies (``example/config.yaml``)
+judge every time bin as a cell (``fedmed.ops.private.cox_release``): the
+persons leaving follow-up in it, its events, and within it the persons
+with each predictor (and product of two) zero and non-zero, each 0 or at
+least k. With ``bin_width="auto"`` round 1 asks every server, in one
+request, for its event times at exact resolution and at every power-of-two
+binning (``LADDER``, whose bins nest), and the model is fitted at the
+binning all servers allow that keeps the most distinct event times
+(bins of one width, or widening with time for the thin tail): exactly
+statsmodels' ``PHReg`` on the times moved down to the start of their bins,
+which the result states. The
+partial-likelihood math is ``fedmed.ops.cox``, shared with the servers.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import ArgumentError, DataError, FedMedError
+from ..errors import ArgumentError, DataError, FedMedError, PrivacyError, PrivacyWarning
 from ..executor import progress
 from ..lazy import FedData, LazyResult, compute
 from ..ops import cox as partial_likelihood
@@ -39,6 +46,14 @@ from .regression import ConvergenceWarning, Predictors, RegressionResult, _check
 
 #: How ties are broken: does the server send the sums over the tied events (Efron)?
 TIES = {"breslow": False, "efron": True}
+
+AUTO = "auto"
+#: The binnings ``bin_width="auto"`` asks for under privacy policies (``fedmed.ops.cox.binned``): exact
+#: times, then every power-of-two width from about a thousandth to about a billion time units, alone and
+#: widening with time (1 to 16 bins per doubling past ``width * per_octave``, for the thin tail of
+#: follow-up). Powers of two make every bin a dyadic interval: bins of any two binnings nest.
+LADDER: tuple[Any, ...] = (0.0, *(2.0**j for j in range(-10, 31)),
+                           *([2.0**j, 2.0**p] for p in range(0, 5) for j in range(-10, 31)))
 
 SERVER = "server"
 
@@ -49,7 +64,9 @@ class CoxResult(RegressionResult):
 
     ``extra`` holds ``llf`` (log partial likelihood), ``events``,
     ``iterations``, ``converged``, ``ties``, ``strata``, ``grid_times``
-    (distinct event times on the grid) and ``rounds`` (requests per server).
+    (distinct event times on the grid), ``bin_width`` (None for exact
+    times, else the binning, ``fedmed.ops.cox.binned``),
+    ``note`` and ``rounds`` (requests per server).
     """
 
     def conf_int(self, alpha: float = 0.05) -> pd.DataFrame:
@@ -68,7 +85,12 @@ class CoxFit:
     """A Cox model fitted on ``compute()``: one round for the grid, then one per Newton iteration."""
 
     def __init__(self, data: FedData, duration: Any, event: Any, X: Predictors, ties: str, strata: Any,
-                 max_iter: int, tol: float) -> None:
+                 max_iter: int, tol: float, bin_width: Any = AUTO) -> None:
+        if not (bin_width is None or bin_width == AUTO or _is_binning(bin_width)):
+            raise ArgumentError(f"coxph: bin_width is 'auto', None (exact times), a width >= 0 or [width, bins per "
+                                f"octave], not {bin_width!r}")
+        self.bin_width = bin_width
+        self.policies = bool(data.config.privacy)
         if ties not in TIES:
             raise ArgumentError(f"coxph: ties is one of {sorted(TIES)}, not {ties!r}")
         predictors = _predictors(data, X, "coxph")
@@ -83,29 +105,66 @@ class CoxFit:
         self.stratum = None if strata is None or self.by_server else _column(data, strata, "strata")
         self.strata = strata if isinstance(strata, str) or strata is None else "column"
 
-    def _ask(self, beta: "np.ndarray | None", grid: "np.ndarray | None") -> LazyResult:
-        columns = self.columns + ([self.stratum] if self.stratum is not None else [])
-        return aggregate(
-            self.time, "cox_step", self.event, None if beta is None else [float(b) for b in beta],
-            None if grid is None else [float(t) for t in grid], TIES[self.ties], self.stratum is not None,
-            *columns, needed_by="coxph",
-        )
+    def _ask(self, beta: np.ndarray, bins: Any) -> LazyResult:
+        """A Newton round: every server's sums per stratum and time bin at ``beta``."""
+        return aggregate(self.time, "cox_step", self.event, [float(b) for b in beta], *self._options(bins),
+                         needed_by="coxph")
+
+    def _ask_bins(self, bins: Any) -> LazyResult:
+        """Whether every server releases sums in ``bins``, and how many event times they keep."""
+        return aggregate(self.time, "cox_bins", self.event, *self._options(bins), needed_by="coxph")
+
+    def _options(self, bins: Any) -> tuple[Any, ...]:
+        return (TIES[self.ties], self.stratum is not None, bins, *self.columns,
+                *([self.stratum] if self.stratum is not None else []))
 
     def explain(self) -> str:
-        return (self._ask(None, None).explain() + "\n(round 1: the event-time grid)\n"
-                + self._ask(np.zeros(len(self.names)), np.zeros(1)).explain()
-                + f"\n(repeated once per Newton iteration, at most {self.max_iter})")
+        ladder = self.bin_width == AUTO and self.policies
+        first = (self._ask_bins(LADDER[-1]).explain()
+                 + f"\n(round 1: {len(LADDER)} binnings of the times in one request; the model uses one every "
+                   "server answered)\n") if ladder else ""
+        return (first + self._ask(np.zeros(len(self.names)), self._binnings()[-1]).explain()
+                + f"\n(once per Newton iteration, at most {self.max_iter})")
 
-    def _grid(self) -> Mapping[str, Any]:
+    def _binnings(self) -> tuple[Any, ...]:
+        """The binnings to choose from: the analyst's, else exact times (no privacy policies) or the ladder."""
+        if self.bin_width is None:
+            return (0.0,)
+        if self.bin_width != AUTO:
+            return (self.bin_width,)
+        return LADDER if self.policies else (0.0,)
+
+    def _ladder(self) -> Any:
+        """One round: every binning of ``LADDER`` asked at once; the one every server answered that keeps
+        the most event times (summed over servers; the first such)."""
+        asked = compute(*[self._ask_bins(bins) for bins in LADDER], on_suppressed="keep")
+        usable = [i for i, answers in enumerate(asked) if not any(isinstance(a, Exception) for a in answers)]
+        if not usable:  # a server that answered none says why at the coarsest binning
+            refused = next((answers for answers in zip(*asked) if all(isinstance(a, Exception) for a in answers)),
+                           asked[-1])
+            raise next(a for a in reversed(refused) if isinstance(a, Exception))
+        return LADDER[max(usable, key=lambda i: (sum(a["times"] for a in asked[i]), -i))]
+
+    def _first_round(self) -> tuple[Any, int, list[dict[str, Any]]]:
+        """The binning, the rounds spent choosing it, and every server's sums at ``beta = 0``."""
         if self.stratum is not None:
             self._code_strata()
-        first = self._ask(None, None).compute()
-        if first["bad"]:
-            raise DataError(f"coxph: event is not 0/1 (or False/True) on {first['bad']} complete rows; recode it "
+        zero = np.zeros(len(self.names))
+        bins, rounds = (self._ladder(), 1) if len(self._binnings()) > 1 else (self._binnings()[0], 0)
+        try:
+            parts = self._ask(zero, bins).compute()
+        except PrivacyError:
+            if self.bin_width != AUTO or rounds:
+                raise
+            bins, rounds = self._ladder(), 1  # the client's config has no policies, a server's has
+            parts = self._ask(zero, bins).compute()
+        bad, events, n = (sum(int(p[key]) for p in parts) for key in ("bad", "events", "n"))
+        if bad:
+            raise DataError(f"coxph: event is not 0/1 (or False/True) on {bad} complete rows; recode it "
                             "(e.g. event=data['status'] == 2)")
-        if first["events"] == 0:
-            raise DataError(f"coxph: no events among the {first['n']} complete rows; there is no hazard to model")
-        return first
+        if events == 0:
+            raise DataError(f"coxph: no events among the {n} complete rows; there is no hazard to model")
+        return bins, rounds, parts
 
     def _code_strata(self) -> None:
         """Text strata become numbers 1, 2, ... (the servers read numbers); rows of other levels are left out."""
@@ -120,15 +179,20 @@ class CoxFit:
     def compute(self) -> CoxResult:
         from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
 
-        first = self._grid()
-        grid = first["times"]
+        bins, rounds, parts = self._first_round()
+        n, events = (sum(int(p[key]) for p in parts) for key in ("n", "events"))
+        note = self._note(bins)
+        if note:
+            warnings.warn(note, PrivacyWarning, stacklevel=2)
         beta = np.zeros(len(self.names))
         last, converged, iterations = None, False, 0
         with progress() as bar:
             for iterations in range(1, self.max_iter + 1):
                 bar.stage(f"coxph Newton round {iterations}/{self.max_iter}")
-                step = _derivatives(self._ask(beta, grid).compute()["parts"], self.by_server, beta, TIES[self.ties])
-                change, last = self._change(step, beta, last, iterations, first["n"])
+                if iterations > 1:
+                    parts = self._ask(beta, bins).compute()
+                step = _derivatives(parts, self.by_server, beta, TIES[self.ties], n)
+                change, last = self._change(step, beta, last, iterations, n)
                 beta = beta + change
                 if np.max(np.abs(change)) < self.tol * (1.0 + np.max(np.abs(beta))):
                     converged = True
@@ -141,12 +205,19 @@ class CoxFit:
         z = beta / bse
         series = lambda values: pd.Series(values, index=self.names, dtype=float)  # noqa: E731
         return CoxResult(
-            series(beta), series(bse), series(z), series(2 * sps.norm.sf(np.abs(z))), int(first["n"]),
-            float(first["n"] - len(beta)),
-            {"llf": step["loglik"], "events": int(first["events"]), "converged": converged,
-             "iterations": iterations, "ties": self.ties, "strata": self.strata, "grid_times": len(grid),
-             "bin_width": None, "rounds": 1 + iterations},
+            series(beta), series(bse), series(z), series(2 * sps.norm.sf(np.abs(z))), n, float(n - len(beta)),
+            {"llf": step["loglik"], "events": events, "converged": converged, "iterations": iterations,
+             "ties": self.ties, "strata": self.strata, "grid_times": step["times"], "bin_width": bins or None,
+             "note": note, "rounds": rounds + iterations},
         )
+
+    def _note(self, bins: Any) -> str:
+        if not bins:
+            return ""
+        chosen = "the finest binning every server's privacy policy allows" if self.bin_width == AUTO else "as asked"
+        return (f"coxph: event times in {partial_likelihood.describe_bins(bins)} ({chosen}): the model is "
+                f"statsmodels' PHReg on every time moved down to the start of its bin, the events of a bin tied "
+                f"({self.ties})")
 
     def _change(self, step: Mapping[str, Any], beta: np.ndarray, last: Any, iteration: int,
                 n: int) -> tuple[np.ndarray, Any]:
@@ -164,39 +235,42 @@ class CoxFit:
         return change, (loglik, change)
 
 
+def _is_binning(value: Any) -> bool:
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0  # noqa: E731
+    if isinstance(value, (list, tuple)):
+        return len(value) == 2 and all(number(v) for v in value)
+    return number(value)
+
+
 def _column(data: FedData, item: Any, role: str) -> FedData:
     from .regression import _column as column
 
     return column(data, item, "coxph", role)
 
 
-def _blocks(parts: Sequence[Mapping[str, Any]], by_server: bool) -> list[dict[str, np.ndarray]]:
-    """The servers' sums added per stratum (per server and stratum with ``strata="server"``)."""
-    pooled: dict[Any, dict[str, np.ndarray]] = {}
-    for site, part in enumerate(parts):
-        for i, label in enumerate(part.get("labels", [])):
-            key = (site, label) if by_server else label
-            sums = {name: value[i] for name, value in part.items() if name not in ("n", "labels", "xsum", "off_grid")}
-            if key in pooled:
-                sums = {name: pooled[key][name] + value for name, value in sums.items()}
-            pooled[key] = sums
-    return list(pooled.values())
-
-
-def _derivatives(parts: Sequence[Mapping[str, Any]], by_server: bool, beta: np.ndarray, efron: bool) -> dict[str, Any]:
-    """Log partial likelihood, gradient and information from the servers' sums added per stratum and time
-    (``fedmed.ops.cox.derivatives``: the same math a server's own Cox fit runs)."""
-    if any(part.get("off_grid") for part in parts):
-        raise DataError("coxph: a server's event times are not on the grid agreed in the first round (its rows "
-                        "changed between rounds); compute the model again")
-    blocks = _blocks(parts, by_server)
-    sums = {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]}
+def _derivatives(parts: Sequence[Mapping[str, Any]], by_server: bool, beta: np.ndarray, efron: bool,
+                 n: int) -> dict[str, Any]:
+    """Log partial likelihood, gradient and information from the servers' cells, added per stratum and time
+    (per server and stratum with ``strata="server"``) and summed backwards into risk sets
+    (``fedmed.ops.cox``: the same math a server's own Cox fit runs)."""
+    if sum(int(p["n"]) for p in parts) != n:
+        raise DataError("coxph: the servers' complete rows changed between rounds; compute the model again")
+    keys: dict[Any, int] = {}
+    stratum = [keys.setdefault((site, label) if by_server else label, len(keys))
+               for site, part in enumerate(parts) for label in part["stratum"]]
+    width = (2 if efron else 1) * (1 + len(beta) + len(beta) ** 2) + 1  # fedmed.ops.cox.row_terms
+    cells = [part["cells"].reshape(len(part["stratum"]), width) for part in parts]
+    sums = partial_likelihood.pooled_sums(np.asarray(stratum, dtype=float),
+                                          np.concatenate([part["time"] for part in parts]),
+                                          np.concatenate(cells), len(beta), efron)
     xsum = np.sum([part["xsum"] for part in parts], axis=0)  # the events' predictors, all servers
-    return partial_likelihood.derivatives(sums, xsum, beta, efron)
+    out = partial_likelihood.derivatives(sums, xsum, beta, efron)
+    out["times"] = int(np.count_nonzero(sums["d"]))
+    return out
 
 
 def coxph(data: FedData, duration: Any, event: Any, X: Predictors, ties: str = "breslow", strata: Any = None,
-          max_iter: int = 25, tol: float = 1e-10) -> CoxFit:
+          max_iter: int = 25, tol: float = 1e-10, bin_width: Any = AUTO) -> CoxFit:
     """Cox proportional hazards regression, equal to statsmodels' ``PHReg`` on the pooled rows.
 
     ``duration`` (follow-up time) and ``event`` (1/True for an event, 0/False
@@ -209,8 +283,22 @@ def coxph(data: FedData, duration: Any, event: Any, X: Predictors, ties: str = "
 
     Rounds: 1 for the pooled grid of event times, then 1 per Newton
     iteration (typically 4 to 6), in which each server sends its risk-set
-    sums per event time (section 4.9 of ``docs/statistics.md``). Servers
-    with threshold policies refuse these sums (``fm.PrivacyError``).
+    sums per event time (section 4.9 of ``docs/statistics.md``).
+
+    ``bin_width``: ``"auto"`` (the default) uses the exact times when the
+    config has no privacy policies; with policies, round 1 asks for the
+    event times at exact resolution and at every power-of-two binning at
+    once, and the model uses the binning every server allows that keeps the
+    most event times (each time bin
+    a cell of at least k persons leaving, events, and persons with each
+    predictor zero and non-zero; ``docs/privacy.md`` 4.10). The result's
+    ``bin_width`` says which (None: exact), and a ``PrivacyWarning`` says
+    so: the estimates are then statsmodels' ``PHReg`` on the times moved
+    down to the start of their bins. ``None`` asks for exact times; a number
+    for bins of that width; ``[width, per_octave]`` for bins of ``width``
+    that widen past ``width * per_octave`` to ``per_octave`` bins per
+    doubling of time (``fedmed.ops.cox.binned``). Under privacy policies
+    widths and ``per_octave`` are powers of two.
 
     Examples
     --------
@@ -221,4 +309,4 @@ def coxph(data: FedData, duration: Any, event: Any, X: Predictors, ties: str = "
     >>> round(float(fit.params["age"]), 4), fit.events, fit.rounds
     (0.1627, 6, 7)
     """
-    return CoxFit(data, duration, event, X, ties, strata, max_iter, tol)
+    return CoxFit(data, duration, event, X, ties, strata, max_iter, tol, bin_width)
