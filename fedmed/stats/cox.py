@@ -156,7 +156,7 @@ class CoxFit:
         except PrivacyError:
             if self.bin_width != AUTO or rounds:
                 raise
-            bins, rounds = self._ladder(), 1  # the client's config has no policies, a server's has
+            bins, rounds = self._ladder(), 2  # the client's config has no policies, a server's has: refused once
             parts = self._ask(zero, bins).compute()
         bad, events, n = (sum(int(p[key]) for p in parts) for key in ("bad", "events", "n"))
         if bad:
