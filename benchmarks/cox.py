@@ -23,7 +23,10 @@ holding the same fragments, per fit: requests per server (one for the
 ladder of ``LADDER`` binnings, then one per Newton iteration), the ladder
 round's time and the Newton rounds' time, the binning chosen
 (``fit.extra["bin_width"]``) and the event bins it keeps, and the growth
-of the process's peak RSS (0: below an earlier peak).
+of the process's peak RSS (0: below an earlier peak). The ladder's
+``cox_bins`` tasks are judged without ``beta``; a Newton round weighs its
+sums by ``exp(x'beta)``, and a fit a round's sums are refused for shows
+the rule instead of its numbers.
 
 Both tie methods. Exact fits are checked against ``PHReg`` on the pooled
 rows; binned fits against ``PHReg`` on the pooled times moved down to the

@@ -1,30 +1,28 @@
-"""Cox proportional hazards regression: one round for the event-time grid, then one per Newton iteration.
+"""Cox proportional hazards regression: one round per Newton iteration (one more under privacy policies).
 
-Round 1 (``cox_step`` without a grid): each server sends its distinct
-event times; the client pools them into one grid. Every later round
-(``cox_step`` at ``beta`` on the grid): each server sends, per stratum and
-grid time ``t``, the number of events ``d``, the risk-set sums ``S0``,
-``S1``, ``S2`` of ``w``, ``w x``, ``w x x'`` over its rows still at risk
-(time ``>= t``, ``w = exp(x'beta)``), for Efron the same sums over the
-events tied at ``t`` (``E0``, ``E1``, ``E2``), and the sum of ``x`` over its
-events. The risk set of a time is the union of the servers' risk sets, so
-adding the sums per stratum and time gives the pooled partial likelihood,
-its gradient and its information matrix exactly. ``strata="server"`` never
-adds sums of two servers: each site has its own baseline hazard.
+Every round (``cox_step`` at ``beta``): each server sends, per cell of its
+complete rows that share a stratum and a time, the cell's time, its events,
+the sums of ``w``, ``w x``, ``w x x'`` over its rows (``w = exp(x'beta)``),
+for Efron the same sums over its events, and the sum of ``x`` over all its
+events. The client adds the cells of all servers per stratum and time and
+sums them backwards over time: the risk set of a time is every row, on
+any server, whose time is that or later, so this gives the pooled partial
+likelihood, its gradient and information exactly, with no grid of event
+times agreed first. ``strata="server"`` never adds cells of two servers:
+each site has its own baseline hazard.
 
-Exact event times identify people, and per-time sums late in follow-up
-rest on few persons. Servers with threshold policies (``example/config.yaml``)
-judge every time bin as a cell (``fedmed.ops.private.cox_release``): the
-persons leaving follow-up in it, its events, and within it the persons
-with each predictor (and product of two) zero and non-zero, each 0 or at
-least k. With ``bin_width="auto"`` round 1 asks every server, in one
-request, for its event times at exact resolution and at every power-of-two
-binning (``LADDER``, whose bins nest), and the model is fitted at the
-binning all servers allow that keeps the most distinct event times
-(bins of one width, or widening with time for the thin tail): exactly
-statsmodels' ``PHReg`` on the times moved down to the start of their bins,
-which the result states. The
-partial-likelihood math is ``fedmed.ops.cox``, shared with the servers.
+Exact event times identify people, and cells late in follow-up hold few
+persons. Servers with threshold policies (``example/config.yaml``) judge
+every time bin as a cell (``fedmed.ops.private.cox_release``): the persons
+leaving follow-up in it, its events, and within it the persons with each
+predictor (and product of two) zero and non-zero, each 0 or at least k.
+With ``bin_width="auto"`` and policies, one first round asks every server,
+in one request, which of the binnings of ``LADDER`` it releases
+(``cox_bins``: exact times and power-of-two bins, whose bins nest), and the
+model is fitted at the binning every server allows that keeps the most
+event times: exactly statsmodels' ``PHReg`` on the times moved down to the
+start of their bins, which the result states. The partial-likelihood math
+is ``fedmed.ops.cox``, shared with the servers.
 """
 
 from __future__ import annotations
@@ -214,7 +212,8 @@ class CoxFit:
     def _note(self, bins: Any) -> str:
         if not bins:
             return ""
-        chosen = "the finest binning every server's privacy policy allows" if self.bin_width == AUTO else "as asked"
+        chosen = ("of the binnings every server's privacy policies allow, the one keeping the most event times"
+                  if self.bin_width == AUTO else "as asked")
         return (f"coxph: event times in {partial_likelihood.describe_bins(bins)} ({chosen}): the model is "
                 f"statsmodels' PHReg on every time moved down to the start of its bin, the events of a bin tied "
                 f"({self.ties})")

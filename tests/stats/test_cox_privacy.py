@@ -208,7 +208,7 @@ def test_strata_under_policies_equal_phreg_on_the_binned_times(ties):
 
 
 def test_a_small_real_data_set_gets_coarse_bins_honestly():
-    # statsmodels' heart transplant data: 172 patients over 2 servers under k = 5; few late patients
+    # statsmodels' heart transplant data: 69 patients over 2 servers under k = 5; few late patients
     heart = sm.datasets.heart.load_pandas().data.rename(columns={"survival": "t", "censors": "e"})
     fit = fit_quietly(fed(heart, cuts=(0.5,)), "t", "e", ["age"], ties="efron")
     reference = binned_reference(heart, fit.extra["bin_width"], ["age"], "efron")
