@@ -560,6 +560,9 @@ def cox_release(time: pd.Series, event: pd.Series, beta: Any, efron: bool, strat
         weights=() if scale is None else (scale,),
         cells=(Cells("the persons leaving follow-up in one time bin", coded(np.ones(builtins.len(rows), bool))),
                Cells("the events of one time bin", coded(e == 1), summed=efron),  # Breslow: their count only
+               # the rest of a bin: its count and the events' tell it apart, and with Efron its sums too (red-teamed:
+               # six persons leaving a bin, five of them events, gave the sixth's predictors)
+               Cells("the persons leaving one time bin without an event", coded(e != 1), summed=efron),
                Cells("the rows whose event is neither 0 nor 1", _flagged(index, bad, everywhere), summed=False)),
         terms=pd.DataFrame(terms, index=index), scale=scale,
         refused=None if cox.nested(bins) else
@@ -764,19 +767,23 @@ def site_fit_with(rows_per_parameter: float = SITE_FIT_ROWS_PER_PARAMETER) -> An
         """``model`` fitted on this fragment's complete rows to convergence: ``[n, coefficients, covariance]``.
 
         ``model`` is a key of ``SITE_FITS`` (``"ols"``, ``"logit"``, ``"poisson"``), ``"glm/<family>/<link>"``
-        or ``"cox/breslow"``, ``"cox/efron"``. A Cox fit reads ``y`` as the follow-up time and the first
-        of ``columns`` as the event (0/1), and adds the number of events to its answer.
+        (``"glm/<family>/<link>/<roles>"`` with offsets or weights: the first of ``columns`` are then the
+        inputs ``roles`` names, see :func:`_site_family_fit`) or ``"cox/breslow"``, ``"cox/efron"``. A Cox
+        fit reads ``y`` as the follow-up time and the first of ``columns`` as the event (0/1), and adds the
+        number of events to its answer.
         """
         fit = SITE_FITS.get(model) or _site_family_fit(model)
         if fit is None:
-            raise OperationError(f"unknown model {model!r}: use one of {sorted(SITE_FITS)} or 'glm/<family>/<link>'")
+            raise OperationError(f"unknown model {model!r}: use one of {sorted(SITE_FITS)}, 'glm/<family>/<link>' "
+                                 f"or 'glm/<family>/<link>/<roles>' (roles of {list(GLM_ROLES)}, in that order)")
         outcomes = getattr(fit, "outcomes", 1)  # leading columns that are the outcome (Cox: time and event)
         rows = _complete_rows((y, *columns))
         target, design = (rows[:, 0] if outcomes == 1 else rows[:, :outcomes]), rows[:, outcomes:]
         if intercept:
             design = np.column_stack([np.ones(builtins.len(rows)), design])
         least = builtins.max(floor, float(rows_per_parameter))
-        counts = {"complete rows": builtins.len(rows), **getattr(fit, "counts", _no_counts)(target)}
+        # the rows the floor counts (a weighted GLM: those of positive weight), then a fit's own counts (Cox: events)
+        counts = {**getattr(fit, "rows", _complete)(target), **getattr(fit, "counts", _no_counts)(target)}
         floors = getattr(fit, "floors", {})  # a fit's own floors, which no analyst can lower
         for what, count in counts.items():
             _check_site_size(count, design.shape[1], builtins.max(least, floors.get(what, 0)), what)
@@ -785,6 +792,10 @@ def site_fit_with(rows_per_parameter: float = SITE_FIT_ROWS_PER_PARAMETER) -> An
 
     site_fit.rows_per_parameter = floor
     return site_fit
+
+
+def _complete(target: np.ndarray) -> dict[str, int]:
+    return {"complete rows": builtins.len(target)}
 
 
 def _no_counts(target: np.ndarray) -> dict[str, int]:
@@ -875,29 +886,41 @@ def _inverse(matrix: np.ndarray) -> np.ndarray:
 
 
 def _site_family_fit(model: str) -> Any:
-    """The fit of ``"glm/<family>/<link>"`` (a key pair of ``GLM_FAMILIES`` and ``GLM_LINKS``), or None.
+    """The fit of ``"glm/<family>/<link>"`` (a key pair of ``GLM_FAMILIES`` and ``GLM_LINKS``) or, with offsets
+    or weights, ``"glm/<family>/<link>/<roles>"``: ``roles`` a comma-separated subset of ``GLM_ROLES`` in that
+    order (``"glm/poisson/log/offset,freq_weights"``), whose columns follow ``y`` in the fit's outcome. None
+    for any other name.
 
-    IRLS as ``glm_family_step`` and the client's ``fm.stats.glm`` run it, on one site: statsmodels' start,
-    steps halved while the deviance rises or the means leave the family's range, statsmodels' covariance
-    ``scale · (Xᵀ W X)⁻¹`` (scale Pearson χ² / (n − p) for the gaussian and gamma families, else 1).
+    IRLS as ``glm_family_step`` and the client's ``fm.stats.glm`` run it, on one site: weights
+    ``W = f v / (g'(μ)² V(μ))``, score and deviance weighted by ``f v``, statsmodels' start, steps halved
+    while the deviance rises or the means leave the family's range, statsmodels' covariance
+    ``scale · (Xᵀ W X)⁻¹`` (scale Pearson χ² / (Σf − p) for the gaussian and gamma families, else 1).
+    An offset must be finite, a weight finite and 0 or more; the rows-per-parameter floor counts the
+    complete rows of positive weight (rows, not the sum of the frequency weights): a row of weight 0 adds
+    nothing to the fit, and must not count towards it.
     """
-    kind, _, rest = model.partition("/")
-    family, _, link = rest.partition("/")
-    if kind != "glm" or family not in GLM_FAMILIES or link not in GLM_LINKS:
+    parts = model.split("/")
+    if builtins.len(parts) not in (3, 4) or parts[0] != "glm":
+        return None
+    family, link = parts[1], parts[2]
+    roles = parts[3].split(",") if builtins.len(parts) == 4 else []
+    if family not in GLM_FAMILIES or link not in GLM_LINKS or roles != [r for r in GLM_ROLES if r in roles]:
         return None
 
-    def fit(y: np.ndarray, design: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    def fit(outcome: np.ndarray, design: np.ndarray, max_iter: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+        y, offset, freq, var = _family_inputs(outcome, roles)
+        prior = freq * var
         _check_family_outcome(family, y)
-        beta = _family_start(family, link, y, design)
-        deviance = _family_terms(family, link, y, design, beta)[3]
+        beta = _family_start(family, link, y, design, offset, prior)
+        deviance = _family_terms(family, link, y, design, beta, offset, prior)[3]
         if not np.isfinite(deviance):
             raise OperationError(f"the {family} {link} fit leaves the range of its means at its start on this site: "
                                  "fit another link")
         for _ in range(max_iter):
-            _, weight, score, _ = _family_terms(family, link, y, design, beta)
+            _, weight, score, _ = _family_terms(family, link, y, design, beta, offset, prior)
             step = _solve(design.T @ (design * weight[:, None]), score)
             for _ in range(40):
-                new = _family_terms(family, link, y, design, beta + step)[3]
+                new = _family_terms(family, link, y, design, beta + step, offset, prior)[3]
                 if np.isfinite(new) and new <= deviance + 1e-12 * (1.0 + abs(deviance)):
                     break
                 step = step / 2
@@ -905,48 +928,81 @@ def _site_family_fit(model: str) -> Any:
                 break
             beta, deviance = beta + step, new
             if np.max(np.abs(step)) < tol * (1.0 + np.max(np.abs(beta))):
-                mu, weight, _, _ = _family_terms(family, link, y, design, beta)
+                mu, weight, _, _ = _family_terms(family, link, y, design, beta, offset, prior)
                 scale = 1.0
                 if family in ("gaussian", "gamma"):  # estimated scale, as statsmodels: Pearson chi² / df_resid
-                    scale = float(np.sum((y - mu) ** 2 / GLM_FAMILIES[family][0](mu))) / (builtins.len(y) - design.shape[1])
+                    df_resid = float(np.sum(freq)) - design.shape[1]
+                    if df_resid <= 0:
+                        raise OperationError("the frequency weights on this site sum to no more than the "
+                                             "coefficients: no scale can be estimated; fit fewer predictors")
+                    scale = float(np.sum(prior * (y - mu) ** 2 / GLM_FAMILIES[family][0](mu))) / df_resid
                 return beta, scale * _inverse(design.T @ (design * weight[:, None]))
         raise OperationError(f"the {family} fit with the {link} link did not converge on this site: its means may "
                              "reach the edge of their range (probabilities of 0 or 1) or a predictor separates the "
                              "outcome there; fit fewer predictors or another link")
+
+    fit.outcomes = 1 + builtins.len(roles)
+    if roles:
+        fit.rows = lambda outcome: _weighted_rows(outcome, roles)
     return fit
 
 
+def _family_inputs(outcome: np.ndarray, roles: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``y``, offset, frequency and variance weights from a fit's outcome (``y``, then the columns of ``roles``)."""
+    if outcome.ndim == 1:
+        return outcome, np.zeros_like(outcome), np.ones_like(outcome), np.ones_like(outcome)
+    extra, ones = dict(zip(roles, outcome[:, 1:].T)), np.ones(builtins.len(outcome))
+    offset, freq, var = (extra.get(role, ones * (role != "offset")) for role in GLM_ROLES)
+    return outcome[:, 0], offset, freq, var
 
-def _family_start(family: str, link: str, y: np.ndarray, design: np.ndarray) -> np.ndarray:
-    """statsmodels' first estimate: weighted least squares at ``μ = (y + ȳ)/2`` (binomial ``(y + ½)/2``); for a
-    link whose means can leave the family's range and do there, every mean at the range's centre instead."""
+
+def _weighted_rows(outcome: np.ndarray, roles: list[str]) -> dict[str, int]:
+    """The complete rows of positive weight, which the floor counts; offsets and weights checked first (a
+    miscoded weight must not read as a site too small)."""
+    _, offset, freq, var = _family_inputs(outcome, roles)
+    if not np.all(np.isfinite(offset)):
+        raise OperationError("the offset is infinite on some of this site's rows (an exposure of 0, whose log "
+                             "is the offset?): exposures must be positive, offsets finite")
+    for name, weights in (("freq_weights", freq), ("var_weights", var)):
+        if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise OperationError(f"{name} are negative or infinite on some of this site's rows; weights are "
+                                 "finite and 0 or more")
+    return {"complete rows of positive weight": int(np.count_nonzero(freq * var > 0))}
+
+
+def _family_start(family: str, link: str, y: np.ndarray, design: np.ndarray, offset: np.ndarray,
+                  prior: np.ndarray) -> np.ndarray:
+    """statsmodels' first estimate: weighted least squares at ``μ = (y + ȳ)/2`` (binomial ``(y + ½)/2``) with the
+    weights ``prior / (g'(μ)² V(μ))``, the offset taken off the working response; for a link whose means can
+    leave the family's range and do there, every linear predictor at the range's centre instead."""
     inverse, deriv, _ = GLM_LINKS[link]
     mu = (y + 0.5) / 2 if family == "binomial" else (y + y.mean()) / 2
-    weight = 1.0 / (deriv(mu) ** 2 * GLM_FAMILIES[family][0](mu))
-    working = GLM_LINK_VALUES[link](mu) + deriv(mu) * (y - mu)
+    weight = prior / (deriv(mu) ** 2 * GLM_FAMILIES[family][0](mu))
+    working = GLM_LINK_VALUES[link](mu) - offset + deriv(mu) * (y - mu)
     beta = _solve(design.T @ (design * weight[:, None]), design.T @ (weight * working))
     low, high = GLM_MEAN_RANGE.get((family, link), (-np.inf, np.inf))
     if np.isfinite(low) and np.all(design[:, 0] == 1.0):
-        mu = inverse(design @ beta)
+        mu = inverse(design @ beta + offset)
         if not np.all((mu > low) & (mu < high)):
             beta = np.zeros_like(beta)
             beta[0] = GLM_LINK_VALUES[link](np.array((low + high) / 2))
     return beta
 
 
-def _family_terms(family: str, link: str, y: np.ndarray, design: np.ndarray,
-                  beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """Mean, IRLS weight, score and deviance at ``beta`` (the deviance NaN where the means leave their range)."""
+def _family_terms(family: str, link: str, y: np.ndarray, design: np.ndarray, beta: np.ndarray, offset: np.ndarray,
+                  prior: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Mean, IRLS weight, score and deviance at ``beta`` with the offset and the prior weights ``f v`` (the
+    deviance NaN where the means leave their range)."""
     inverse, deriv, _ = GLM_LINKS[link]
     variance, _, unit_deviance, _ = GLM_FAMILIES[family]
     with np.errstate(all="ignore"):
-        mu = inverse(design @ beta)
+        mu = inverse(design @ beta + offset)
         gprime, v_mu = deriv(mu), variance(mu)
         low, high = GLM_MEAN_RANGE.get((family, link), (-np.inf, np.inf))
-        deviance = float(np.sum(unit_deviance(y, _clip(family, mu))))
+        deviance = float(np.sum(prior * unit_deviance(y, _clip(family, mu))))
     if not np.all((mu > low) & (mu < high)):
         deviance = float("nan")
-    return mu, 1.0 / (gprime**2 * v_mu), design.T @ ((y - mu) / (gprime * v_mu)), deviance
+    return mu, prior / (gprime**2 * v_mu), design.T @ (prior * (y - mu) / (gprime * v_mu)), deviance
 
 
 def _check_family_outcome(family: str, y: np.ndarray) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -157,6 +158,8 @@ class Dominance(Policy):
         if task.op == "sqsum":
             terms = terms**2
         total = float(terms.sum())
+        if not math.isfinite(total):  # a NaN total compares false with everything: it would pass unjudged
+            raise task.refuse(self, "its sum is not a finite number, which no share of it can be judged against")
         if total > 0 and float(terms[: self.n].sum()) > self.p * total:
             raise task.refuse(self, f"{self._largest()} up more than {self.p:.0%} of the total")
         return value
@@ -176,6 +179,6 @@ def _dominated(code: np.ndarray, values: np.ndarray, n: int, p: float) -> bool:
         rank = np.arange(len(cell)) - np.repeat(starts, np.diff(np.r_[starts, len(cell)]))
         top = np.bincount(cell, weights=np.where(rank < n, term, 0.0))
         total = np.bincount(cell, weights=term)
-        if np.any((total > 0) & (top > p * total)):
+        if not np.all(np.isfinite(total)) or np.any((total > 0) & (top > p * total)):  # NaN: no share to judge
             return True
     return False

@@ -298,7 +298,7 @@ class Disclosure:
                           share: float) -> str | None:
         """``_selects`` within every group at once: what ``value`` does to single out 1 to k-1 persons."""
         scope = scope & self._align(pd.Series(True, index=value.index))
-        present = scope & self._align(value.notna())
+        present = scope & self._align(_finite(value))
         nulled = scope & self._graph.raw_present[id(node)] & ~present
         nulled_n, present_n = self._count_by_group(nulled, groups), self._count_by_group(present, groups)
         if ((nulled_n > 0) & (nulled_n < k)).any():
@@ -514,7 +514,7 @@ class Disclosure:
     def _selects(self, node: Node, value: pd.Series, scope: pd.Series, k: int, share: float) -> str | None:
         """What ``value`` does to single out 1 to k-1 persons within ``scope``, or None."""
         scope = scope & self._align(pd.Series(True, index=value.index))
-        present = scope & self._align(value.notna())
+        present = scope & self._align(_finite(value))
         nulled = scope & self._graph.raw_present[id(node)] & ~present
         if 0 < self.count(nulled) < k:
             return f"is missing on fewer than {k} {self.unit} whose values are present"
@@ -718,6 +718,15 @@ def _differs(before: pd.Series, after: pd.Series) -> pd.Series:
 
 def _is_number(value: pd.Series) -> bool:
     return value.dtype.kind in "fiub" or str(value.dtype) in ("boolean", "Int64", "Float64", "Int32", "Float32")
+
+
+def _finite(value: pd.Series) -> pd.Series:
+    """Present, and for numbers finite: an infinity the arithmetic made (``log(|x - v|)``, ``1 / (x - v)``) on
+    one row marks that row as surely as a missing value does, and vanishes from sums (``exp(-inf) = 0``)."""
+    present = value.notna()
+    if _is_number(value) and value.dtype != bool and value.dtype.kind in "fc":
+        present &= pd.Series(np.isfinite(value.to_numpy(dtype=float, na_value=np.nan)), index=value.index)
+    return present
 
 
 def _notna(value: Any) -> pd.Series:

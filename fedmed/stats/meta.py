@@ -26,38 +26,72 @@ from .lazy_call import aggregate, call
 
 
 @dataclass(frozen=True)
+class SitePlan:
+    """What the servers run for one ``slma`` call: the fit, its row-wise inputs besides the outcome and the
+    predictors, and what the client counts beside it (in the same request)."""
+
+    fit: str  #: ``fedmed.ops.private.SITE_FITS``' key, or ``"glm/<family>/<link>[/<roles>]"``
+    inputs: tuple[FedData, ...] = ()  #: read after the outcome, before the predictors (a GLM's offset, weights)
+    #: ``(message, mask)``: rows no fit can take, as ``fm.stats.glm`` counts them; the message formats the count.
+    checks: tuple[tuple[str, FedData], ...] = ()
+
+
+@dataclass(frozen=True)
 class SiteModel:
     """How ``slma`` runs a model function on each site: the server's fit and the keywords it passes on."""
 
-    fit: str  #: the key of ``fedmed.ops.private.SITE_FITS`` the server runs (formatted with ``options``)
+    fit: str  #: the key of ``fedmed.ops.private.SITE_FITS`` the server runs without options
     iterative: bool = True  #: takes ``max_iter`` and ``tol``
-    #: Keywords of the model function that ``slma`` passes on, with a function that checks them and names the fit.
-    options: "Callable[..., str] | None" = None
+    #: ``options(data, outcome, **keywords) -> SitePlan``: the model function's keywords that ``slma`` passes
+    #: on (its keyword-only parameters), checked and planned; None for a model that takes none per site.
+    options: "Callable[..., SitePlan] | None" = None
     #: The keywords naming the outcome's columns, in the order the server reads them.
     outcome: tuple[str, ...] = ("y",)
     intercept: bool = True  #: has an intercept (a Cox model has none: its baseline hazard absorbs it)
 
 
-def _glm_fit(family: str = "gaussian", link: "str | None" = None) -> str:
-    """The server's fit for ``fm.stats.glm``'s ``family`` and ``link`` (checked as ``glm`` checks them)."""
+def _glm_plan(data: FedData, outcome: Sequence[FedData], *, family: str = "gaussian", link: "str | None" = None,
+              offset: Any = None, exposure: Any = None, freq_weights: Any = None,
+              var_weights: Any = None) -> SitePlan:
+    """``fm.stats.glm``'s ``family`` and ``link`` (checked as ``glm`` checks them), offset and weights per site.
+
+    The pooled ``glm`` turns the offset, exposure (its log joins the offset) and weights into its
+    inputs by role and names the rows no fit can take; the site fit reads the same inputs after ``y``.
+    """
     family, link = regression.family_link(family, link, "slma")
-    return f"glm/{family}/{link}"
+    given = {"offset": offset, "exposure": exposure, "freq_weights": freq_weights, "var_weights": var_weights}
+    columns = {role: regression._column(data, item, "slma", role) for role, item in given.items() if item is not None}
+    pooled = regression.glm(data, outcome[0], (), family, link, **columns)  # built, never computed
+    if not pooled.extra:  # the fit as before: the server checks y itself
+        return SitePlan(f"glm/{family}/{link}")
+    # an exposure's log hides a non-positive exposure from the server (NaN reads as missing): count as glm does
+    return SitePlan(f"glm/{family}/{link}/{','.join(pooled.extra)}", tuple(pooled.extra.values()),
+                    tuple(pooled._checks()))
 
 
-def _cox_fit(ties: str = "breslow") -> str:
-    """The server's fit for ``fm.stats.coxph``'s ``ties`` (no strata per site: a site is its own stratum)."""
+def _poisson_plan(data: FedData, outcome: Sequence[FedData], *, offset: Any = None,
+                  exposure: Any = None) -> SitePlan:
+    """``fm.stats.poisson``: Newton's Poisson fit, or with an ``offset`` or ``exposure`` the Poisson GLM, as
+    ``poisson`` itself."""
+    if offset is None and exposure is None:
+        return SitePlan("poisson")
+    return _glm_plan(data, outcome, family="poisson", offset=offset, exposure=exposure)
+
+
+def _cox_plan(data: FedData, outcome: Sequence[FedData], *, ties: str = "breslow") -> SitePlan:
+    """``fm.stats.coxph``'s ``ties`` (no strata per site: a site is its own stratum)."""
     if ties not in cox.TIES:
         raise ArgumentError(f"slma: coxph's ties is one of {sorted(cox.TIES)}, not {ties!r}")
-    return f"cox/{ties}"
+    return SitePlan(f"cox/{ties}")
 
 
 #: Model functions ``slma`` can run per site. Adding a model is one entry here and one fit in ``SITE_FITS``.
 SITE_MODELS: dict[Callable[..., Any], SiteModel] = {
     regression.ols: SiteModel("ols", iterative=False),
     regression.logit: SiteModel("logit"),
-    regression.poisson: SiteModel("poisson"),
-    regression.glm: SiteModel("glm", options=_glm_fit),  # family=..., link=...: no offsets or weights per site
-    cox.coxph: SiteModel("cox", options=_cox_fit, outcome=("duration", "event"), intercept=False),
+    regression.poisson: SiteModel("poisson", options=_poisson_plan),
+    regression.glm: SiteModel("glm", options=_glm_plan),
+    cox.coxph: SiteModel("cox", options=_cox_plan, outcome=("duration", "event"), intercept=False),
 }
 
 #: ``method`` names to ``combine_effects``' ``method_re`` (REML is solved here: statsmodels has no REML).
@@ -69,16 +103,23 @@ def slma(model: Callable[..., Any], data: FedData, method: str = "dl", *, y: Any
          max_iter: int = 50, tol: float = 1e-10, **options: Any) -> LazyResult:
     """``model`` fitted on each server's rows separately, pooled by inverse-variance meta-analysis.
 
-    ``model`` is ``fm.stats.ols``, ``fm.stats.logit``, ``fm.stats.poisson``,
-    ``fm.stats.glm`` (with its ``family`` and ``link``; no offsets or weights)
-    or ``fm.stats.coxph`` (with its ``ties``; no strata: each site has its own
+    ``model`` is ``fm.stats.ols``, ``fm.stats.logit``, ``fm.stats.poisson``
+    (with its ``offset`` and ``exposure``: then the Poisson ``glm``),
+    ``fm.stats.glm`` (with its ``family``, ``link``, ``offset``, ``exposure``,
+    ``freq_weights`` and ``var_weights``, column names or expressions as
+    ``glm`` takes them; an exposure's log joins the offset) or
+    ``fm.stats.coxph`` (with its ``ties``; no strata: each site has its own
     baseline hazard); ``y`` (Cox: ``duration`` and ``event``), ``X`` and
     ``intercept`` (by default the model's: none for Cox) are given as to that
     function. Each server fits the model to convergence in one request and
     releases only its coefficients, their covariance and its row count (Cox:
     and its number of events); a server refuses (``fm.PrivacyError``) when it
-    holds fewer than ``rows_per_parameter`` complete rows per coefficient, or
-    for Cox fewer events per coefficient (or fewer than its own floor, at least 3).
+    holds fewer than ``rows_per_parameter`` complete rows per coefficient
+    (rows missing y, a predictor, an offset or a weight are left out; with
+    weights, rows of positive weight, counted as rows, not as the sum of the
+    frequency weights), or for Cox fewer events per coefficient (or fewer
+    than its own floor, at least 3). Non-positive exposures and negative
+    weights are refused, as ``glm`` refuses them.
     The client pools each coefficient: a fixed effect and random effects by
     ``method`` ``"dl"`` (DerSimonian–Laird), ``"pm"`` (Paule–Mandel) or
     ``"reml"``. One round, one request per server.
@@ -101,7 +142,6 @@ def slma(model: Callable[..., Any], data: FedData, method: str = "dl", *, y: Any
     if site_model is None:
         known = ", ".join(f"fm.stats.{m.__name__}" for m in SITE_MODELS)
         raise ArgumentError(f"slma runs {known} on each site, not {getattr(model, '__name__', model)!r}")
-    fit = _fit_name(site_model, model, options)
     if method not in METHODS:
         raise ArgumentError(f"slma: method is one of {sorted(METHODS)} (random effects), not {method!r}")
     intercept = _intercept(site_model, model, intercept)
@@ -109,9 +149,13 @@ def slma(model: Callable[..., Any], data: FedData, method: str = "dl", *, y: Any
     if not predictors and not intercept:
         raise ArgumentError("slma needs a predictor in X" + (" or an intercept" if site_model.intercept else ""))
     outcome = _outcome(site_model, model, data, {"y": y, "duration": duration, "event": event})
+    plan = _plan(site_model, model, data, outcome, options)
     names = ([regression.INTERCEPT] if intercept else []) + [name for name, _ in predictors]
-    fits = aggregate(outcome[0], "site_fit", fit, intercept, float(rows_per_parameter), int(max_iter), float(tol),
-                     *outcome[1:], *(column for _, column in predictors), needed_by="slma")
+    fits = aggregate(outcome[0], "site_fit", plan.fit, intercept, float(rows_per_parameter), int(max_iter),
+                     float(tol), *outcome[1:], *plan.inputs, *(column for _, column in predictors), needed_by="slma")
+    if plan.checks:
+        fits = call(_checked, fits, tuple(message for message, _ in plan.checks),
+                    *(mask.sum() for _, mask in plan.checks))
     sites = tuple(_site_name(source) for source in data.sources)
     return call(_pool, fits, tuple(names), sites, method)
 
@@ -135,17 +179,29 @@ def _outcome(site_model: SiteModel, model: Callable[..., Any], data: FedData,
     return [regression._column(data, given[name], "slma", name) for name in site_model.outcome]
 
 
-def _fit_name(site_model: SiteModel, model: Callable[..., Any], options: Mapping[str, Any]) -> str:
-    """The server's fit: the model's own, or the one its options name (``fm.stats.glm``'s family and link)."""
+def _plan(site_model: SiteModel, model: Callable[..., Any], data: FedData, outcome: Sequence[FedData],
+          options: Mapping[str, Any]) -> SitePlan:
+    """What the servers run: the model's own fit, or the plan its options make (``fm.stats.glm``'s family,
+    link, offset and weights)."""
     if site_model.options is None:
         if options:
             raise ArgumentError(f"slma: fm.stats.{model.__name__} takes no {sorted(options)} per site")
-        return site_model.fit
-    known = inspect.signature(site_model.options).parameters
+        return SitePlan(site_model.fit)
+    known = [name for name, parameter in inspect.signature(site_model.options).parameters.items()
+             if parameter.kind is inspect.Parameter.KEYWORD_ONLY]
     if set(options) - set(known):
-        raise ArgumentError(f"slma: fm.stats.{model.__name__} per site takes {' and '.join(known)}, "
+        raise ArgumentError(f"slma: fm.stats.{model.__name__} per site takes {', '.join(known)}, "
                             f"not {sorted(set(options) - set(known))}")
-    return site_model.options(**options)
+    return site_model.options(data, outcome, **options)
+
+
+def _checked(fits: Sequence[Mapping[str, Any]], messages: tuple[str, ...],
+             *counts: int) -> Sequence[Mapping[str, Any]]:
+    """The sites' fits, or a ``DataError`` naming the first input no fit can take (as ``fm.stats.glm`` says it)."""
+    for message, count in zip(messages, counts):
+        if count:
+            raise DataError(f"slma: {message.format(int(count))}")
+    return fits
 
 
 def _site_name(source: Any) -> str:

@@ -272,7 +272,15 @@ def test_relative_risks_and_risk_differences(link, cov_type, config, servers):
 def test_hypothesis_risks_equal_statsmodels(seed, servers, link):
     df = risks(seed, n=200)
     model = fm.stats.glm(fed(df, cuts=CUTS[servers]), "yes", ["x1", "x2"], family="binomial", link=link)
-    ref = reference(df, "yes", ["x1", "x2"], "binomial", link)
+    try:
+        ref = reference(df, "yes", ["x1", "x2"], "binomial", link)
+    except ValueError:  # statsmodels' IRLS left (0, 1) (hypothesis seed 8, log link): FedMed answers or says why
+        try:
+            fit = model.compute()
+        except fm.FedMedError:
+            return
+        assert fit.converged and np.isfinite(fit.deviance)
+        return
     inside = ref.fit_history["iteration"] < 200 and 1e-6 < ref.fittedvalues.min() and ref.fittedvalues.max() < 1 - 1e-6
     if not inside:  # statsmodels stops with a probability at 0 or 1 (or not at all): the optimum is on the edge
         try:
@@ -283,7 +291,15 @@ def test_hypothesis_risks_equal_statsmodels(seed, servers, link):
         # or FedMed reached an interior point at least as good as where statsmodels stopped
         assert fit.converged and fit.deviance <= ref.deviance * (1 + 1e-10) + 1e-10
         return
-    fit = model.compute()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = model.compute()
+    if not fit.converged:
+        # near the edge IRLS crawls (statsmodels needed 134 iterations at hypothesis seed 8621, a fitted
+        # probability of 4e-4): FedMed stops at max_iter and says so, at a deviance within 1e-9 of statsmodels'
+        assert any("did not converge" in str(w.message) for w in caught)
+        assert fit.deviance == pytest.approx(ref.deviance, rel=1e-9)
+        return
     # statsmodels' IRLS stops on the deviance's change (88 iterations at a random seed near the edge of (0, 1)),
     # where the likelihood is flat: the deviance pins the optimum (1e-10), the coefficients only to a
     # thousandth of their standard errors (3e-6 against an error of 0.02 at hypothesis seed 21738)

@@ -314,8 +314,13 @@ def test_glm_family_and_link_are_checked_before_any_request():
     data = fed(fair())
     with pytest.raises(fm.ArgumentError, match="slma: the gamma family takes the links"):
         fm.stats.slma(fm.stats.glm, data, y="age", X=["children"], family="gamma", link="logit")
-    with pytest.raises(fm.ArgumentError, match="family and link, not \\['offset'\\]"):
-        fm.stats.slma(fm.stats.glm, data, y="age", X=["children"], family="gamma", offset="age")
+    with pytest.raises(fm.ArgumentError, match="family, link, offset, exposure, freq_weights, var_weights, "
+                                               "not \\['weights'\\]"):
+        fm.stats.slma(fm.stats.glm, data, y="age", X=["children"], family="gamma", weights="age")
+    with pytest.raises(fm.ArgumentError, match="poisson per site takes offset, exposure, not \\['freq_weights'\\]"):
+        fm.stats.slma(fm.stats.poisson, data, y="children", X=["age"], freq_weights="age")
+    with pytest.raises(fm.errors.FedMedError, match="slma: offset is a column name or a column of the data"):
+        fm.stats.slma(fm.stats.glm, data, y="age", X=["children"], family="gamma", offset=[1.0, 2.0])
     with pytest.raises(fm.ArgumentError, match="takes no \\['family'\\]"):
         fm.stats.slma(fm.stats.logit, data, y="affair", X=["age"], family="binomial")
 
@@ -326,6 +331,167 @@ def test_glm_site_whose_probabilities_reach_one_fails_with_the_reason():
         fm.stats.slma(fm.stats.glm, fed(fair(), cuts=(0.3, 0.6)), y="affair", X=["rate_marriage", "yrs_married"],
                       family="binomial", link="log").compute()
     assert failed.value.server.startswith("h")
+
+
+# -- fm.stats.glm per site with offsets, exposures and weights (GLM_ROLES) -----------------------------------
+
+
+def scotland() -> pd.DataFrame:
+    df = shuffled(sm.datasets.scotland.load_pandas().data)
+    households = np.random.default_rng(5).integers(1, 6, len(df)).astype(float)
+    return df.assign(households=households, logmor=np.log(df["MOR"]))
+
+
+def trials(d):
+    """The number of tests behind star98's share (works on a DataFrame and on FedData alike)."""
+    return d["NABOVE"] + d["NBELOW"]
+
+
+def weighted(n: int = 900, seed: int = 8) -> pd.DataFrame:
+    """Synthetic rows with integer frequency weights, positive variance weights and an exposure."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=n), rng.uniform(0, 2, n)
+    t = rng.uniform(0.5, 3.0, n)
+    return pd.DataFrame({"x1": x1, "x2": x2, "t": t, "fw": rng.integers(1, 6, n).astype(float),
+                         "vw": rng.uniform(0.5, 2.0, n), "cost": rng.gamma(2.0, np.exp(0.3 + 0.2 * x1) / 2.0),
+                         "count": rng.poisson(t * np.exp(0.2 + 0.4 * x1 - 0.3 * x2)).astype(float),
+                         "level": 1.0 + 0.5 * x1 - x2 + rng.normal(size=n)})
+
+
+# (name, data, family, link, y, X, roles (column names or functions of the data), cuts, rows per parameter)
+GLM_ROLE_CASES = [
+    ("cancer poisson exposure 3", cancer, "poisson", "log", "cancer", ["logpop"], {"exposure": "population"},
+     (0.3, 0.65), 10),
+    ("cancer poisson offset and exposure 2", cancer, "poisson", "log", "cancer", ["logpop"],
+     {"offset": lambda d: d["population"] / 100000, "exposure": "population"}, (0.6,), 10),
+    ("scotland gamma inverse var_weights 2", scotland, "gamma", "inverse_power", "YES", ["COUTAX", "UNEMPF"],
+     {"var_weights": lambda d: d["ACT"] / 80}, (0.4,), 3),
+    ("scotland gamma log offset freq_weights 2", scotland, "gamma", "log", "YES", ["UNEMPF", "AGE"],
+     {"offset": lambda d: d["logmor"] / 10, "freq_weights": "households"}, (0.55,), 3),
+    ("star98 binomial var_weights 3", star98, "binomial", "logit", "share", ["LOWINC", "PERASIAN", "PERBLACK"],
+     {"var_weights": trials}, (0.35, 0.7), 10),
+    ("star98 binomial freq_weights 2", star98, "binomial", "logit", "share", ["LOWINC", "PERMINTE"],
+     {"freq_weights": trials}, (0.45,), 10),
+    ("weighted gaussian freq_weights 3", weighted, "gaussian", "identity", "level", ["x1", "x2"],
+     {"freq_weights": "fw"}, (0.2, 0.55), 10),
+    ("weighted gamma log all roles 2", weighted, "gamma", "log", "cost", ["x1", "x2"],
+     {"offset": lambda d: d["x2"] / 10, "exposure": "t", "freq_weights": "fw", "var_weights": "vw"}, (0.3,), 10),
+    ("weighted poisson exposure freq_weights 4", weighted, "poisson", "log", "count", ["x1", "x2"],
+     {"exposure": "t", "freq_weights": "fw"}, (0.15, 0.4, 0.7), 10),
+]
+
+
+def role_values(roles: dict, frame) -> dict:
+    """Each role's column: by name, or a function of the data (FedData for fedmed, a DataFrame for statsmodels)."""
+    return {role: frame[item] if isinstance(item, str) else item(frame) for role, item in roles.items()}
+
+
+def statsmodels_glm(part: pd.DataFrame, family: str, link: str, y: str, X: list[str], roles: dict):
+    """statsmodels' GLM on ``part`` with its default covariance, at its Newton optimum (as the glm cases above)."""
+    model = sm.GLM(part[y], sm.add_constant(part[X], has_constant="add"),
+                   family=SM_FAMILIES[family](SM_LINKS[link]()), **role_values(roles, part))
+    optimum = model.fit(method="newton", tol=1e-14, maxiter=200)
+    assert optimum.mle_retvals["converged"]
+    return model.fit(start_params=optimum.params, tol=1e-14, maxiter=200)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("case", GLM_ROLE_CASES, ids=[c[0] for c in GLM_ROLE_CASES])
+def test_glm_with_offsets_and_weights_each_site_equals_statsmodels_glm(case, config):
+    _, load, family, link, y, X, roles, cuts, rows = case
+    df = load()
+    data = fed(df, config, cuts)
+    meta = fm.stats.slma(fm.stats.glm, data, y=y, X=X, family=family, link=link, rows_per_parameter=rows,
+                         **role_values(roles, data)).compute()
+    for i, part in enumerate(parts(df, cuts)):
+        expected = statsmodels_glm(part, family, link, y, X, roles)
+        close(meta.sites.iloc[i], expected.params)
+        close(meta.sites_bse.iloc[i], expected.bse)
+        assert meta.nobs.iloc[i] == len(part)  # rows, not the sum of the frequency weights
+
+
+@pytest.mark.parametrize("roles", [{"exposure": "population"}, {"offset": "logpop"}])
+def test_poisson_with_an_exposure_or_offset_is_the_poisson_glm_per_site(roles):
+    df, cuts = cancer(), (0.25, 0.6)
+    data = fed(df, "example/config.yaml", cuts)
+    meta = fm.stats.slma(fm.stats.poisson, data, y="cancer", X=[], **roles).compute()
+    assert list(meta.sites.columns) == ["Intercept"]
+    for i, part in enumerate(parts(df, cuts)):
+        expected = statsmodels_glm(part, "poisson", "log", "cancer", [], roles)
+        close(meta.sites.iloc[i], expected.params)
+        close(meta.sites_bse.iloc[i], expected.bse)
+
+
+def test_frequency_weights_fit_as_repeated_rows():
+    df, cuts = weighted(300, 9), (0.4,)
+    meta = fm.stats.slma(fm.stats.glm, fed(df, cuts=cuts), y="level", X=["x1", "x2"], freq_weights="fw").compute()
+    for i, part in enumerate(parts(df, cuts)):
+        repeated = part.loc[part.index.repeat(part["fw"].astype(int))]
+        expected = sm.OLS(repeated["level"], sm.add_constant(repeated[["x1", "x2"]])).fit()
+        close(meta.sites.iloc[i], expected.params)
+        close(meta.sites_bse.iloc[i], expected.bse)  # the scale's degrees of freedom are sum(fw) - p
+
+
+def test_glm_with_weights_one_request_per_server_under_privacy():
+    servers: list[fm.Server] = []
+    data = fed(weighted(), "example/config.yaml", (0.3, 0.6), servers)
+    meta = fm.stats.slma(fm.stats.glm, data, y="count", X=["x1"], family="poisson", exposure="t",
+                         freq_weights="fw").compute()
+    assert len(meta.sites) == 3
+    assert [s.traffic.requests for s in servers] == [1] * 3
+
+
+def test_glm_site_fit_names_its_roles():
+    df = weighted(200)
+    fit = private.site_fit(df["count"], "glm/poisson/log/offset,freq_weights", True, 10.0, 50, 1e-10,
+                           np.log(df["t"]), df["fw"], df["x1"])
+    expected = sm.GLM(df["count"], sm.add_constant(df[["x1"]]), family=sm.families.Poisson(),
+                      exposure=df["t"], freq_weights=df["fw"]).fit(tol=1e-13)
+    close(fit[1], expected.params, 1e-7)
+    assert fit[0] == len(df) and len(fit) == 3
+    for wrong in ("glm/poisson/log/freq_weights,offset", "glm/poisson/log/offset,offset", "glm/poisson/log/",
+                  "glm/poisson/log/weights", "glm/poisson/log/offset/x"):
+        with pytest.raises(fm.errors.OperationError, match="unknown model"):
+            private.site_fit(df["count"], wrong, True, 10.0, 50, 1e-10, df["t"], df["fw"], df["x1"])
+
+
+def test_bad_exposures_and_weights_are_refused():
+    df = weighted(400, 3)
+    df.loc[7, "t"] = -1.0  # its log is NaN, which a server reads as missing: the client counts it as glm does
+    with pytest.raises(fm.DataError, match="slma: exposure is 0 or negative on 1 rows"):
+        fm.stats.slma(fm.stats.glm, fed(df), y="count", X=["x1"], family="poisson", exposure="t").compute()
+    df.loc[7, "t"] = 0.0  # its log is -inf: the server refuses the infinite offset
+    with pytest.raises(fm.TaskFailed, match="exposure of 0") as failed:
+        fm.stats.slma(fm.stats.poisson, fed(df), y="count", X=["x1"], exposure="t").compute()
+    assert failed.value.server.startswith("h0")
+    df.loc[7, "t"], df.loc[390, "vw"] = 1.0, -0.5
+    with pytest.raises(fm.TaskFailed, match="var_weights are negative") as failed:
+        fm.stats.slma(fm.stats.glm, fed(df), y="cost", X=["x1"], family="gamma", var_weights="vw").compute()
+    assert failed.value.server.startswith("h2")
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_rows_of_zero_weight_do_not_count_towards_the_floor(config):
+    df = weighted(400, 4)
+    df["flag"] = 0.0
+    df.loc[df.index[:12], "flag"] = 1.0  # a raw column: 12 rows of h0 (200 rows) weigh, 3 parameters
+    data = fed(df, config, cuts=(0.5,))
+    with pytest.raises(fm.PrivacyError, match="at least 5 complete rows of positive weight per parameter") as refused:
+        fm.stats.slma(fm.stats.glm, data, y="level", X=["x1", "x2"], freq_weights="flag",
+                      rows_per_parameter=5).compute()
+    assert refused.value.server.startswith("h0")
+
+
+@pytest.mark.parametrize("role", ["freq_weights", "var_weights", "offset"])
+def test_a_weight_that_singles_out_a_row_is_refused_under_privacy(role):
+    df = weighted(400, 6).assign(id=lambda d: np.arange(len(d), dtype=float))
+    data = fed(df, "example/config.yaml", cuts=(0.5,))
+    selector = 1000 * (data["id"] == 17) + 1  # one row weighs as a thousand: the site's fit would be that row's
+    with pytest.raises(fm.PrivacyError, match="fewer than 5") as refused:
+        fm.stats.slma(fm.stats.glm, data, y="level", X=["x1", "x2"], **{role: selector}).compute()
+    assert refused.value.server.startswith("h0")
+    exact = fed(df, "example/config-exact.yaml", cuts=(0.5,))  # without the policies the same request is answered
+    fm.stats.slma(fm.stats.glm, exact, y="level", X=["x1", "x2"], **{role: 1000 * (exact["id"] == 17) + 1}).compute()
 
 
 # -- Cox models per site (fm.stats.coxph) ------------------------------------------------------------
