@@ -31,7 +31,8 @@ the rule instead of its numbers.
 Both tie methods. Exact fits are checked against ``PHReg`` on the pooled
 rows; binned fits against ``PHReg`` on the pooled times moved down to the
 start of their bins (``fedmed.ops.cox.binned``: they should agree to
-rounding) and on the exact times (what the binning costs). Run
+rounding) and on the exact times (what the binning costs, also in the
+exact fit's standard errors). Run
 ``python benchmarks/cox.py`` or ``--rows 20000`` for a quick look. No test
 asserts a time.
 """
@@ -92,6 +93,12 @@ def max_rel_diff(fit, reference) -> float:
     return float(np.max(np.abs(fit.params.to_numpy() / reference.params - 1)))
 
 
+def standard_errors(fit, reference) -> float:
+    """The largest change of a coefficient in the reference's standard errors: a relative difference
+    overstates the change of a coefficient near 0."""
+    return float(np.max(np.abs(fit.params.to_numpy() - reference.params) / reference.bse))
+
+
 def run(rows: int, repeats: int) -> None:
     frames = [frame(rows, seed) for seed in range(3)]
     pooled = pd.concat(frames, ignore_index=True)
@@ -130,7 +137,7 @@ def policy_config(frames: list[pd.DataFrame], pooled: pd.DataFrame, exact: dict,
     print(f"\nunder example/config.yaml (Anonymity k=5, Dominance); median of {repeats} fits, each on new servers "
           f"(CacheLimit answers a repeated question from its cache); ladder of {len(LADDER)} binnings")
     print(f"{'ties':8} {'requests/server':>16} {'iterations':>10} {'ladder s':>9} {'Newton s':>9} {'fit s':>8} "
-          f"{'event bins':>10} {'vs binned':>10} {'vs exact':>9} {'peak RSS +MiB':>14}  binning")
+          f"{'event bins':>10} {'vs binned':>10} {'vs exact':>9} {'exact SEs':>10} {'peak RSS +MiB':>14}  binning")
     for ties in TIES:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         runs = [policy_fit(frames, ties) for _ in range(repeats)]
@@ -140,13 +147,14 @@ def policy_config(frames: list[pd.DataFrame], pooled: pd.DataFrame, exact: dict,
         head = f"{ties:8} {str(first['requests']):>16}"
         if first["refused"]:  # the ladder's binning passed, a Newton round's sums (weighed at beta) did not
             print(f"{head} {'-':>10} {ladder:9.3f} {total - ladder:9.3f} {total:8.3f} {'-':>10} {'-':>10} {'-':>9} "
-                  f"{grown:14.0f}  {cox.describe_bins(first['bins'])}; refused: {first['refused']}")
+                  f"{'-':>10} {grown:14.0f}  {cox.describe_bins(first['bins'])}; refused: {first['refused']}")
             continue
         fit, bins = first["fit"], first["bins"]
         binned = phreg(pooled, pd.Series(cox.binned(pooled.t.to_numpy(), bins)), ties)
         print(f"{head} {fit.iterations:>10} {ladder:9.3f} {total - ladder:9.3f} {total:8.3f} "
               f"{fit.extra['grid_times']:>10} {max_rel_diff(fit, binned):10.2e} "
-              f"{max_rel_diff(fit, exact[ties]):9.2e} {grown:14.0f}  {cox.describe_bins(bins)}")
+              f"{max_rel_diff(fit, exact[ties]):9.2e} {standard_errors(fit, exact[ties]):10.3f} {grown:14.0f}  "
+              f"{cox.describe_bins(bins)}")
 
 
 def policy_fit(frames: list[pd.DataFrame], ties: str) -> dict:

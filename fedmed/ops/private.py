@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..errors import OperationError, PrivacyError
 from . import cox
+from ..memo import IdentityMemo
 from .declared import Cells, Release, declares
 
 
@@ -534,23 +535,18 @@ def cox_release(time: pd.Series, event: pd.Series, beta: Any, efron: bool, strat
     nest or are disjoint, so that what two fits at two binnings release
     differs by whole bins one of them judged, never by a sliver of persons.
     """
-    index, rows = _complete_indexed((time, event, *columns))
+    index, rows, everywhere, terms = _COX_ROWS[bool(strata)].get((time, event, *columns),
+                                                                 lambda: _cox_terms(time, event, strata, columns))
     t, e = cox.binned(rows[:, 0], bins), rows[:, 1]
     design = rows[:, 2:-1] if strata else rows[:, 2:]
     stratum = rows[:, -1] if strata else np.zeros(builtins.len(rows))
     cell = cox.cells(stratum, t)[0]
-    everywhere = time.index.union(event.index)
 
     def coded(where: np.ndarray) -> pd.Series:
         codes = pd.Series(-1, index=everywhere)
         codes[index[where]] = cell[where]
         return codes
 
-    names = [str(c.name) if c.name is not None else f"predictor {i + 1}" for i, c in enumerate(columns)]
-    names = names[: design.shape[1]]
-    terms = {name: design[:, j] for j, name in enumerate(names)}
-    terms.update({f"{a} * {b}": design[:, i] * design[:, j]
-                  for i, a in enumerate(names) for j, b in enumerate(names) if j >= i})
     bad = (e != 0) & (e != 1)
     scale = None
     if beta is not None:
@@ -564,12 +560,30 @@ def cox_release(time: pd.Series, event: pd.Series, beta: Any, efron: bool, strat
                # six persons leaving a bin, five of them events, gave the sixth's predictors)
                Cells("the persons leaving one time bin without an event", coded(e != 1), summed=efron),
                Cells("the rows whose event is neither 0 nor 1", _flagged(index, bad, everywhere), summed=False)),
-        terms=pd.DataFrame(terms, index=index), scale=scale,
+        terms=terms, scale=scale,
         refused=None if cox.nested(bins) else
         f"time bins {bins!r}: under privacy rules a width is 0 (exact times) or a power of two (..., 0.5, 1, 2, "
         "4, ...), and so is a number of bins per octave, so that the bins of any two fits nest",
         advice="widen the time bins (fm.stats.coxph(..., bin_width='auto') finds the binning every cell allows)",
     )
+
+
+#: The complete rows and summed terms of the last Cox release judged: the same for every binning of a ladder.
+_COX_ROWS = {False: IdentityMemo(), True: IdentityMemo()}  # by strata: the last column a predictor or not
+
+
+def _cox_terms(time: pd.Series, event: pd.Series, strata: bool,
+               columns: tuple[pd.Series, ...]) -> tuple[pd.Index, np.ndarray, pd.Index, pd.DataFrame]:
+    """The complete rows (index and values), every row's label, and the terms a Cox answer sums per cell:
+    each predictor and each product of two."""
+    index, rows = _complete_indexed((time, event, *columns))
+    design = rows[:, 2:-1] if strata else rows[:, 2:]
+    names = [str(c.name) if c.name is not None else f"predictor {i + 1}" for i, c in enumerate(columns)]
+    names = names[: design.shape[1]]
+    terms = {name: design[:, j] for j, name in enumerate(names)}
+    terms.update({f"{a} * {b}": design[:, i] * design[:, j]
+                  for i, a in enumerate(names) for j, b in enumerate(names) if j >= i})
+    return index, rows, time.index.union(event.index), pd.DataFrame(terms, index=index)
 
 
 def _flagged(index: pd.Index, where: np.ndarray, everywhere: pd.Index) -> pd.Series:

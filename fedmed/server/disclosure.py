@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from ..expr.node import Node, render_code, walk
+from ..memo import IdentityMemo
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map
 
 #: Elementwise operations whose list operands broadcast by position (one entry per row or column).
@@ -56,6 +57,9 @@ _POSITIONAL = {
     "and", "or", "fillna", "clip",
 }
 
+
+#: The term masks of the last declared release judged (``Disclosure._term_masks``).
+_TERM_MASKS = IdentityMemo()
 
 #: Most row-wise steps whose influence one task's disclosure judges (each costs a recomputation).
 MAX_INFLUENCE = 64
@@ -450,8 +454,13 @@ class Disclosure:
         return None
 
     def _term_masks(self, release: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Per row of the fragment and term: present, and non-zero (False where the row has no terms)."""
-        terms = release.terms if release.terms is not None else pd.DataFrame(index=self.index[:0])
+        """Per row of the fragment and term: present, and non-zero (False where the row has no terms).
+        The same terms judged for many tasks of a request (a ladder of binnings) are masked once."""
+        if release.terms is None:
+            return self._masks(pd.DataFrame(index=self.index[:0]))
+        return _TERM_MASKS.get((release.terms, self.index), lambda: self._masks(release.terms))
+
+    def _masks(self, terms: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         where = self.index.get_indexer(terms.index)
         present = np.zeros((len(self.index), terms.shape[1]), bool)
         nonzero = np.zeros_like(present)

@@ -46,6 +46,8 @@ from .regression import ConvergenceWarning, Predictors, RegressionResult, _check
 TIES = {"breslow": False, "efron": True}
 
 AUTO = "auto"
+#: Coarser binnings tried after a finer one is refused in a later round (``Dominance`` at a fitted ``beta``).
+MAX_REFITS = 5
 #: The binnings ``bin_width="auto"`` asks for under privacy policies (``fedmed.ops.cox.binned``): exact
 #: times, then every power-of-two width from about a thousandth to about a billion time units, alone and
 #: widening with time (1 to 16 bins per doubling past ``width * per_octave``, for the thin tail of
@@ -132,37 +134,39 @@ class CoxFit:
             return (self.bin_width,)
         return LADDER if self.policies else (0.0,)
 
-    def _ladder(self) -> Any:
-        """One round: every binning of ``LADDER`` asked at once; the one every server answered that keeps
-        the most event times (summed over servers; the first such)."""
-        asked = compute(*[self._ask_bins(bins) for bins in LADDER], on_suppressed="keep")
+    def _ladder(self) -> list[Any]:
+        """One round: every binning of ``LADDER`` asked at once; those every server answered, the ones keeping
+        the most event times (summed over servers) first."""
+        asked = self._round(lambda: compute(*[self._ask_bins(bins) for bins in LADDER], on_suppressed="keep"))
         usable = [i for i, answers in enumerate(asked) if not any(isinstance(a, Exception) for a in answers)]
         if not usable:  # a server that answered none says why at the coarsest binning
             refused = next((answers for answers in zip(*asked) if all(isinstance(a, Exception) for a in answers)),
                            asked[-1])
             raise next(a for a in reversed(refused) if isinstance(a, Exception))
-        return LADDER[max(usable, key=lambda i: (sum(a["times"] for a in asked[i]), -i))]
+        usable.sort(key=lambda i: (-sum(a["times"] for a in asked[i]), i))
+        return [LADDER[i] for i in usable]
 
-    def _first_round(self) -> tuple[Any, int, list[dict[str, Any]]]:
-        """The binning, the rounds spent choosing it, and every server's sums at ``beta = 0``."""
-        if self.stratum is not None:
-            self._code_strata()
-        zero = np.zeros(len(self.names))
-        bins, rounds = (self._ladder(), 1) if len(self._binnings()) > 1 else (self._binnings()[0], 0)
-        try:
-            parts = self._ask(zero, bins).compute()
-        except PrivacyError:
-            if self.bin_width != AUTO or rounds:
-                raise
-            bins, rounds = self._ladder(), 2  # the client's config has no policies, a server's has: refused once
-            parts = self._ask(zero, bins).compute()
+    def _round(self, ask: Any) -> Any:
+        """One round of requests, counted (a refused round too: it was sent)."""
+        self.rounds += 1
+        return ask()
+
+    def _candidates(self) -> list[Any]:
+        """The binnings to fit at, best first: the analyst's, exact times, or those the ladder allows."""
+        if len(self._binnings()) > 1:
+            return self._ladder()
+        return [self._binnings()[0]]
+
+    def _start(self, bins: Any) -> list[dict[str, Any]]:
+        """Every server's sums at ``beta = 0``, checked: event codes and events."""
+        parts = self._round(lambda: self._ask(np.zeros(len(self.names)), bins).compute())
         bad, events, n = (sum(int(p[key]) for p in parts) for key in ("bad", "events", "n"))
         if bad:
             raise DataError(f"coxph: event is not 0/1 (or False/True) on {bad} complete rows; recode it "
                             "(e.g. event=data['status'] == 2)")
         if events == 0:
             raise DataError(f"coxph: no events among the {n} complete rows; there is no hazard to model")
-        return bins, rounds, parts
+        return parts
 
     def _code_strata(self) -> None:
         """Text strata become numbers 1, 2, ... (the servers read numbers); rows of other levels are left out."""
@@ -177,24 +181,27 @@ class CoxFit:
     def compute(self) -> CoxResult:
         from scipy import stats as sps  # here, not at the top: scipy.stats is half of fedmed's import time
 
-        bins, rounds, parts = self._first_round()
-        n, events = (sum(int(p[key]) for p in parts) for key in ("n", "events"))
-        note = self._note(bins)
+        if self.stratum is not None:
+            self._code_strata()
+        self.rounds = 0
+        candidates, refused = self._candidates(), []
+        while True:
+            bins = candidates[0]
+            try:
+                beta, step, n, events, iterations, converged = self._fit(bins)
+                break
+            except PrivacyError as error:
+                auto = self.bin_width == AUTO
+                if auto and not self.policies and not refused and candidates == [0.0]:
+                    candidates = self._ladder()  # the client's config has no policies, a server's has
+                elif auto and len(candidates) > 1 and len(refused) < MAX_REFITS:
+                    candidates = candidates[1:]  # a later round refused (dominance at a fitted beta): coarser bins
+                else:
+                    raise
+                refused.append(error)
+        note = self._note(bins, refused)
         if note:
             warnings.warn(note, PrivacyWarning, stacklevel=2)
-        beta = np.zeros(len(self.names))
-        last, converged, iterations = None, False, 0
-        with progress() as bar:
-            for iterations in range(1, self.max_iter + 1):
-                bar.stage(f"coxph Newton round {iterations}/{self.max_iter}")
-                if iterations > 1:
-                    parts = self._ask(beta, bins).compute()
-                step = _derivatives(parts, self.by_server, beta, TIES[self.ties], n)
-                change, last = self._change(step, beta, last, iterations, n)
-                beta = beta + change
-                if np.max(np.abs(change)) < self.tol * (1.0 + np.max(np.abs(beta))):
-                    converged = True
-                    break
         if not converged:
             warnings.warn(f"coxph did not converge in {self.max_iter} iterations; estimates are from the last one",
                           ConvergenceWarning, stacklevel=2)
@@ -206,14 +213,38 @@ class CoxFit:
             series(beta), series(bse), series(z), series(2 * sps.norm.sf(np.abs(z))), n, float(n - len(beta)),
             {"llf": step["loglik"], "events": events, "converged": converged, "iterations": iterations,
              "ties": self.ties, "strata": self.strata, "grid_times": step["times"], "bin_width": bins or None,
-             "note": note, "rounds": rounds + iterations},
+             "note": note, "rounds": self.rounds},
         )
 
-    def _note(self, bins: Any) -> str:
+    def _fit(self, bins: Any) -> tuple[np.ndarray, dict[str, Any], int, int, int, bool]:
+        """Newton from ``beta = 0`` at ``bins``: the estimate, the last round's derivatives, rows, events,
+        iterations and whether it converged."""
+        parts = self._start(bins)
+        n, events = (sum(int(p[key]) for p in parts) for key in ("n", "events"))
+        beta = np.zeros(len(self.names))
+        last, converged, iterations = None, False, 0
+        with progress() as bar:
+            for iterations in range(1, self.max_iter + 1):
+                bar.stage(f"coxph Newton round {iterations}/{self.max_iter}")
+                if iterations > 1:
+                    parts = self._round(lambda: self._ask(beta, bins).compute())
+                step = _derivatives(parts, self.by_server, beta, TIES[self.ties], n)
+                change, last = self._change(step, beta, last, iterations, n)
+                beta = beta + change
+                if np.max(np.abs(change)) < self.tol * (1.0 + np.max(np.abs(beta))):
+                    converged = True
+                    break
+        return beta, step, n, events, iterations, converged
+
+    def _note(self, bins: Any, refused: Sequence[PrivacyError] = ()) -> str:
         if not bins:
             return ""
         chosen = ("of the binnings every server's privacy policies allow, the one keeping the most event times"
                   if self.bin_width == AUTO else "as asked")
+        later = [error for error in refused if "cox_bins" not in str(error)]
+        if self.policies and later:
+            chosen += (f"; {len(later)} finer binning(s) refused in a later round "
+                       f"({later[-1].message.split(';')[0][-120:]})")
         return (f"coxph: event times in {partial_likelihood.describe_bins(bins)} ({chosen}): the model is "
                 f"statsmodels' PHReg on every time moved down to the start of its bin, the events of a bin tied "
                 f"({self.ties})")
@@ -280,9 +311,9 @@ def coxph(data: FedData, duration: Any, event: Any, X: Predictors, ties: str = "
     more round), or ``"server"`` (a baseline hazard per site: no sums of two
     servers are ever added). Rows missing any value are left out.
 
-    Rounds: 1 for the pooled grid of event times, then 1 per Newton
-    iteration (typically 4 to 6), in which each server sends its risk-set
-    sums per event time (section 4.9 of ``docs/statistics.md``).
+    Rounds: 1 per Newton iteration (typically 4 to 6), in which each
+    server sends its sums per cell of rows sharing a stratum and time
+    (section 4.9 of ``docs/statistics.md``); 1 more under privacy policies.
 
     ``bin_width``: ``"auto"`` (the default) uses the exact times when the
     config has no privacy policies; with policies, round 1 asks for the
@@ -306,6 +337,6 @@ def coxph(data: FedData, duration: Any, event: Any, X: Predictors, ties: str = "
     >>> b = fm.Local({"t": [6.0, 2, 10, 4], "died": [1, 1, 0, 1], "age": [55, 75, 45, 65]})
     >>> fit = fm.stats.coxph(fm.FedData([a, b]), "t", "died", ["age"]).compute()
     >>> round(float(fit.params["age"]), 4), fit.events, fit.rounds
-    (0.1627, 6, 7)
+    (0.1627, 6, 6)
     """
     return CoxFit(data, duration, event, X, ties, strata, max_iter, tol, bin_width)

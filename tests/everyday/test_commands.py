@@ -26,7 +26,7 @@ def test_check_config_lists_operations_and_policies():
     done = run_cli("check-config", "example/config.yaml")
     assert done.returncode == 0, done.stderr
     assert "example/config.yaml: OK" in done.stdout
-    assert "policy: Anonymity(k=5)" in done.stdout and "aggregates (21)" in done.stdout
+    assert "policy: Anonymity(k=5)" in done.stdout and "aggregates (22)" in done.stdout
 
 
 def test_check_config_errors_name_the_line(tmp_path: Path):

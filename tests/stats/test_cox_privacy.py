@@ -293,3 +293,25 @@ def test_known_limit_betas_as_moments_of_a_small_bin():
     truth = np.sort(df[(df["t"] >= 100) & (df["t"] < 116)]["age"].to_numpy())
     assert n == len(truth) >= 5
     np.testing.assert_allclose(np.sort(np.log(roots) / 0.01), truth, atol=1e-3)
+
+
+def test_a_binning_refused_in_a_later_round_moves_to_the_next_coarser_one(monkeypatch):
+    # Dominance at a fitted beta is not known when the ladder is asked (benchmarks/cox.py: Efron, 3 x 20k rows):
+    # the fit moves to the next binning every server allowed, and says so
+    df = cohort(3000, 11)
+    model = fm.stats.coxph(fed(df), "t", "e", ["age"])
+    real_fit, tried = model._fit, []
+
+    def refuse_the_first(bins):
+        tried.append(bins)
+        if len(tried) == 1:
+            raise fm.PrivacyError("in one of its cells, the largest contribution makes more than 90% of a sum",
+                                  policy="Dominance(n=1, p=0.9)")
+        return real_fit(bins)
+
+    monkeypatch.setattr(model, "_fit", refuse_the_first)
+    with pytest.warns(fm.PrivacyWarning, match=r"1 finer binning\(s\) refused in a later round"):
+        fit = model.compute()
+    assert len(tried) == 2 and tried[0] != tried[1] and fit.extra["bin_width"] == tried[1]
+    reference = binned_reference(df, tried[1], ["age"], "breslow")
+    np.testing.assert_allclose(fit.params.to_numpy(), reference.params, rtol=1e-8)

@@ -57,8 +57,10 @@ class DisclosureCompiler:
     def _judge(self, value: Col, scope: frozenset[str], raw: frozenset[str]) -> Read:
         """What ``value`` does within ``scope``: the numbers of ``Disclosure._selects``, as a ``Judged``."""
         within = _and(*sorted(scope), value.rows.cond)
-        present = _and(within, f"{value.sql} IS NOT NULL")
-        nulled = self._count(_and(within, *sorted(raw), f"{value.sql} IS NULL"))
+        # as Disclosure._finite: an infinity the arithmetic made marks a row as a missing value does
+        finite = f"{value.sql} IS NOT NULL" + (f" AND isfinite({value.sql})" if value.kind == FLOAT else "")
+        present = _and(within, f"({finite})")
+        nulled = self._count(_and(within, *sorted(raw), f"NOT ({finite})"))
         classes = self._classes(value.sql, value.kind, present)
         spread = self._spread(value.sql, value.kind, present) if value.kind in (INT, FLOAT) else None
 
