@@ -98,7 +98,7 @@ IDIOMS: dict[str, Callable[[Any], Any]] = {
 REFUSED: dict[str, Callable[[Any], Any]] = {
     "head": lambda d: d.head(),
     "iloc": lambda d: d.iloc[0],
-    "sort_values": lambda d: d.sort_values("age"),
+    "sort_values": lambda d: d["age"].sort_values(),  # a table's sort stays on the servers (fedmed.api.tables)
     "to_numpy": lambda d: d.to_numpy(),
     "iteration": lambda d: list(d["age"]),
 }

@@ -43,6 +43,8 @@ from .lazy import FedData, LazyResult, compute, explain
 from .options import options
 from . import fragments, privacy, stats
 from .server import Server
+from .api.series import to_datetime
+from .api.tables import concat, merge
 
 try:
     __version__ = _version("fedmed")
@@ -50,7 +52,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "FedData", "LazyResult", "compute", "explain", "OptFlags", "stats", "privacy", "options",
+    "FedData", "LazyResult", "compute", "explain", "concat", "merge", "to_datetime", "OptFlags", "stats", "privacy", "options",
     "Remote", "Local", "Simulation", "Server",
     "Config", "load_config",
     "FedMedError", "ArgumentError", "DataError", "RowLevelError", "ConfigError", "ProtocolError", "ServerError", "BadRequest",

@@ -10,6 +10,7 @@ evaluates on ``compute()``, ``float()``, ``int()``, ``bool()``, ``str()`` or
 
 from __future__ import annotations
 
+import datetime
 import html
 import inspect
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -173,6 +174,8 @@ class FedData:
             return value._node
         if isinstance(value, LazyResult):
             return Param(value.node)
+        if isinstance(value, (datetime.date, np.datetime64)):  # pd.Timestamp too: read as a date on the server
+            return Elementwise("to_datetime", (Literal(_iso_date(value)),))
         if isinstance(value, (list, tuple)) or (isinstance(value, np.ndarray) and value.ndim == 1):
             return Literal([_plain(v) for v in value])
         if value is None or isinstance(value, (bool, int, float, str, np.generic)):
@@ -334,6 +337,16 @@ def _hook(name: str) -> Callable[..., Any] | None:
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def _iso_date(value: Any) -> str:
+    """A date constant as the ISO text ``to_datetime`` reads (in UTC when it has a time zone)."""
+    stamp = pd.Timestamp(value)
+    if pd.isna(stamp):
+        raise ArgumentError("a missing date (NaT) equals nothing: use .isna() to find missing dates")
+    if stamp.tzinfo is not None:
+        stamp = stamp.tz_convert("UTC").tz_localize(None)
+    return stamp.isoformat()
 
 
 def _positional(fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, ...]:

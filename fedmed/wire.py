@@ -16,6 +16,7 @@ nodes of the few kinds it knows, and checks every field on the way.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -49,13 +50,23 @@ def unpack(data: bytes, *, max_bytes: int = MAX_BODY_BYTES) -> Any:
         raise ProtocolError(f"message of {len(data)} bytes exceeds the limit of {max_bytes}")
     try:
         return msgpack.unpackb(
-            data, raw=False, strict_map_key=False, use_list=True
+            data, raw=False, strict_map_key=False, use_list=True, object_hook=_dated
         )
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(f"not a valid msgpack message ({type(exc).__name__})") from None
 
 
+#: How a date (``pd.Timestamp``) and a difference of dates (``pd.Timedelta``) travel: ``{"$datetime": iso}``.
+DATETIME, TIMEDELTA = "$datetime", "$timedelta"
+
+
 def _plain(value: Any) -> Any:
+    if value is pd.NaT:
+        return None
+    if isinstance(value, (datetime.date, np.datetime64)):  # before np.generic: .item() of nanoseconds is an int
+        return {DATETIME: pd.Timestamp(value).isoformat()}
+    if isinstance(value, (datetime.timedelta, np.timedelta64)):
+        return {TIMEDELTA: pd.Timedelta(value).isoformat()}
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -67,6 +78,18 @@ def _plain(value: Any) -> Any:
     if value is pd.NA or value is pd.NaT:
         return None
     raise TypeError(f"cannot send a {type(value).__name__} over the wire")
+
+
+def _dated(entry: dict[Any, Any]) -> Any:
+    """A decoded map, or the date (or difference of dates) it stands for (``_plain``)."""
+    if len(entry) == 1:
+        (key, text), = entry.items()
+        if key in (DATETIME, TIMEDELTA) and isinstance(text, str):
+            try:
+                return pd.Timestamp(text) if key == DATETIME else pd.Timedelta(text)
+            except (TypeError, ValueError, OverflowError):
+                return entry
+    return entry
 
 
 def _plain_scalar(value: Any) -> Any:
@@ -87,8 +110,12 @@ class Table:
         return {"protocol": PROTOCOL, "nodes": self.nodes, "outputs": self.outputs}
 
 
-def encode_table(maps: Sequence[Node], *, dedupe: bool = True) -> Table:
-    """Flatten bound map nodes into one table; equal subtrees become one entry when ``dedupe``."""
+def encode_table(maps: Sequence[Node], *, dedupe: bool = True, template: bool = False) -> Table:
+    """Flatten bound map nodes into one table; equal subtrees become one entry when ``dedupe``.
+
+    ``template``: the maps are unbound templates, whose ``table`` slots
+    (``fedmed.expr.tables.Table``) the ``Encoder`` fills in per request.
+    """
     index: dict[Any, int] = {}
     nodes: list[list[Any]] = []
     identity = (lambda n: n.key) if dedupe else id
@@ -96,7 +123,7 @@ def encode_table(maps: Sequence[Node], *, dedupe: bool = True) -> Table:
         ident = identity(node)
         if ident in index:
             continue
-        if node.kind not in WIRE_NODES:
+        if node.kind not in WIRE_NODES and not (template and node.kind == "table"):
             raise ProtocolError(f"a {node.kind} node cannot be sent to a server")
         index[ident] = len(nodes)
         nodes.append([node.kind, canonical(list(node.params)), [index[identity(c)] for c in node.children]])
@@ -106,10 +133,11 @@ def encode_table(maps: Sequence[Node], *, dedupe: bool = True) -> Table:
 class Encoder:
     """Encodes the requests of one round, each distinct set of map templates once.
 
-    The requests of a round usually differ only in their fragment's name:
-    the table is built once from the templates (the fragment unnamed) and
-    each request gets a copy with its name put in. A request whose tasks
-    read several fragments of one server is encoded task by task, bound.
+    The requests of a round usually differ only in their fragments' names:
+    the table is built once from the templates (the fragments unnamed) and
+    each request gets a copy with its names put in (``fragment`` for slot 0,
+    ``table`` slots for a paired source's others). A request whose tasks
+    read different fragments of one server is encoded task by task, bound.
     """
 
     def __init__(self, dedupe: bool = True) -> None:
@@ -117,19 +145,22 @@ class Encoder:
         self._tables: dict[tuple[int, ...], tuple[Table, list[int]]] = {}
 
     def encode(self, tasks: Sequence[Any]) -> Table:
-        fragments = {t.source.fragment for t in tasks}
+        fragments = {t.source.fragments for t in tasks}
         if len(fragments) != 1:
             return encode_table([t.map for t in tasks], dedupe=self.dedupe)
         key = tuple(id(t.template) for t in tasks)
         if key not in self._tables:
-            table = encode_table([t.template for t in tasks], dedupe=self.dedupe)
-            unnamed = [i for i, (kind, params, _) in enumerate(table.nodes) if kind == "fragment" and params == [None]]
+            table = encode_table([t.template for t in tasks], dedupe=self.dedupe, template=True)
+            unnamed = [(i, 0 if kind == "fragment" else params[0]) for i, (kind, params, _) in enumerate(table.nodes)
+                       if (kind == "fragment" and params == [None]) or kind == "table"]
             self._tables[key] = table, unnamed
         table, unnamed = self._tables[key]
         nodes = list(table.nodes)
-        (name,) = fragments
-        for i in unnamed:
-            nodes[i] = ["fragment", [name], []]
+        (names,) = fragments
+        for i, slot in unnamed:
+            if not 0 <= slot < len(names):
+                raise ProtocolError(f"table slot {slot} of a source with {len(names)} fragment(s)")
+            nodes[i] = ["fragment", [names[slot]], []]
         return Table(nodes, table.outputs)
 
 

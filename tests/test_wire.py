@@ -79,8 +79,11 @@ def test_server_answers_malformed_bodies_with_400_and_stays_up():
 
 
 def test_a_result_that_cannot_be_encoded_is_a_500_in_msgpack():
+    # (dates travel now, as {"$datetime": iso}: a Decimal, which no map should release, does not)
+    from decimal import Decimal
+
     server = fm.Server()
-    server["when"] = {"t": pd.to_datetime(["2024-01-01", "2024-02-01"])}
+    server["when"] = {"t": [Decimal("1.5"), Decimal("2.5")]}
     task = wire.encode_table([bind(Map("min", (Column(Fragment(), "t"),)), "when")]).request()
     status, answer = server.handle(wire.pack(task))
     assert status == 500

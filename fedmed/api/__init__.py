@@ -7,7 +7,8 @@ that builds the plan from aggregates and client formulas, as pandas'
 method of the same name would compute it; ``kind="property"`` entries are
 read as attributes (``data.columns``). The tables live in modules by what
 they hold: column methods (``series``), whole-frame methods and selection
-(``frame``), group-bys (``groupby``), the schema and the refusals of
+(``frame``), group-bys (``groupby``), tables derived on the servers (``tables``: merge,
+sort_values, concat, named aggregation), the schema and the refusals of
 row-level calls (``schema``).
 """
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 #: The modules whose ``METHODS`` tables make up the registry, in lookup order.
-MODULES = ("series", "frame", "groupby", "schema")
+MODULES = ("series", "frame", "groupby", "tables", "schema")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from ..errors import ArgumentError
 from ..expr.client import Scalar
 from ..expr.node import Node
 from ..expr.rowwise import Filter, Fragment
+from ..expr.tables import RELATIONS
 from ..lazy import FedData, LazyResult
 from ..stats.lazy_call import call
 from . import Method
@@ -150,8 +151,9 @@ def _is_names(key: Any) -> bool:
 
 
 def is_table(data: Any) -> bool:
-    """True for a frame: a ``Frame``, a fragment, or a fragment with rows filtered (not a column expression)."""
-    return isinstance(data, Frame) or (isinstance(data, FedData) and isinstance(_root(data.node), Fragment))
+    """True for a frame: a ``Frame``, a fragment or a table derived on the servers (a merge, a per-person
+    group-by...), or one of those with rows filtered (not a column expression)."""
+    return isinstance(data, Frame) or (isinstance(data, FedData) and isinstance(_root(data.node), (Fragment, *RELATIONS)))
 
 
 def as_frame(data: FedData) -> Frame:

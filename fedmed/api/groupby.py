@@ -246,8 +246,22 @@ class GroupBy:
         return f"GroupBy(by {list(self._names)}{'' if self._selection is None else f', {list(self._selection)}'})"
 
     # -- what pandas offers ------------------------------------------------------------------
-    def agg(self, func: Any) -> LazyResult:
-        """``agg("mean")``, ``agg(["mean", "std"])`` or ``agg({"bmi": "mean", "age": ["min", "max"]})``, as pandas."""
+    def agg(self, func: Any = None, **named: Any) -> Any:
+        """``agg("mean")``, ``agg(["mean", "std"])`` or ``agg({"bmi": "mean", "age": ["min", "max"]})``, as pandas:
+        pooled over every server and released (a ``LazyResult``).
+
+        Named aggregation, ``agg(last_x=("x", "last"), n=("x", "count"))``, is different: a table of one row
+        per group made on each server from its own rows and kept there (a ``FedData`` to merge or analyse;
+        ``fedmed.api.tables.group_agg``).
+        """
+        if named:
+            if func is not None:
+                raise ArgumentError("agg takes either a function spec or name=(column, function) pairs, not both")
+            from .tables import group_agg
+
+            return group_agg(self._data, self._keys, self._names, self._selection, named)
+        if func is None:
+            raise ArgumentError("agg needs statistics: agg(['mean', 'max']) or name=(column, function) pairs")
         if isinstance(func, str):
             return self._statistic(func, (), {})
         if isinstance(func, (list, tuple)):

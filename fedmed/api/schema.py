@@ -26,6 +26,7 @@ from ..errors import ArgumentError, DataError, FedMedError, RowLevelError
 from ..expr.client import Reduce
 from ..expr.node import Node
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map, Param
+from ..expr.tables import RELATIONS
 from ..lazy import FedData, LazyResult, compute
 from . import Method, table
 
@@ -288,7 +289,7 @@ def _refused(name: str) -> Method:
 
 def _is_table(node: Node) -> bool | None:
     """Whether ``node`` is a table by its structure (True/False), or None when only the schema can tell."""
-    if isinstance(node, Fragment):
+    if isinstance(node, (Fragment, *RELATIONS)):
         return True
     if isinstance(node, Filter):
         return _is_table(node.arg)
@@ -345,5 +346,6 @@ METHODS: dict[str, Method] = {
     "dtypes": Method(dtypes, kind="property"),
     "dtype": Method(dtype, kind="property"),
     "shape": Method(shape, kind="property"),
-    **{name: _refused(name) for name in ROW_LEVEL if name != "__iter__"},
+    # a table's sort_values is fedmed.api.tables' (a Sort kept on the servers); a column's is refused there
+    **{name: _refused(name) for name in ROW_LEVEL if name not in ("__iter__", "sort_values")},
 }

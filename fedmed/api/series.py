@@ -704,6 +704,77 @@ def notnull(x: FedData) -> FedData:
     return x.notna()
 
 
+# -- dates ---------------------------------------------------------------------------------------
+
+
+class DatetimeProperties:
+    """``x.dt``: numbers made of dates on the servers, as pandas' ``Series.dt``.
+
+    ``year`` and ``month`` of a date column, ``days`` of a difference of two
+    (whole days, rounded down as pandas': -14.5 days is -15). Each is an
+    integer column (``Int64``: missing where the date is) that every
+    aggregate takes. Dates that arrive as text are read with
+    ``x.to_datetime()`` first (ISO 8601; anything else is missing).
+
+    Examples
+    --------
+    >>> import fedmed as fm
+    >>> d = fm.FedData([fm.Local({"entry": ["2020-01-01", "2020-06-30"], "exit": ["2020-01-15 12:00", "2021-06-30"]}),
+    ...                 fm.Local({"entry": ["2019-03-04"], "exit": ["2019-03-01"]})])
+    >>> entry, exit = d["entry"].to_datetime(), d["exit"].to_datetime()
+    >>> (exit - entry).dt.days.sum().compute(), entry.dt.year.max().compute()
+    (376, 2020)
+    """
+
+    def __init__(self, x: FedData) -> None:
+        self._x = x
+
+    @property
+    def year(self) -> FedData:
+        """The year of each date (``Series.dt.year``)."""
+        return self._x._elementwise("dt_year", (self._x,))
+
+    @property
+    def month(self) -> FedData:
+        """The month of each date, 1 to 12 (``Series.dt.month``)."""
+        return self._x._elementwise("dt_month", (self._x,))
+
+    @property
+    def days(self) -> FedData:
+        """Whole days of each difference of dates, rounded down (``Series.dt.days`` of timedeltas)."""
+        return self._x._elementwise("dt_days", (self._x,))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise ArgumentError(f".dt.{name} is not offered on a FedData column: .dt has year, month and days; "
+                            "a date itself never leaves a server (compare it with a date, or take .dt.days of "
+                            "a difference)")
+
+
+def dt(x: FedData) -> DatetimeProperties:
+    """``x.dt``: ``year``, ``month`` and ``days`` on the servers (see ``DatetimeProperties``)."""
+    return DatetimeProperties(x)
+
+
+def to_datetime(arg: Any) -> FedData:
+    """``pd.to_datetime(arg, errors="coerce")`` of a FedData column: ``arg.to_datetime()`` on the servers.
+
+    Reads ISO 8601 text (a date, or a date and time, with or without a UTC
+    offset) as dates and keeps datetimes; any other value is missing (NaT).
+
+    Examples
+    --------
+    >>> import fedmed as fm
+    >>> d = fm.FedData([fm.Local({"d": ["2021-03-04", "not a date"]}), fm.Local({"d": ["2020-12-31"]})])
+    >>> to_datetime(d["d"]).count().compute(), (to_datetime(d["d"]) >= "2021-01-01").sum().compute()
+    (2, 1)
+    """
+    if not isinstance(arg, FedData):
+        raise ArgumentError("to_datetime takes a FedData column, such as data['date']; for constants use pd.Timestamp")
+    return arg._elementwise("to_datetime", (arg,))
+
+
 # -- numpy's ufuncs -------------------------------------------------------------------------------
 
 #: ufuncs that are one config operation.
@@ -768,4 +839,5 @@ _OVERRIDES: dict[str, Callable[..., Any]] = {
 METHODS: dict[str, Method] = {
     **{name: _entry(name, fn) for name, fn in {**_REDUCTIONS, **_ELEMENTWISE}.items()},
     **{name: _entry(name, fn, override=True) for name, fn in _OVERRIDES.items()},
+    "dt": Method(dt, kind="property"),
 }

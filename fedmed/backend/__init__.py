@@ -4,9 +4,9 @@
 and ``Local`` (in-process, exact). One executor drives them all.
 """
 
-from .base import Link, Source
+from .base import Link, Paired, Source
 from .local import Local
 from .remote import Remote
 from .simulation import Simulation
 
-__all__ = ["Link", "Source", "Local", "Remote", "Simulation"]
+__all__ = ["Link", "Paired", "Source", "Local", "Remote", "Simulation"]

@@ -49,6 +49,51 @@ class Source(ABC):
     def server(self) -> str:
         return self.link().name
 
+    @property
+    def fragments(self) -> tuple[str, ...]:
+        """The fragments a task of this source reads, by slot (one, unless paired)."""
+        return (self.fragment,)
+
+    @property
+    def parts(self) -> tuple["Source", ...]:
+        """The plain sources behind this one, by slot."""
+        return (self,)
+
+
+class Paired(Source):
+    """Several fragments of one server, read together by one task (a merge or concat of tables).
+
+    Slot ``i`` is ``parts[i]``: ``Fragment()`` of a task reads slot 0,
+    ``Table(i)`` slot ``i`` (``fedmed.expr.tables``). Requests go to the
+    first part's server, which is every part's server.
+    """
+
+    def __init__(self, parts: "tuple[Source, ...]") -> None:
+        self._parts = tuple(parts)
+        self.fragment = "+".join(self.fragments)  # for messages and plans: 'patients+labs'
+
+    @property
+    def parts(self) -> tuple[Source, ...]:
+        return self._parts
+
+    @property
+    def fragments(self) -> tuple[str, ...]:
+        return tuple(p.fragment for p in self._parts)
+
+    @property
+    def uid(self) -> str:
+        return "paired(" + ",".join(p.uid for p in self._parts) + ")"
+
+    @property
+    def link_key(self) -> Hashable:
+        return self._parts[0].link_key
+
+    def link(self) -> Link:
+        return self._parts[0].link()
+
+    def __repr__(self) -> str:
+        return f"Paired({', '.join(map(repr, self._parts))})"
+
 
 def read_response(status: int, body: bytes, server: str) -> dict[str, Any]:
     """Decode a server's answer; raise the typed error it reports, located at ``server``.

@@ -32,7 +32,30 @@ class Local(Source):
     def __init__(self, data: Any, config: "str | Mapping[str, Any] | Config | None" = None) -> None:
         self._server = Server(load_config(config).without_privacy())
         self._server[self.fragment] = data
-        self._uid = f"local:{next(_ids)}"
+        self._uid = self._site = f"local:{next(_ids)}"
+
+    @classmethod
+    def site(cls, tables: Mapping[str, Any],
+             config: "str | Mapping[str, Any] | Config | None" = None) -> dict[str, "Local"]:
+        """Several tables on one in-process server, each its own fragment: tables ``merge`` can pair.
+
+        Examples
+        --------
+        >>> import fedmed as fm
+        >>> site = fm.Local.site({"patients": {"id": [1, 2]}, "labs": {"id": [1, 1, 2], "x": [1.0, 2.0, 4.0]}})
+        >>> patients, labs = fm.FedData([site["patients"]]), fm.FedData([site["labs"]])
+        >>> float(patients.merge(labs, on="id")["x"].sum())
+        7.0
+        """
+        server = Server(load_config(config).without_privacy())
+        place = f"local:{next(_ids)}"
+        out = {}
+        for name, data in tables.items():
+            source = object.__new__(cls)
+            server[str(name)] = data
+            source._server, source.fragment, source._site, source._uid = server, str(name), place, f"{place}|{name}"
+            out[name] = source
+        return out
 
     @property
     def uid(self) -> str:
@@ -40,10 +63,10 @@ class Local(Source):
 
     @property
     def link_key(self) -> Hashable:
-        return ("local", self._uid)
+        return ("local", self._site)
 
     def link(self) -> "LocalLink":
-        return LocalLink(self._uid, self._server)
+        return LocalLink(self._site, self._server)
 
     def __repr__(self) -> str:
         return f"Local({self._uid})"

@@ -23,6 +23,7 @@ from ..errors import DataError
 from .client import CLIENT_NODES, Reduce
 from .node import Node, rewrite, walk
 from .rowwise import Fragment, Literal, Param
+from .tables import Table
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class Task:
     @property
     def map(self) -> Node:
         """The map bound to this source's fragment (for messages; encoding uses the template)."""
-        return bind(self.template, self.source.fragment)
+        return bind(self.template, self.source.fragments)
 
 
 @dataclass
@@ -111,16 +112,23 @@ def make_plan(outputs: Sequence[Node], flags: OptFlags = OptFlags()) -> Plan:
     return Plan(tuple(outputs), rounds, client, flags)
 
 
-def bind(expr: Node, fragment: str | None, values: Callable[[Node], Any] | None = None) -> Node:
-    """The map expression for one fragment: name the fragment, put client values in as literals.
+def bind(expr: Node, fragment: "str | Sequence[str] | None", values: Callable[[Node], Any] | None = None) -> Node:
+    """The map expression for one source: name its fragment(s), put client values in as literals.
 
+    ``fragment`` is a name, or a paired source's names by slot: ``Fragment()``
+    reads slot 0 and ``Table(i)`` slot ``i`` (``fedmed.expr.tables``).
     Without ``values`` (when explaining before anything ran) ``Param`` nodes stay;
-    without ``fragment`` the fragment stays unnamed.
+    without ``fragment`` the fragments stay unnamed.
     """
+    names = (fragment,) if isinstance(fragment, str) else tuple(fragment) if fragment is not None else None
 
     def replace(node: Node) -> Node | None:
-        if isinstance(node, Fragment) and node.name is None and fragment is not None:
-            return Fragment(fragment)
+        if isinstance(node, Fragment) and node.name is None and names is not None:
+            return Fragment(names[0])
+        if isinstance(node, Table) and names is not None:
+            if not 0 <= node.slot < len(names):
+                raise DataError(f"table slot {node.slot} of a source with {len(names)} fragment(s)")
+            return Fragment(names[node.slot])
         if isinstance(node, Param) and values is not None:
             return Literal(_literal(values(node.value)))
         return None

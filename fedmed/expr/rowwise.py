@@ -4,7 +4,8 @@ These are the only nodes that travel on the wire. A ``Map`` node is an
 aggregate's server half; everything below it is row-level and never leaves
 the server. ``Param`` is the one bridge back to the client: a value the
 client computes in an earlier round, replaced by a ``Literal`` before the
-request is sent.
+request is sent. Tables a server derives from several fragments (merge,
+concat, named aggregation) are in ``fedmed.expr.tables``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .node import Node
+from .tables import Concat, GroupAgg, Merge, Project, Sort
 
 #: Elementwise operations written with Python operators, and how to print them.
 INFIX = {
@@ -132,5 +134,5 @@ class Param(Node):
 
 #: Node kinds a server accepts on the wire, by name.
 WIRE_NODES: dict[str, type[Node]] = {
-    cls.kind: cls for cls in (Fragment, Column, Literal, Elementwise, Filter, Map)
+    cls.kind: cls for cls in (Fragment, Column, Literal, Elementwise, Filter, Map, Merge, Concat, GroupAgg, Sort, Project)
 }

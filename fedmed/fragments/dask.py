@@ -185,7 +185,7 @@ _ELEMENTWISE: frozenset[int] = frozenset(
     id(getattr(binary, name)) for name in (
         "add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "neg", "abs", "eq", "ne", "lt", "le", "gt", "ge",
         "and_", "or_", "invert", "isna", "notna", "fillna", "isin", "clip", "log", "exp", "sqrt", "round", "astype",
-        "to_numeric", "dummy",
+        "to_numeric", "dummy", "to_datetime", "dt_year", "dt_month", "dt_days",
     )
 )
 

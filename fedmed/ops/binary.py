@@ -19,6 +19,7 @@ and any failure of a server owner's own function, into missing rows too.
 
 from __future__ import annotations
 
+import datetime as dt
 import operator
 from typing import Any
 
@@ -214,6 +215,9 @@ def astype(x: pd.Series, dtype: str) -> pd.Series:
     """
     if dtype not in DTYPES:
         raise OperationError(f"astype accepts {sorted(DTYPES)}, not {dtype!r}")
+    if _kind(x) == "time":  # as text, pandas writes the times of day only when some value has one
+        raise OperationError("astype does not convert dates; take numbers of them with .dt.year, .dt.month, "
+                             "or .dt.days of a difference")
     try:
         return x.astype(DTYPES[dtype])
     except (TypeError, ValueError, OverflowError, ArithmeticError):
@@ -265,3 +269,99 @@ def to_numeric(x: pd.Series) -> pd.Series:
 def dummy(x: pd.Series, level: Any) -> pd.Series:
     """1.0 where the value equals ``level``, 0.0 elsewhere, missing where the value is missing."""
     return (x == level).astype("float64").where(x.notna())
+
+
+# -- dates --------------------------------------------------------------------
+# A date column arrives as text (CSV, JSON), as datetimes (Parquet, pandas) or as Python dates
+# (Parquet DATE read by pandas). ``to_datetime`` makes any of them datetimes; ``dt_year``,
+# ``dt_month`` and ``dt_days`` make numbers of them, which every aggregate then takes. The text
+# grammar is fixed (``ISO_DATE``), and so is every result's type: pandas' own ``to_datetime``
+# guesses a format, and a unit, from the first values it meets.
+
+#: The text ``to_datetime`` reads (Python ``re`` and RE2 alike): an ISO 8601 date (years 0001 to 9999),
+#: optionally a time (``T`` or a space; seconds and 1 to 9 decimals optional, digits beyond microseconds
+#: dropped) with a UTC offset (``Z`` or ``+hh:mm``), white space (``DATE_SPACES``) around it. Anything
+#: else is missing, in every engine.
+ISO_DATE = (r"([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+            r"([T ]([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,9})?)?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?)?")
+DATE_SPACES = " \t\n\r\f\v"
+#: The type of the datetimes ``to_datetime`` makes of text: microseconds, as DuckDB's ``TIMESTAMP``.
+DATETIME = "datetime64[us]"
+
+
+def to_datetime(x: Any) -> Any:
+    """Values read as dates, as ``pd.to_datetime(x, format="ISO8601", errors="coerce")``: what is not one is NaT.
+
+    Text is read when it is an ISO 8601 date or date and time (``ISO_DATE``:
+    ``"2021-03-04"``, ``"2021-03-04 10:30"``, ``"2021-03-04T10:30:00.5Z"``);
+    a time with a UTC offset is converted to UTC. Impossible dates
+    (``"2021-02-30"``) and any other text are missing. Datetimes are kept
+    (with a time zone: in UTC, without it), Python dates become datetimes.
+    Numbers are refused: pandas would read them as nanoseconds since 1970.
+    Text always gives ``datetime64[us]``, whatever the values are.
+
+    Examples
+    --------
+    >>> to_datetime(pd.Series(["2021-03-04", " 2021-03-04 10:30 ", "2021-02-30", "04/03/2021", None])).tolist()
+    [Timestamp('2021-03-04 00:00:00'), Timestamp('2021-03-04 10:30:00'), NaT, NaT, NaT]
+    """
+    if isinstance(x, pd.DataFrame):
+        return pd.DataFrame({c: to_datetime(x.iloc[:, i]) for i, c in enumerate(x.columns)}, index=x.index)
+    if not isinstance(x, pd.Series):  # a constant (a date the client sent as ISO text)
+        return to_datetime(pd.Series([x], dtype=object)).iloc[0]
+    if x.dtype.kind == "M":
+        return _naive(x)
+    if x.dtype.kind == "m":
+        raise OperationError("to_datetime reads dates; this column holds differences of dates (use .dt.days)")
+    if _kind(x) in ("number", "bool"):
+        raise OperationError("to_datetime reads text as dates; this column holds numbers")
+    text_only = pd.api.types.is_string_dtype(x.dtype) and x.dtype != object
+    values = x if text_only else x.astype(object)
+    text = x.str.strip(DATE_SPACES) if text_only else values.map(
+        lambda v: v.strip(DATE_SPACES) if isinstance(v, str) else None)
+    text = text.where(text.str.fullmatch(ISO_DATE).fillna(False).astype(bool))
+    # beyond microseconds pandas would parse every value in nanoseconds, and years past 2262 become NaT
+    text = text.str.replace(r"(\.[0-9]{6})[0-9]+", r"\1", regex=True)
+    parsed = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce").dt.tz_localize(None).astype(DATETIME)
+    if not text_only:
+        dates = values.map(lambda v: v if isinstance(v, (dt.date, np.datetime64)) and not pd.isna(v) else None)
+        if dates.notna().any():  # only saves work: the result's type is the same either way
+            parsed = parsed.fillna(_naive(pd.to_datetime(dates, utc=True, errors="coerce")).astype(DATETIME))
+    return pd.Series(parsed, index=x.index, name=x.name)
+
+
+def _naive(x: pd.Series) -> pd.Series:
+    """Datetimes without a time zone (those with one in UTC)."""
+    if getattr(x.dtype, "tz", None) is not None:
+        return x.dt.tz_convert("UTC").dt.tz_localize(None)
+    return x
+
+
+def _dates(x: Any, what: str) -> pd.Series:
+    if not isinstance(x, pd.Series) or x.dtype.kind != "M":
+        raise OperationError(f"dt.{what} needs dates: convert text with .to_datetime() first")
+    return x
+
+
+def dt_year(x: pd.Series) -> pd.Series:
+    """The year of each date, as ``x.dt.year``; integers (``Int64``), missing where the date is."""
+    return _dates(x, "year").dt.year.astype("Int64")
+
+
+def dt_month(x: pd.Series) -> pd.Series:
+    """The month (1 to 12) of each date, as ``x.dt.month``; integers (``Int64``), missing where the date is."""
+    return _dates(x, "month").dt.month.astype("Int64")
+
+
+def dt_days(x: pd.Series) -> pd.Series:
+    """Whole days of each difference of dates, as ``x.dt.days``: rounded down (-14.5 days is -15); ``Int64``.
+
+    Examples
+    --------
+    >>> a = to_datetime(pd.Series(["2021-03-01", "2021-03-01"]))
+    >>> dt_days(a - to_datetime(pd.Series(["2021-03-15 12:00", "2021-02-01"]))).tolist()
+    [-15, 28]
+    """
+    if not isinstance(x, pd.Series) or x.dtype.kind != "m":
+        raise OperationError("dt.days needs a difference of two dates, such as (data['exit'] - data['entry']).dt.days")
+    return x.dt.days.astype("Int64")

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterator, Mapping
 
 import pandas as pd
@@ -26,12 +27,13 @@ from ..errors import (
 )
 from ..expr.node import Node, render_code
 from ..expr.rowwise import Elementwise, Fragment as FragmentNode, Map
+from ..expr.tables import NEW_ROWS, RELATIONS
 from ..privacy.base import MISSING, Task
 from ..privacy.pipeline import Pipeline
 from ..privacy.snapshot import Snapshot
 from .evaluate import Evaluated, Failure
-from .memory import Cost, MemoryPool, mib, request_budget
-from .fragments import Fragment, InMemory
+from .memory import Cost, MemoryPool, Price, mib, request_budget
+from .fragments import TABLES_REFUSED, Fragment, InMemory, evaluate_tables, price_tables
 from .http import create_app, log_unexpected, unexpected_error
 
 log = logging.getLogger("fedmed.server")
@@ -210,35 +212,52 @@ class Server:
         of its fragment, then released through the policies.
         """
         nodes, outputs = wire.decode_table(request, max_nodes=self.config.limits["max_nodes"])
-        owner = _fragment_of(nodes)
-        self._check_operations(nodes, owner)
+        reads, tabled = _reads(nodes)
+        labels = ["+".join(sorted(r)) or None for r in reads]
+        self._check_operations(nodes, labels)
         for o in outputs:
-            if owner[o] is None:
+            if not reads[o]:
                 raise BadRequest(f"output {o} does not read any fragment")
-        snapshot = self._snapshot({owner[o] for o in outputs})  # type: ignore[misc]
-        tasks = {o: Task(owner[o], snapshot[owner[o]][1], nodes[o], client) for o in outputs}  # type: ignore[index, arg-type]
+        snapshot = self._snapshot(set().union(*(reads[o] for o in outputs)))
+        tasks = {o: Task(labels[o], _version(snapshot, reads[o]), nodes[o], client) for o in outputs}  # type: ignore[arg-type]
         results: dict[int, dict[str, Any]] = {}
         active: dict[int, list[Any]] = {}
         pending: dict[str, list[int]] = defaultdict(list)
+        joined: list[int] = []  # tasks over tables made in the request (fedmed.expr.tables)
         for o, task in tasks.items():
+            if tabled[o] and self.config.privacy:  # fail closed: no rule here judges persons through a join
+                results[o] = _task_error(task, PrivacyError(TABLES_REFUSED))
+                continue
             try:
                 active[o], answer = self.pipeline.screen(task)
             except ServerError as exc:
                 results[o] = _task_error(task, exc)
                 continue
-            if answer is MISSING:
-                pending[task.fragment].append(o)
-            else:
+            if answer is not MISSING:
                 results[o] = self._recalled(task, answer, active[o])
+            elif tabled[o]:
+                joined.append(o)
+            else:
+                pending[task.fragment].append(o)
+        groups = _groups(joined, reads)
         cost = 0
         for name, outs in pending.items():
-            pending[name], price = self._priced(nodes, outs, snapshot[name][0], tasks, results)
+            pending[name], price = self._priced(nodes, outs, snapshot[name][0].price, tasks, results)
+            cost += price
+        for i, (names, outs) in enumerate(groups):
+            fragments = {n: snapshot[n][0] for n in sorted(names)}
+            outs, price = self._priced(nodes, outs, partial(price_tables, fragments), tasks, results)
+            groups[i] = names, outs
             cost += price
         with self.memory.reserve(cost):
             for name, outs in pending.items():
                 fragment, _ = snapshot[name]
                 person = self.config.person_column(name)
                 for o, evaluated in zip(outs, fragment.evaluate(nodes, outs, self.config, person=person)):
+                    results[o] = self._release(tasks[o], evaluated, active[o])
+            for names, outs in groups:
+                fragments = {n: snapshot[n][0] for n in sorted(names)}
+                for o, evaluated in zip(outs, evaluate_tables(fragments, nodes, outs, self.config)):
                     results[o] = self._release(tasks[o], evaluated, active[o])
         if record is not None:
             record.update(_summary(tasks, results, snapshot))
@@ -257,7 +276,7 @@ class Server:
                 raise UnknownFragment(f"no fragment named {missing[0]!r} on this server", fragment=missing[0])
             return {n: self._fragments[n] for n in names}
 
-    def _check_operations(self, nodes: list[Node], owner: list[str | None]) -> None:
+    def _check_operations(self, nodes: list[Node], owner: "list[str | None]") -> None:
         for i, node in enumerate(nodes):
             known = (
                 self.config.elementwise if isinstance(node, Elementwise)
@@ -271,16 +290,17 @@ class Server:
                     operation=node.op,  # type: ignore[attr-defined]
                 )
 
-    def _priced(self, nodes: list[Node], outs: list[int], fragment: Fragment, tasks: dict[int, Task],
-                results: dict[int, dict[str, Any]]) -> tuple[list[int], int]:
-        """The outputs of ``fragment`` worth evaluating, and the memory they will hold at most.
+    def _priced(self, nodes: list[Node], outs: list[int], pricer: Callable[..., Price | None],
+                tasks: dict[int, Task], results: dict[int, dict[str, Any]]) -> tuple[list[int], int]:
+        """The outputs worth evaluating, and the memory they will hold at most (``pricer(nodes, outs,
+        config)``: a fragment's ``price``, or ``price_tables`` of the fragments tasks read together).
 
         Priced before any work (``fedmed.server.memory``): a task with a
         value bigger than the budget fails alone, naming that value; a
         request whose tasks together would hold more is refused whole (413).
         """
         budget = self.memory.capacity
-        price = fragment.price(nodes, outs, self.config)
+        price = pricer(nodes, outs, self.config)
         if price is None:
             return outs, 0
         too_big = {i for i, c in price.costs.items() if c.peak > budget}
@@ -294,7 +314,7 @@ class Server:
                 else:
                     results[o] = _task_error(tasks[o], TooExpensive(_too_big(nodes[culprit], price.costs[culprit], budget)))
             outs = kept
-            price = fragment.price(nodes, outs, self.config)
+            price = pricer(nodes, outs, self.config)
             assert price is not None
         if price.peak > budget:
             i = price.biggest()
@@ -397,18 +417,56 @@ def _error_response(exc: ServerError) -> bytes:
     return wire.pack({"protocol": wire.PROTOCOL, "error": wire.error_body(exc)})
 
 
-def _fragment_of(nodes: list[Node]) -> list[str | None]:
-    """The one fragment each node reads (None for constants); mixing fragments is refused."""
+def _reads(nodes: list[Node]) -> tuple[list[frozenset[str]], list[bool]]:
+    """The fragments below each node, and whether a table made in the request (a relation) is among them.
+
+    Rows of two row spaces (a fragment's, a merge's, a concat's, a group-by's:
+    ``fedmed.expr.tables.NEW_ROWS``) meet only in a merge or a concat; any
+    other node combining them is refused, for pandas would align them by
+    row labels that mean nothing across tables.
+    """
     position = {id(node): i for i, node in enumerate(nodes)}
-    owner: list[str | None] = []
+    reads: list[frozenset[str]] = []
+    tabled: list[bool] = []
+    space: list[int | None] = []
     for i, node in enumerate(nodes):
+        kids = [position[id(c)] for c in node.children]
         if isinstance(node, FragmentNode):
             if not node.name:
                 raise BadRequest(f"node {i}: a fragment node needs a name")
-            owner.append(node.name)
+            reads.append(frozenset([node.name]))
+            tabled.append(False)
+            space.append(i)
             continue
-        names = {owner[position[id(c)]] for c in node.children} - {None}
-        if len(names) > 1:
-            raise BadRequest(f"node {i} combines rows of different fragments {sorted(names)}")
-        owner.append(names.pop() if names else None)
-    return owner
+        reads.append(frozenset().union(*(reads[k] for k in kids)))
+        tabled.append(isinstance(node, RELATIONS) or any(tabled[k] for k in kids))
+        if isinstance(node, NEW_ROWS):
+            space.append(i)
+            continue
+        spaces = {space[k] for k in kids} - {None}
+        if len(spaces) > 1:
+            if not tabled[i]:
+                raise BadRequest(f"node {i} combines rows of different fragments {sorted(reads[i])}")
+            raise BadRequest(f"node {i} combines rows of different tables; merge them first (data.merge(other, on=...))")
+        space.append(spaces.pop() if spaces else None)
+    return reads, tabled
+
+
+def _version(snapshot: dict[str, tuple[Fragment, int]], names: frozenset[str]) -> Any:
+    """A task's version: its fragment's, or the versions of the fragments it reads, by name."""
+    if len(names) == 1:
+        return snapshot[next(iter(names))][1]
+    return tuple(snapshot[n][1] for n in sorted(names))
+
+
+def _groups(outputs: list[int], reads: list[frozenset[str]]) -> list[tuple[frozenset[str], list[int]]]:
+    """Tasks over tables grouped by the fragments they read, joined where they share one: each group is
+    one evaluation, so a table several tasks read (a per-person group-by) is made once."""
+    groups: list[tuple[frozenset[str], list[int]]] = []
+    for o in outputs:
+        names, outs = reads[o], [o]
+        for other in [g for g in groups if g[0] & names]:
+            groups.remove(other)
+            names, outs = names | other[0], other[1] + outs
+        groups.append((names, sorted(outs, key=outputs.index)))
+    return groups

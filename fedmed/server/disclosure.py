@@ -690,9 +690,15 @@ def _any(start: pd.Series, masks: list[pd.Series]) -> pd.Series:
 
 
 def _moves(value: pd.Series) -> list[pd.Series]:
-    """The value changed on every row: a boolean flipped; a number moved far up, and far down (same type)."""
+    """The value changed on every row: a boolean flipped; a number moved far up, and far down (same type);
+    a date, or a difference of dates, ten years (3653 days) later and earlier."""
     if value.dtype == bool or str(value.dtype) == "boolean":
         return [~value]
+    if value.dtype.kind in "mM":
+        # in microseconds: nanoseconds would overflow for dates after 2252 (the SQL engine: the same shift)
+        shifted = value.dt.as_unit("us") if value.dtype.kind == "M" else value.astype("timedelta64[us]")
+        step = pd.Timedelta(days=3653)
+        return [shifted + step, shifted - step]
     if _is_number(value) and value.dtype.kind in "iu" or str(value.dtype) in ("Int64", "Int32"):
         step = 10 * (value.abs() + 1)  # integers stay integers: integer-only operations (&, |) still run
         return [value + step, value - step]

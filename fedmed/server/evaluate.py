@@ -27,6 +27,7 @@ from ..config import Config
 from ..errors import OperationError, ServerError, ServerMisconfigured, TaskFailed
 from ..expr.node import Node, walk
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map
+from ..expr.tables import Concat, GroupAgg, Merge, Project, Sort
 from .disclosure import Disclosure
 from .memory import schedule
 from ..ops.columns import map_columns
@@ -177,8 +178,13 @@ def _visit(node: Node, args: list[Any], data: Any, config: Config) -> Any:
         return Failure(TaskFailed(f"{node.kind} {getattr(node, 'op', '')} failed: {type(exc).__name__}"))
 
 
+class Tables(dict):
+    """The fragments one request reads on this server, by name: the ``data`` of a task over tables
+    (a merge, a concat, a per-person group-by), where each ``fragment`` node reads its own."""
+
+
 def visit_fragment(node: Fragment, args: list[Any], data: Any, config: Config) -> Any:
-    return data
+    return data[node.name] if isinstance(data, Tables) else data
 
 
 def visit_column(node: Column, args: list[Any], data: Any, config: Config) -> Any:
@@ -420,6 +426,12 @@ def refuse_text(op: str, args: Sequence[Any], *, numbers: bool = False, count: b
     without privacy policies. ``empty``: the fragment has no rows at all.
     """
     columns = [c for a in args for c in _columns_of(a)]
+    dated = next((c for c in columns if _is_date(c)), None) if numbers else None
+    if dated is not None:  # read as numbers, a date is microseconds: a mean of dates would be a number of them
+        name = str(dated.name)[:40] if dated.name is not None else "x"
+        raise TaskFailed(f"{op} needs numbers, but column {name!r} holds dates ({dated.dtype}): use "
+                         f"data[{name!r}].dt.year or .dt.month, or a difference of two dates in days "
+                         "((a - b).dt.days); min, max and count take dates as they are")
     # Decided by the type alone, never by how many rows a filter left (that would tell whether a
     # selection is empty: an oracle). Only an empty fragment is let through: pandas makes [] an object
     # column, and its row count is the fragment's, not the request's.
@@ -429,6 +441,10 @@ def refuse_text(op: str, args: Sequence[Any], *, numbers: bool = False, count: b
     against_number = any(_is_number(a) for a in args) or any(_is_number(c) for c in columns)
     if numbers or op in NEEDS_NUMBERS or (op in ORDERING and against_number):
         raise TaskFailed(text_message(op, text.name, str(text.dtype), _not_numbers(text) if count else None))
+
+
+def _is_date(column: Any) -> bool:
+    return pd.api.types.is_datetime64_any_dtype(column.dtype) or pd.api.types.is_timedelta64_dtype(column.dtype)
 
 
 def text_message(op: str, name: Any, dtype: str, counts: tuple[int, int] | None = None) -> str:
@@ -563,6 +579,72 @@ def _map_total(fn: Callable[..., Any], args: list[Any]) -> Any:
                 raise
 
 
+# -- relations: tables made inside one request (fedmed.expr.tables) ------------------------------------
+# Each checks the columns it names before it runs, so that a missing column fails by the schema, with
+# its name, whatever the rows hold.
+
+
+def _frame_of(value: Any, what: str) -> pd.DataFrame:
+    if not isinstance(value, pd.DataFrame):
+        raise TaskFailed(f"{what} needs a table, not a single column or nested data")
+    return value
+
+
+def _has(table: pd.DataFrame, names: Sequence[str], what: str) -> None:
+    missing = [n for n in names if n not in table.columns]
+    if missing:
+        raise TaskFailed(f"{what}: no column {missing[0]!r}")
+
+
+def visit_merge(node: Merge, args: list[Any], data: Any, config: Config) -> Any:
+    left, right = (_frame_of(a, "merge") for a in args)
+    _has(left, node.left_on, "merge (left table)")
+    _has(right, node.right_on, "merge (right table)")
+    try:
+        out = pd.merge(left, right, how=node.how, left_on=list(node.left_on), right_on=list(node.right_on),
+                       suffixes=node.suffixes, sort=False)
+    except (ValueError, TypeError):  # pandas quotes only the kinds of the key columns, but say it ourselves
+        kinds = [f"{a} ({left[a].dtype}) with {b} ({right[b].dtype})" for a, b in zip(node.left_on, node.right_on)]
+        raise TaskFailed(f"merge cannot match {', '.join(kinds)}: convert the keys to one type first") from None
+    return out.reset_index(drop=True)  # new rows: unique labels, which row filters follow
+
+
+def visit_concat(node: Concat, args: list[Any], data: Any, config: Config) -> Any:
+    tables = [_frame_of(a, "concat") for a in args]
+    first = list(tables[0].columns)
+    for t in tables[1:]:
+        if list(t.columns) != first:
+            raise TaskFailed(f"concat needs tables with the same columns in the same order: {first[:10]} and "
+                             f"{list(t.columns)[:10]}")
+    return pd.concat(tables, ignore_index=True)
+
+
+def visit_groupagg(node: GroupAgg, args: list[Any], data: Any, config: Config) -> Any:
+    table = _frame_of(args[0], "a named aggregation")
+    _has(table, [*node.keys, *node.columns], "groupby(...).agg")
+    spec = {name: (column, fn) for name, column, fn in zip(node.names, node.columns, node.funcs)}
+    grouped = table.groupby(list(node.keys), sort=True, dropna=True, observed=True)
+    return grouped.agg(**spec).reset_index()
+
+
+def visit_sort(node: Sort, args: list[Any], data: Any, config: Config) -> Any:
+    table = _frame_of(args[0], "sort_values")
+    _has(table, node.by, "sort_values")
+    return table.sort_values(list(node.by), ascending=list(node.ascending), kind="stable", na_position="last")
+
+
+def visit_project(node: Project, args: list[Any], data: Any, config: Config) -> Any:
+    rows, values = args[0], args[1:]
+    if not isinstance(rows, (pd.DataFrame, pd.Series)):
+        raise TaskFailed("a table's columns need rows: select them from a table")
+    out = rows.copy() if node.keep and isinstance(rows, pd.DataFrame) else pd.DataFrame(index=rows.index)
+    for name, value in zip(node.names, values):
+        if isinstance(value, pd.DataFrame):
+            raise TaskFailed(f"column {name!r} of a table must be a single column")
+        out[name] = value  # aligned by row label, as pandas' assign
+    return out
+
+
 VISITORS: dict[type, Callable[[Any, list[Any], Any, Config], Any]] = {
     Fragment: visit_fragment,
     Column: visit_column,
@@ -570,4 +652,9 @@ VISITORS: dict[type, Callable[[Any, list[Any], Any, Config], Any]] = {
     Elementwise: visit_elementwise,
     Filter: visit_filter,
     Map: visit_map,
+    Merge: visit_merge,
+    Concat: visit_concat,
+    GroupAgg: visit_groupagg,
+    Sort: visit_sort,
+    Project: visit_project,
 }

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from functools import cached_property
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..config import Config
 from ..expr.node import Node
-from .evaluate import Evaluated, evaluate_pandas
+from ..errors import PrivacyError, TaskFailed
+from ..expr.node import walk
+from ..expr.tables import RELATIONS
+from .evaluate import Evaluated, Failure, Tables, evaluate_pandas
 from .memory import Price, Size, price, size_of_data
 
 
@@ -104,3 +107,42 @@ def as_pandas(data: Any) -> Any:
 
 def _is_column(value: Any) -> bool:
     return isinstance(value, (list, tuple, np.ndarray, pd.Series, pd.Index)) and np.ndim(value) == 1
+
+
+# -- tasks over several tables of one server (issue 18) --------------------------------------------------
+
+#: Why a task reading a relation is refused under privacy policies (fail closed until issue 18, step 5).
+TABLES_REFUSED = ("joins and derived tables are not judged by this server's privacy rules yet (issue 18): "
+                  "merge, concat, sort_values and named aggregation run only on servers without privacy policies")
+
+
+def evaluate_tables(
+    fragments: Mapping[str, Fragment], nodes: Sequence[Node], outputs: Sequence[int], config: Config
+) -> Iterable[Evaluated]:
+    """Values of ``outputs``, tasks that read ``fragments`` together (a merge, a concat, a per-person
+    group-by), all in one evaluation so that a table they share is made once.
+
+    Only in-memory fragments run them yet; on any other kind every task
+    fails naming the operation and the fragment (DuckDB and Dask are later
+    steps of docs/design/tables.md). No disclosure is made, so under
+    privacy policies every task is refused (the server refuses them before
+    they get here; this is the second lock).
+    """
+    if config.privacy:
+        return [Evaluated(Failure(PrivacyError(TABLES_REFUSED))) for _ in outputs]
+    other = next(((n, f) for n, f in fragments.items() if not isinstance(f, InMemory)), None)
+    if other is not None:
+        kinds = sorted({n.kind for n in walk([nodes[o] for o in outputs]) if isinstance(n, RELATIONS)})
+        error = TaskFailed(f"{', '.join(kinds) or 'reading several fragments'} runs on in-memory (pandas) fragments "
+                           f"only for now; {other[0]!r} is a {type(other[1]).__name__} fragment (issue 18)")
+        return [Evaluated(Failure(error)) for _ in outputs]
+    tables = Tables({name: f.data for name, f in fragments.items()})  # type: ignore[attr-defined]
+    return evaluate_pandas(nodes, outputs, tables, config)
+
+
+def price_tables(fragments: Mapping[str, Fragment], nodes: Sequence[Node], outputs: Sequence[int],
+                 config: Config) -> Price | None:
+    """``evaluate_tables``' memory price (None where it will not run: it fails at no cost)."""
+    if not all(isinstance(f, InMemory) for f in fragments.values()):
+        return None
+    return price(nodes, outputs, {name: f.size for name, f in fragments.items()}, config)  # type: ignore[attr-defined]

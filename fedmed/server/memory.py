@@ -25,6 +25,7 @@ import pandas as pd
 from ..errors import ServerUnavailable
 from ..expr.node import Node
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment as FragmentNode, Literal, Map
+from ..expr.tables import RELATIONS, Concat, GroupAgg, Merge, Sort
 
 #: Share of the machine's memory (or of a ``ulimit -v`` cap) a server spends on one request by default.
 SHARE = 4
@@ -195,7 +196,7 @@ class Price:
         return max(self.costs, key=lambda i: self.costs[i].peak)
 
 
-def price(nodes: Sequence[Node], outputs: Sequence[int], data: Size, config: Any) -> Price:
+def price(nodes: Sequence[Node], outputs: Sequence[int], data: "Size | Mapping[str, Size]", config: Any) -> Price:
     """The cost of evaluating ``outputs`` of ``nodes`` over data of size ``data``, in the evaluator's order.
 
     The evaluator computes the outputs one after the other (``schedule``),
@@ -208,6 +209,7 @@ def price(nodes: Sequence[Node], outputs: Sequence[int], data: Size, config: Any
     """
     judged = bool(getattr(config, "privacy", ()))
     plan = schedule(nodes, outputs, judged)
+    rows = data.rows if isinstance(data, Size) else max((d.rows for d in data.values()), default=0)
     costs: dict[int, Cost] = {}
     position = {id(node): i for i, node in enumerate(nodes)}
     for step in plan:
@@ -223,7 +225,7 @@ def price(nodes: Sequence[Node], outputs: Sequence[int], data: Size, config: Any
             held += costs[i].new if i not in keep else 0
             live -= sum(costs[c].new for c in step.drops.get(i, ()) if c not in keep)
         if judged:
-            peak = max(peak, live + held + data.rows * JUDGING + costs[o].new * 3)
+            peak = max(peak, live + held + rows * JUDGING + costs[o].new * 3)
         live -= sum(costs[i].new for i in step.freed if i not in keep)
     return Price(costs, peak + sum(costs[o].new for o in keep))  # the answer is packed from the results
 
@@ -255,10 +257,13 @@ def price_answers(nodes: Sequence[Node], outputs: Sequence[int], rows: int, conf
     return Price(costs, sum(c.new for c in costs.values()))
 
 
-def cost_of(node: Node, args: list[Size], data: Size, config: Any) -> Cost:
-    """The cost of one node whose children have sizes ``args``."""
+def cost_of(node: Node, args: list[Size], data: "Size | Mapping[str, Size]", config: Any) -> Cost:
+    """The cost of one node whose children have sizes ``args``; ``data`` is the fragment's size, or
+    the size of each fragment a task over tables reads, by name."""
     if isinstance(node, FragmentNode):
-        return Cost(data)
+        return Cost(data if isinstance(data, Size) else data.get(node.name or "", Size()))
+    if isinstance(node, RELATIONS):
+        return _relation(node, args)
     if isinstance(node, Column):
         parts = args[0].parts or {}
         return Cost(parts.get(node.name, Size()))
@@ -280,6 +285,47 @@ def cost_of(node: Node, args: list[Size], data: Size, config: Any) -> Cost:
             result = sum(a.rows * a.columns * (PER_VALUE + a.text) for a in inputs) + 1024
         return Cost(Size(), result, sum(a.rows * a.columns * 8 for a in inputs))
     return Cost(Size())
+
+
+def _relation(node: Node, args: list[Size]) -> Cost:
+    """A table made in the request: pandas builds it whole (a copy) and borrows about as much.
+
+    A merge is priced at the rows of both sides together: a bound when one
+    side has one row per key (a per-person table), not for a many-to-many
+    join, whose pricing from each key's largest multiplicity is a later step
+    (docs/design/tables.md, section 6).
+    """
+    if isinstance(node, Merge):
+        rows = args[0].rows + args[1].rows
+        left, right = _resized(args[0], rows), _resized(args[1], rows)
+        shared = {a for a, b in zip(node.left_on, node.right_on) if a == b}  # one column, as pandas
+        clash = (set(left) & set(right)) - shared
+        parts = {f"{k}{node.suffixes[0]}" if k in clash else k: p for k, p in left.items()}
+        parts.update({f"{k}{node.suffixes[1]}" if k in clash else k: p for k, p in right.items() if k not in shared})
+    elif isinstance(node, Concat):
+        rows = sum(a.rows for a in args)
+        parts = _resized(args[0], rows)
+    elif isinstance(node, GroupAgg):
+        rows = args[0].rows
+        given = args[0].parts or {}
+        parts = {k: Size(rows, 1, given.get(k, Size()).item, given.get(k, Size()).text) for k in node.keys}
+        parts.update({n: Size(rows, 1, given.get(c, Size()).item if f in ("first", "last", "min", "max") else 8,
+                              given.get(c, Size()).text if f in ("first", "last", "min", "max") else 0)
+                      for n, c, f in zip(node.names, node.columns, node.funcs)})
+    elif isinstance(node, Sort):
+        rows, parts = args[0].rows, dict(args[0].parts or {})
+    else:  # Project
+        rows = args[0].rows
+        parts = dict(args[0].parts or {}) if node.keep else {}  # type: ignore[attr-defined]
+        parts.update({n: Size(rows, 1, a.item, a.text) for n, a in zip(node.names, args[1:])})  # type: ignore[attr-defined]
+    size = Size(rows, max(len(parts), 1), max((p.item for p in parts.values()), default=8),
+                max((p.text for p in parts.values()), default=0), parts=parts)
+    input_rows = sum(a.rows for a in args if a.rowwise)
+    return Cost(size, size.nbytes, size.nbytes + input_rows * 16)  # row positions and group codes
+
+
+def _resized(size: Size, rows: int) -> dict[str, Size]:
+    return {k: Size(rows, p.columns, p.item, p.text) for k, p in (size.parts or {}).items()}
 
 
 def _elementwise(op: str, args: list[Size]) -> Size:

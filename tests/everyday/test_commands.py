@@ -27,6 +27,7 @@ def test_check_config_lists_operations_and_policies():
     assert done.returncode == 0, done.stderr
     assert "example/config.yaml: OK" in done.stdout
     assert "policy: Anonymity(k=5)" in done.stdout and "aggregates (22)" in done.stdout
+    assert "elementwise (34)" in done.stdout and "to_datetime, to_numeric" in done.stdout
 
 
 def test_check_config_errors_name_the_line(tmp_path: Path):

@@ -14,6 +14,7 @@ that asserts an attack works: thresholds cannot stop a tracker.
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import math
 from pathlib import Path
@@ -338,6 +339,32 @@ def test_max_releases_no_single_persons_value(example):
         except fm.PrivacyError:
             continue
         assert math.isnan(released), (name, released)
+
+
+def test_a_date_indicator_is_refused_and_honest_date_statistics_pass():
+    """Dates are quasi-identifiers: an entry date held by one person picks them out as an id does. The
+    indicator made of a date comparison is judged like any intermediate (text, ``pd.Timestamp`` or
+    ``datetime.date`` constant), a filter to that date too, and the latest date is withheld unless k hold it."""
+    frame = rt.cohort()
+    days = pd.Series(np.random.default_rng(18).integers(0, 700, len(frame)))
+    days[days == 430] = 431  # 2021-03-06 is the target's date alone
+    days[T] = 430
+    frame["entry"] = (pd.Timestamp("2020-01-01") + pd.to_timedelta(days, unit="D")).astype("datetime64[us]")
+    frame["exit"] = frame["entry"] + pd.to_timedelta(frame["age"] * 3, unit="D")
+    _, data = rt.serve(rt.EXAMPLE_CONFIG, frame)
+    date, age = data["entry"], data["age"]
+    for constant in ("2021-03-06", pd.Timestamp("2021-03-06"), datetime.date(2021, 3, 6)):
+        err = rt.suppressed(lambda: (age * (date == constant)).sum().compute(), "Anonymity", data)
+        assert "fewer than 5 rows" in err.message and " 1 " not in err.message
+        rt.suppressed(lambda: data[date == constant]["age"].sum().compute(), "Anonymity", data)
+    march = (frame["entry"].dt.year == 2021) & (frame["entry"].dt.month == 3)
+    assert march.sum() >= 5  # a month many persons share is no indicator: released as pandas has it
+    assert (age * ((date.dt.year == 2021) & (date.dt.month == 3))).sum().compute() == frame.loc[march, "age"].sum()
+    latest = rt.quietly(lambda: date.max().compute())
+    assert math.isnan(latest) or (frame["entry"] == latest).sum() >= 5
+    stay = (data["exit"] - date).dt.days
+    assert stay.mean().compute() == pytest.approx((frame["age"] * 3).mean(), rel=1e-12)
+    assert (date >= "2021-01-01").sum().compute() == (frame["entry"] >= "2021-01-01").sum()
 
 
 def test_cell_tables_apply_the_complement_rule(example):

@@ -21,8 +21,9 @@ from ...ops.columns import COLUMNS
 from .program import Output
 from .query import LAST_LAYER
 from .schema import pandas_dtype
-from .values import (BOOL, FLOAT, FLOAT_INF, FLOAT_ONE, FLOAT_ZERO, INT, NUMERIC, OTHER, Col, Const, Operand, Table,
-                     Value, _and, _count_rows, _describe_kind, _favg, _fsum, _refuse_text, _when, float_literal)
+from .values import (BOOL, DELTA, FLOAT, FLOAT_INF, FLOAT_ONE, FLOAT_ZERO, INT, NUMERIC, OTHER, TIME, Col, Const,
+                     Operand, Table, Value, _and, _count_rows, _describe_kind, _favg, _fsum, _refuse_text, _when,
+                     float_literal)
 
 
 #: Most thresholds of one ``count_below`` (and bins of one histogram): the pandas path's ``MAX_BINS``.
@@ -73,6 +74,10 @@ class AggregateCompiler:
                              f"{'' if low == high else ' or more'} argument(s), not {len(extra) + 1}")
         if x.kind == OTHER and op not in ("len", "count", "schema"):
             raise TaskFailed(f"{name} is not supported for values of this type by this fragment")
+        if x.kind in (TIME, DELTA) and op not in ("len", "count", "schema", *(("min", "max") if x.kind == TIME else ())):
+            raise TaskFailed(f"{name} of {'dates' if x.kind == TIME else 'differences of dates'} is not supported by "
+                             "this fragment: take numbers of them first (.dt.year, .dt.month, or .dt.days of a "
+                             "difference)")
         return getattr(self, f"_agg_{op}")(x, *extra)
 
     def _agg_schema(self, x: Col) -> Callable[[tuple], Any]:
@@ -120,6 +125,8 @@ class AggregateCompiler:
 
     def _agg_min(self, x: Col, fn: str = "min") -> Callable[[tuple], Any]:
         i = self.query.select(f"{fn}({_when(x.rows.cond, x.sql)})")
+        if x.kind == TIME:  # a date as the pandas map gives it
+            return lambda row: None if row[i] is None else pd.Timestamp(row[i])
         return lambda row: row[i]
 
     def _agg_max(self, x: Col) -> Callable[[tuple], Any]:
@@ -145,7 +152,7 @@ class AggregateCompiler:
     def _agg_crosstab(self, a: Col, b: Value) -> Callable[[tuple], Any]:
         if not isinstance(b, Col):
             raise TaskFailed("crosstab needs two columns of the fragment")
-        if b.kind == OTHER:
+        if b.kind in (OTHER, TIME, DELTA):
             raise TaskFailed("crosstab is not supported for values of this type by this fragment")
         # pandas: a frame of both, rows missing either dropped (so rows both have)
         cond = _and(a.rows.cond, b.rows.cond, f"{a.sql} IS NOT NULL", f"{b.sql} IS NOT NULL")
@@ -211,7 +218,7 @@ class AggregateCompiler:
         a scalar of the request's one statement: rows without a key or outside ``x``'s rows are left out."""
         if not isinstance(values, Const) or not all(isinstance(k, Col) for k in keys):
             raise TaskFailed("grouped needs a constant flag and key columns of the fragment")
-        if any(k.kind == OTHER for k in keys):
+        if any(k.kind in (OTHER, TIME, DELTA) for k in keys):
             raise TaskFailed("grouped is not supported for keys of this type by this fragment")
         fields = [f"key{chr(97 + i)}" for i in range(len(keys))]
         cond = _and(x.rows.cond, *(k.rows.cond for k in keys), *(f"{k.sql} IS NOT NULL" for k in keys))

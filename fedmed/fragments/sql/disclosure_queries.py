@@ -25,12 +25,15 @@ from .aggregates import AGGREGATES
 from .disclosure import Contributions, Judged, SQLDisclosure
 from .elementwise import _wrapped
 from .query import Read
-from .values import (BOOL, FLOAT, FLOAT_HALF, FLOAT_INF, FLOAT_ONE, FLOAT_ZERO, INT, NUMERIC, Col, Const, Operand,
-                     Rows, Table, Value, _and, _count_rows, _nan_null, _not, _or, _when, float_literal)
+from .values import (BOOL, DAY_US, DELTA, FLOAT, FLOAT_HALF, FLOAT_INF, FLOAT_ONE, FLOAT_ZERO, INT, NUMERIC, TIME, Col,
+                     Const, Operand, Rows, Table, Value, _and, _count_rows, _nan_null, _not, _or, _when, float_literal)
 
 
 #: Most steps whose influence is counted by person in the second statement (``Compiler._distinct``).
 FEW_STEPS = 8
+
+#: Days an influence move shifts a date (or a difference of dates) by, either way: ``disclosure._moves``' ten years.
+MOVE_DAYS = 3653
 
 #: Integers that an influence move (``v +- 10 * (|v| + 1)``) takes nowhere near 64 bits' overflow.
 SMALL = 838_000_000_000_000_000
@@ -251,7 +254,14 @@ class DisclosureCompiler:
 
     def _moves(self, value: Col) -> list[Col]:
         """``disclosure._moves``: the value changed on every row (a boolean flipped, a number moved far up and
-        down, keeping its type: integers stay integers, wrapping around on overflow as numpy's do)."""
+        down, keeping its type: integers stay integers, wrapping around on overflow as numpy's do; dates and
+        differences of dates shifted by ``MOVE_DAYS`` either way)."""
+        if value.kind == TIME:
+            return [self._column(f"({value.sql} {sign} INTERVAL {MOVE_DAYS} DAY)", value.depth, value.rows, TIME)
+                    for sign in "+-"]
+        if value.kind == DELTA:
+            return [self._column(f"TRY({value.sql} {sign} {MOVE_DAYS * DAY_US})", value.depth, value.rows, DELTA)
+                    for sign in "+-"]
         if value.kind == BOOL:
             return [self._column(f"(NOT {value.sql})", value.depth, value.rows, BOOL, value.nullable)]
         if value.kind == INT:

@@ -3,9 +3,12 @@
 Each writes a new column of a CTE layer with pandas' (numpy's) semantics:
 arithmetic that wraps around or turns missing as numpy's does (``_try``),
 division by zero as IEEE floats, comparisons and ``fillna``/``isin``/
-``astype``... as pandas. Work on constants only is computed by the
-configured function itself (``_constant``). ``ElementwiseCompiler`` is one
-part of ``Compiler`` (``fedmed.fragments.sql.compiler``).
+``astype``... as pandas. Dates are ``TIMESTAMP`` columns (kind ``TIME``),
+read from text by ``binary.ISO_DATE`` as the pandas engine reads them; a
+date minus a date is whole microseconds (kind ``DELTA``), which ``dt_days``
+floors exactly. Work on constants only is computed by the configured
+function itself (``_constant``). ``ElementwiseCompiler`` is one part of
+``Compiler`` (``fedmed.fragments.sql.compiler``).
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import pandas as pd
 from ...errors import ServerError, TaskFailed
 from ...ops import binary
 from ...server.evaluate import _REPEATING, MAX_FILL_TEXT, _bounded
-from .values import (BOOL, FLOAT, FLOAT_HALF, FLOAT_INF, FLOAT_NAN, FLOAT_NINF, FLOAT_ONE, FLOAT_ZERO, INT, LIST,
-                     NULL, NUMERIC, OTHER, STR, Col, Const, Operand, Rows, Table, Value, _describe_kind, _nan_null,
-                     _or, _refuse_text, constant_kind, float_literal, literal, quote_string)
+from .values import (BOOL, DAY_US, DELTA, FLOAT, FLOAT_HALF, FLOAT_INF, FLOAT_NAN, FLOAT_NINF, FLOAT_ONE, FLOAT_ZERO,
+                     INT, LIST, NULL, NUMERIC, OTHER, STR, TIME, Col, Const, Operand, Rows, Table, Value,
+                     _describe_kind, _nan_null, _or, _refuse_text, constant_kind, float_literal, literal, quote_string)
 
 
 #: Largest constant (characters of text, elements of a list) made from constants in a request.
@@ -62,13 +65,16 @@ ELEMENTWISE: dict[Any, str] = {
     binary.isna: "isna", binary.notna: "notna", binary.fillna: "fillna", binary.isin: "isin",
     binary.clip: "clip", binary.log: "log", binary.exp: "exp", binary.sqrt: "sqrt",
     binary.round: "round", binary.astype: "astype", binary.to_numeric: "to_numeric", binary.dummy: "dummy",
+    binary.to_datetime: "to_datetime", binary.dt_year: "dt_year", binary.dt_month: "dt_month",
+    binary.dt_days: "dt_days",
 }
 
 #: Number of operands each operation takes (min, max).
 ARITY = {
     **{op: (2, 2) for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "eq", "ne", "lt", "le",
                              "gt", "ge", "and", "or", "fillna", "isin", "astype", "dummy")},
-    **{op: (1, 1) for op in ("neg", "abs", "invert", "isna", "notna", "log", "exp", "sqrt", "to_numeric")},
+    **{op: (1, 1) for op in ("neg", "abs", "invert", "isna", "notna", "log", "exp", "sqrt", "to_numeric",
+                             "to_datetime", "dt_year", "dt_month", "dt_days")},
     "clip": (1, 3), "round": (1, 2),
 }
 
@@ -118,7 +124,8 @@ class ElementwiseCompiler:
                 tables[0].rows,
             )
         if not isinstance(args[0], Col) and op in ("isna", "notna", "fillna", "isin", "clip", "round", "astype",
-                                                   "to_numeric", "dummy", "log", "exp", "sqrt"):
+                                                   "to_numeric", "dummy", "log", "exp", "sqrt", "to_datetime",
+                                                   "dt_year", "dt_month", "dt_days"):
             raise TaskFailed(f"{op} needs a column as its first operand")
         family = FAMILIES.get(op)  # operations written by one method for the family
         return getattr(self, f"_{family}")(op, *args) if family else getattr(self, f"_op_{op}")(*args)
@@ -150,6 +157,8 @@ class ElementwiseCompiler:
             raise TaskFailed(f"unsupported operand type(s) for {op}: None")
         if OTHER in kinds:
             raise TaskFailed(f"{op} is not supported for values of this type by this fragment")
+        if kinds & {TIME, DELTA}:
+            return self._dates_arithmetic(op, x, y, rows, level)
         if STR in kinds:  # add and mul: refused by ``_refuse_repeating`` already
             raise TaskFailed(f"unsupported operand type(s) for {op}: text")
         if kinds == {BOOL}:
@@ -160,6 +169,13 @@ class ElementwiseCompiler:
         if FLOAT in kinds:
             return self._column(_nan_null(f"({x.double} {SYMBOL[op]} {y.double})"), level, rows, FLOAT, nullable)
         return self._column(_try(f"({x.bigint} {SYMBOL[op]} {y.bigint})"), level, rows, INT, nullable)
+
+    def _dates_arithmetic(self, op: str, x: Operand, y: Operand, rows: Rows, level: int) -> Col:
+        """A date minus a date: the difference in whole microseconds (pandas' ``Timedelta``); nothing else."""
+        if op == "sub" and x.kind == TIME and y.kind == TIME:
+            return self._column(f"(epoch_us({x.sql}) - epoch_us({y.sql}))", level, rows, DELTA)
+        raise TaskFailed(f"unsupported operand type(s) for {SYMBOL[op]}: '{_describe_kind(x.kind)}' and "
+                         f"'{_describe_kind(y.kind)}' (this fragment subtracts a date from a date, nothing else)")
 
     def _numeric(self, op: str, operands: Sequence[Operand]) -> None:
         for x in operands:
@@ -288,6 +304,22 @@ class ElementwiseCompiler:
             raise TaskFailed(f"{op} is not supported for values of this type by this fragment")
         if NULL in kinds:  # pandas: comparing with a missing scalar is False (True for !=)
             return Col("TRUE" if op == "ne" else "FALSE", 0, rows, BOOL)
+        if TIME in kinds and STR in kinds:  # pandas reads a text constant compared with dates as a date
+            if not all(v.is_const for v in (x, y) if v.kind == STR):  # and a text column with its own parser
+                raise TaskFailed("comparing dates with a text column is not supported by this fragment: convert "
+                                 "the text with .to_datetime() first")
+            x, y = (self._date_constant(op, v) if v.kind == STR else v for v in (x, y))
+            kinds = {x.kind, y.kind}
+            if NULL in kinds:
+                return Col("TRUE" if op == "ne" else "FALSE", 0, rows, BOOL)
+        if kinds == {DELTA, STR}:  # pandas reads the text as a Timedelta ("3 days"): no such constants here
+            raise TaskFailed("comparing differences of dates with text is not supported by this fragment: compare "
+                             "whole days, (a - b).dt.days, with a number")
+        if kinds & {TIME, DELTA} and len(kinds) > 1:  # a date is neither a number nor text: equal to none
+            if op in ("eq", "ne"):
+                return Col("TRUE" if op == "ne" else "FALSE", 0, rows, BOOL)
+            raise TaskFailed(f"Invalid comparison between dtype={_describe_kind(x.kind)} and "
+                             f"{_describe_kind(y.kind)}")
         if STR in kinds and kinds != {STR}:
             if op in ("eq", "ne"):
                 return Col("TRUE" if op == "ne" else "FALSE", 0, rows, BOOL)
@@ -301,6 +333,21 @@ class ElementwiseCompiler:
         if nullable:
             return self._column(expr, level, rows, BOOL, nullable)
         return self._boolean(f"coalesce({expr}, {'TRUE' if op == 'ne' else 'FALSE'})", level, rows)
+
+    @staticmethod
+    def _date_constant(op: str, text: Operand) -> Operand:
+        """A text constant compared with dates, read as pandas reads it there (``pd.Timestamp(text)``); text that
+        is not a date (or has a time zone, which naive dates cannot be compared with) equals no date."""
+        try:
+            stamp = pd.Timestamp(text.const)
+        except (TypeError, ValueError, OverflowError):
+            stamp = None
+        if stamp is None or stamp is pd.NaT or stamp.tzinfo is not None:
+            if op in ("eq", "ne"):
+                return Operand("NULL", NULL, const=None, is_const=True)
+            raise TaskFailed(f"Invalid comparison between dtype=datetime and str (the text {text.const[:40]!r} "
+                             "is not a date)")
+        return Operand(literal(stamp), TIME, const=stamp, is_const=True)
 
     def _logical(self, op: str, a: Value, b: Value) -> Col:
         rows, (x, y), level = self._operands(op, [a, b], mode="logical")
@@ -444,6 +491,9 @@ class ElementwiseCompiler:
         if not isinstance(name, str) or name not in binary.DTYPES:
             raise TaskFailed(f"astype accepts {sorted(binary.DTYPES)}, not {name!r}")
         kind, x = a.kind, a.sql
+        if kind in (TIME, DELTA):
+            raise TaskFailed("astype does not convert dates; take numbers of them with .dt.year, .dt.month, "
+                             "or .dt.days of a difference")
         if kind == OTHER:
             raise TaskFailed("astype is not supported for values of this type by this fragment")
         # text is read as a number as pd.to_numeric reads it (" 2 ", "1e3"); what is none is NULL
@@ -497,3 +547,44 @@ class ElementwiseCompiler:
         equal = self._compare("eq", a, level)
         expr = f"(CASE WHEN {a.sql} IS NULL THEN NULL WHEN {equal.sql} THEN {FLOAT_ONE} ELSE {FLOAT_ZERO} END)"
         return self._column(expr, max(a.depth, equal.depth), a.rows, FLOAT, signed=False)
+
+    # -- dates ---------------------------------------------------------------------------------------
+    def _op_to_datetime(self, a: Col) -> Col:
+        """``binary.to_datetime``: dates kept, text read when it matches ``binary.ISO_DATE`` (an offset converted
+        to UTC), anything else missing; numbers refused, as the pandas engine does."""
+        if a.kind == TIME:
+            return a
+        if a.untyped:  # nothing but missing values: pandas holds them as objects, all NaT
+            return self._column("CAST(NULL AS TIMESTAMP)", a.depth, a.rows, TIME)
+        if a.kind in NUMERIC:
+            raise TaskFailed("to_datetime reads text as dates; this column holds numbers")
+        if a.kind != STR:
+            raise TaskFailed("to_datetime is not supported for values of this type by this fragment")
+        text, at = self.query.name(f"trim({a.sql}, {quote_string(binary.DATE_SPACES)})", a.depth)
+        offset = r"[+-][0-9]{2}:[0-9]{2}$"
+        minutes = (f"(CASE WHEN regexp_matches({text}, '{offset}') THEN (CASE WHEN substr({text}, -6, 1) = '-' "
+                   f"THEN -1 ELSE 1 END) * (CAST(substr({text}, -5, 2) AS BIGINT) * 60 + "
+                   f"CAST(substr({text}, -2, 2) AS BIGINT)) ELSE 0 END)")
+        local = f"regexp_replace({text}, '(Z|[+-][0-9]{{2}}:[0-9]{{2}})$', '')"
+        expr = (f"(CASE WHEN regexp_full_match({text}, {quote_string(binary.ISO_DATE)}) "
+                f"THEN TRY_CAST({local} AS TIMESTAMP) - to_minutes({minutes}) END)")
+        return self._column(expr, at, a.rows, TIME)
+
+    def _date_part(self, part: str, a: Col) -> Col:
+        if a.kind != TIME:
+            raise TaskFailed(f"dt.{part} needs dates: convert text with .to_datetime() first")
+        return self._column(f"{part}({a.sql})", a.depth, a.rows, INT, True)
+
+    def _op_dt_year(self, a: Col) -> Col:
+        return self._date_part("year", a)
+
+    def _op_dt_month(self, a: Col) -> Col:
+        return self._date_part("month", a)
+
+    def _op_dt_days(self, a: Col) -> Col:
+        """Whole days of a difference, rounded down as pandas' ``Timedelta.days`` (-14.5 days is -15), exactly:
+        the difference is whole microseconds, floored by integer arithmetic (``%`` keeps the dividend's sign)."""
+        if a.kind != DELTA:
+            raise TaskFailed("dt.days needs a difference of two dates, such as (data['exit'] - data['entry']).dt.days")
+        x, day = a.sql, DAY_US
+        return self._column(f"(({x} - (({x} % {day}) + {day}) % {day}) // {day})", a.depth, a.rows, INT, True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .values import BOOL, FLOAT, INT, OTHER, STR, Col
+from .values import BOOL, DELTA, FLOAT, INT, OTHER, STR, TIME, Col
 
 
 #: pandas' dtype of a source column by its DuckDB type: what ``pd.read_parquet`` gives for the same
@@ -16,7 +16,8 @@ PANDAS_DTYPES = {
 }
 #: pandas' dtype of a computed column by its kind: (plain, nullable extension dtype).
 KIND_DTYPES = {INT: ("int64", "Int64"), FLOAT: ("float64", "Float64"), BOOL: ("bool", "boolean"),
-               STR: ("str", "string"), OTHER: ("object", "object")}
+               STR: ("str", "string"), OTHER: ("object", "object"),
+               TIME: ("datetime64[us]", "datetime64[us]"), DELTA: ("timedelta64[us]", "timedelta64[us]")}
 
 
 def pandas_dtype(x: Col, sql_type: str | None) -> str:

@@ -10,11 +10,13 @@ refuses text where numbers are needed, by kinds, as the pandas engine does.
 
 from __future__ import annotations
 
+import datetime
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ...errors import TaskFailed
 from ...server.evaluate import NEEDS_NUMBERS, ORDERING, text_message
@@ -24,6 +26,13 @@ from ...server.evaluate import NEEDS_NUMBERS, ORDERING, text_message
 
 INT, FLOAT, BOOL, STR, OTHER = "int", "float", "bool", "str", "other"
 NUMERIC = {INT, FLOAT, BOOL}
+#: Dates (a ``TIMESTAMP``) and differences of dates (whole microseconds, a ``BIGINT``: exact where
+#: DuckDB's ``INTERVAL`` would count months and days apart).
+TIME, DELTA = "time", "delta"
+#: Source types read as dates (as a ``TIMESTAMP``, microseconds: what ``to_datetime`` makes of text).
+TIME_TYPES = ("TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "TIMESTAMP_US", "DATETIME", "DATE")
+#: Microseconds in a day.
+DAY_US = 86_400_000_000
 #: Kinds of constants that are not column kinds.
 NULL, LIST = "null", "list"
 
@@ -58,8 +67,10 @@ def float_literal(value: float) -> str:
 
 def literal(value: Any) -> str:
     """A Python constant as SQL (NaN as NULL: pandas treats it as missing)."""
-    if value is None:
+    if value is None or value is pd.NaT:
         return "NULL"
+    if isinstance(value, (datetime.date, np.datetime64)):  # a date the request made (``to_datetime`` of text)
+        return f"CAST('{pd.Timestamp(value).isoformat()}' AS TIMESTAMP)"
     if isinstance(value, (bool, np.bool_)):
         return "TRUE" if value else "FALSE"
     if isinstance(value, (int, np.integer)):
@@ -75,8 +86,10 @@ def literal(value: Any) -> str:
 
 
 def constant_kind(value: Any) -> str:
-    if value is None:
+    if value is None or value is pd.NaT:
         return NULL
+    if isinstance(value, pd.Timestamp) and value.tzinfo is None:
+        return TIME
     if isinstance(value, (bool, np.bool_)):
         return BOOL
     if isinstance(value, (int, np.integer)):
@@ -102,6 +115,8 @@ def kind_of_type(sql_type: str) -> str:
         return FLOAT  # a column of nothing but missing values (type NULL) behaves as missing floats
     if t == "VARCHAR" or t.startswith("ENUM"):
         return STR
+    if t in TIME_TYPES:
+        return TIME
     return OTHER
 
 
@@ -116,6 +131,8 @@ def read_expression(name: str, sql_type: str) -> str:
         return f"CAST({column} AS BIGINT)"
     if t.startswith("ENUM"):
         return f"CAST({column} AS VARCHAR)"
+    if kind == TIME and t != "TIMESTAMP":
+        return f"CAST({column} AS TIMESTAMP)"
     return column
 
 
@@ -300,4 +317,5 @@ def _refuse_text(op: str, args: Sequence[Value], numbers: bool = False) -> None:
 
 
 def _describe_kind(kind: str) -> str:
-    return {INT: "int", FLOAT: "float", BOOL: "bool", STR: "str", NULL: "NoneType", LIST: "list"}.get(kind, kind)
+    return {INT: "int", FLOAT: "float", BOOL: "bool", STR: "str", NULL: "NoneType", LIST: "list", TIME: "datetime",
+            DELTA: "timedelta"}.get(kind, kind)
