@@ -11,7 +11,10 @@ into one SQL query and runs it: the data is scanned where it lies and never
 loaded into the server's memory; only the aggregates come back. A threshold
 policy's disclosure analysis may add one second statement over the same rows
 (modes, medians, sums per person). What the compiler cannot express fails
-that output with ``TaskFailed``.
+that output with ``TaskFailed``. Tasks reading several fragments together
+(a merge, a concat, a per-person group-by: ``SQLFragment.evaluate_tables``,
+``fedmed.fragments.sql.relations``) compile to one query per table they
+read, with the joins in it, under exact configs only.
 
 The files (or the database) are read at query time. The fragment's column
 names and types are read once, when it is created, and so are the sizes and
@@ -47,7 +50,7 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from ..config import Config
 from ..errors import ServerError, ServerMisconfigured, TaskFailed, TooExpensive
@@ -56,6 +59,7 @@ from ..server.evaluate import Evaluated, Failure
 from ..server.fragments import Fragment
 from ..server.memory import Price, mib, price_answers, request_budget
 from .sql import MARKER, Needs, Program, SourceColumn, compile_request, quote_identifier, quote_string
+from .sql.relations import SCAN_ORDER, Source, compile_tables
 
 INSTALL = "pip install 'fedmed[duckdb]'"
 
@@ -103,6 +107,7 @@ class SQLFragment(Fragment):
         self._error = duckdb.Error
         self._out_of_memory = duckdb.OutOfMemoryException
         self.source = source
+        self.database = database
         settings = dict(settings or {})
         config = {"temp_directory": _spill_directory(database), **settings}
         self._connection = duckdb.connect(database, read_only=read_only, config=config)
@@ -185,32 +190,75 @@ class SQLFragment(Fragment):
         needs = disclosure_needs(config)
         budget = request_budget(config.limits)
         program = self._compile(nodes, outputs, config, needs, person)
+        answers = self._answers(program, lambda o: self._compile(nodes, [o], config, needs, person), budget)
+        return [Evaluated(*answers[o]) for o in outputs]
+
+    @staticmethod
+    def evaluate_tables(fragments: Mapping[str, "SQLFragment"], nodes: Sequence[Node], outputs: Sequence[int],
+                        config: Config) -> list[Evaluated]:
+        """Tasks reading several DuckDB fragments of this server together (a merge, a concat, a per-person
+        group-by: ``fedmed.fragments.sql.relations``), one query per table they read, over the files in place.
+
+        Files (Parquet, CSV) are read from any connection; tables of a DuckDB database only from their own,
+        so all of them must be of one database file. Exact configs only: under privacy policies the server
+        refuses these tasks before they get here.
+        """
+        changed = [n for n, f in fragments.items() if _fingerprint(f._files) != f._fingerprint]
+        databases = {os.path.abspath(f.database) for f in fragments.values() if f.database != ":memory:"}
+        error: ServerError | None = None
+        if changed:
+            error = TaskFailed(f"the files of fragment {changed[0]!r} changed on disk since it was registered; the "
+                               "server's owner must register it again (server[name] = ...) to serve the new rows")
+        elif len(databases) > 1:
+            error = TaskFailed("tables of different DuckDB database files cannot be read in one query: "
+                               f"{sorted(n for n, f in fragments.items() if f.database != ':memory:')}")
+        if error is not None:
+            return [Evaluated(Failure(error), None) for _ in outputs]
+        host = next((f for _, f in sorted(fragments.items()) if f.database != ":memory:"),
+                    fragments[min(fragments)])
+        sources = {name: Source(f.source, tuple(f.columns), f.table_order or f.ordinal or SCAN_ORDER)
+                   for name, f in fragments.items()}
+        budget = request_budget(config.limits)
+        answers: dict[int, tuple[Any, Any]] = {}
+        for program in compile_tables(nodes, outputs, config, sources):
+            single = lambda o: compile_tables(nodes, [o], config, sources)[0]  # noqa: E731
+            answers.update(host._answers(program, single, budget, count=False))
+        return [Evaluated(*answers[o]) for o in outputs]
+
+    def _answers(self, program: Program, single: Callable[[int], Program], budget: int,
+                 count: bool = True) -> dict[int, tuple[Any, Any]]:
+        """Each output's value and disclosure: ``program`` run once, or, when it raises and serves several
+        tasks, each task alone (``single(o)``: its own program), so that one task's runtime error (an
+        overflow, a bad cast, too much memory) does not spoil the others."""
         try:
-            row, extra = self._run(program, budget)
-            answers = {o: program.read(o, row, extra) for o in program.outputs}
+            row, extra = self._run(program, budget, count)
+            return {o: program.read(o, row, extra) for o in program.outputs}
         except (self._error, MemoryError) as exc:
             if sum(not isinstance(v, Failure) for v in program.outputs.values()) == 1:
-                answers = {o: (Failure(self._failed(exc, budget)), None) for o in program.outputs}
-            else:  # one task's runtime error (an overflow, a bad cast, too much memory) must not spoil the others
-                answers = {}
-                for o in program.outputs:
-                    single = self._compile(nodes, [o], config, needs, person)
-                    try:
-                        answers[o] = single.read(o, *self._run(single, budget))
-                    except (self._error, MemoryError) as inner:
-                        answers[o] = (Failure(self._failed(inner, budget)), None)
-        return [Evaluated(*answers[o]) for o in outputs]
+                return {o: (Failure(self._failed(exc, budget)), None) for o in program.outputs}
+            answers = {}
+            for o in program.outputs:
+                alone = single(o)
+                try:
+                    answers[o] = alone.read(o, *self._run(alone, budget, count))
+                except (self._error, MemoryError) as inner:
+                    answers[o] = (Failure(self._failed(inner, budget)), None)
+            return answers
 
     #: SQL over the source giving the rows' order (for the disclosure's "first" among equals), or None.
     ordinal: ClassVar[str | None] = None
+    #: The rows' order for the ``first``/``last`` of a table (``fedmed.fragments.sql.relations``), if not ``ordinal``.
+    table_order: ClassVar[str | None] = None
 
     def _compile(self, nodes: Sequence[Node], outputs: Sequence[int], config: Config, needs: Needs | None,
                  person: str | None) -> Program:
         return compile_request(nodes, outputs, config, source=self.source, columns=self.columns,
                                needs=needs, person=person, ordinal=self.ordinal)
 
-    def _run(self, program: Program, budget: int | None = None) -> tuple[tuple | None, tuple | None]:
-        """The row of the program's query, and of its second statement (None when it has none)."""
+    def _run(self, program: Program, budget: int | None = None, count: bool = True
+             ) -> tuple[tuple | None, tuple | None]:
+        """The row of the program's query, and of its second statement (None when it has none);
+        ``count``: the query's first value is the fragment's rows (not so for a query over tables)."""
         if program.sql is None:
             return None, None
         if budget is not None:
@@ -221,7 +269,8 @@ class SQLFragment(Fragment):
             extra = connection.execute(program.followup).fetchone() if program.followup is not None else None
         finally:
             connection.close()
-        self._rows = int(row[0])
+        if count:
+            self._rows = int(row[0])
         return row, extra
 
     def _failed(self, exc: Exception, budget: int) -> ServerError:
@@ -263,6 +312,9 @@ class Parquet(_Files):
     reader = "read_parquet"
     counts_rows = True
     ordinal = "struct_pack(f := filename, r := file_row_number)"  # DuckDB's virtual columns of Parquet files
+    #: The rows' order for the ``first``/``last`` of a table: files in the order given (a glob's sorted), then
+    #: rows; one integer, which a per-person group-by keeps per person far cheaper than a file's name.
+    table_order = "((CAST(file_index AS BIGINT) << 40) + file_row_number)"
 
 
 class CSV(_Files):

@@ -32,7 +32,7 @@ from ..privacy.base import MISSING, Task
 from ..privacy.pipeline import Pipeline
 from ..privacy.snapshot import Snapshot
 from .evaluate import Evaluated, Failure
-from .memory import Cost, MemoryPool, Price, mib, request_budget
+from .memory import Cost, MemoryPool, Price, mib, request_budget, too_big_relation
 from .fragments import TABLES_REFUSED, Fragment, InMemory, evaluate_tables, price_tables
 from .http import create_app, log_unexpected, unexpected_error
 
@@ -367,6 +367,8 @@ def _culprits(nodes: list[Node], bad: set[int]) -> list[int | None]:
 
 def _too_big(node: Node, cost: Cost, budget: int | None = None) -> str:
     """Which value is too big, and why, without data: its code, shape and price."""
+    if budget is not None and isinstance(node, RELATIONS):
+        return too_big_relation(node, cost, budget)
     size = cost.size
     shape = f"{size.rows} rows x {size.columns} column(s)" if size.rowwise else f"{size.entries} value(s)"
     text = f" of text up to {size.text} characters" if size.text else ""

@@ -10,6 +10,8 @@ picked one up sees one version throughout.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from abc import ABC, abstractmethod
 from functools import cached_property
 from typing import Any, Iterable, Mapping, Sequence
@@ -23,7 +25,7 @@ from ..errors import PrivacyError, TaskFailed
 from ..expr.node import walk
 from ..expr.tables import RELATIONS
 from .evaluate import Evaluated, Failure, Tables, evaluate_pandas
-from .memory import Price, Size, price, size_of_data
+from .memory import Price, Size, key_columns, most_repeated, price, size_of_data, with_repeats
 
 
 class Fragment(ABC):
@@ -122,27 +124,66 @@ def evaluate_tables(
     """Values of ``outputs``, tasks that read ``fragments`` together (a merge, a concat, a per-person
     group-by), all in one evaluation so that a table they share is made once.
 
-    Only in-memory fragments run them yet; on any other kind every task
-    fails naming the operation and the fragment (DuckDB and Dask are later
-    steps of docs/design/tables.md). No disclosure is made, so under
-    privacy policies every task is refused (the server refuses them before
-    they get here; this is the second lock).
+    In-memory fragments run them with pandas; fragments whose class has its
+    own ``evaluate_tables`` (DuckDB's: Parquet, CSV, a DuckDB table) run
+    them themselves when every fragment of the task is of that engine. A
+    mix of engines (a Parquet ``labs`` with an in-memory ``patients``) or
+    any other kind (Dask) fails every task, naming the fragments. No
+    disclosure is made, so under privacy policies every task is refused
+    (the server refuses them before they get here; this is the second lock).
     """
     if config.privacy:
         return [Evaluated(Failure(PrivacyError(TABLES_REFUSED))) for _ in outputs]
-    other = next(((n, f) for n, f in fragments.items() if not isinstance(f, InMemory)), None)
-    if other is not None:
-        kinds = sorted({n.kind for n in walk([nodes[o] for o in outputs]) if isinstance(n, RELATIONS)})
-        error = TaskFailed(f"{', '.join(kinds) or 'reading several fragments'} runs on in-memory (pandas) fragments "
-                           f"only for now; {other[0]!r} is a {type(other[1]).__name__} fragment (issue 18)")
-        return [Evaluated(Failure(error)) for _ in outputs]
-    tables = Tables({name: f.data for name, f in fragments.items()})  # type: ignore[attr-defined]
-    return evaluate_pandas(nodes, outputs, tables, config)
+    if all(isinstance(f, InMemory) for f in fragments.values()):
+        tables = Tables({name: f.data for name, f in fragments.items()})  # type: ignore[attr-defined]
+        return evaluate_pandas(nodes, outputs, tables, config)
+    engines = {getattr(type(f), "evaluate_tables", None) for f in fragments.values()}
+    if len(engines) == 1 and None not in engines:
+        return next(iter(engines))(fragments, nodes, outputs, config)  # type: ignore[misc]
+    kinds = sorted({n.kind for n in walk([nodes[o] for o in outputs]) if isinstance(n, RELATIONS)})
+    what = ", ".join(kinds) or "reading several fragments"
+    described = {n: "an in-memory" if isinstance(f, InMemory) else f"a {type(f).__name__}" for n, f in fragments.items()}
+    lacking = sorted(n for n, f in fragments.items() if getattr(type(f), "evaluate_tables", None) is None
+                     and not isinstance(f, InMemory))
+    if lacking:
+        error = TaskFailed(f"{what} runs on in-memory (pandas) fragments only, or on DuckDB fragments alone, for "
+                           f"now; {lacking[0]!r} is {described[lacking[0]]} fragment (issue 18)")
+    else:
+        named = " and ".join(f"{n!r} is {d} fragment" for n, d in sorted(described.items()))
+        error = TaskFailed(f"{what} runs on in-memory (pandas) fragments only, or on DuckDB fragments alone, not "
+                           f"on both at once: {named}; serve the tables alike (issue 18)")
+    return [Evaluated(Failure(error)) for _ in outputs]
 
 
 def price_tables(fragments: Mapping[str, Fragment], nodes: Sequence[Node], outputs: Sequence[int],
                  config: Config) -> Price | None:
-    """``evaluate_tables``' memory price (None where it will not run: it fails at no cost)."""
+    """``evaluate_tables``' memory price (None where it will not run: it fails at no cost).
+
+    A merge is priced from how often its keys repeat in the whole fragment
+    (``fedmed.server.memory.most_repeated``), measured once per fragment
+    version, never from the rows a request's filters keep.
+    """
     if not all(isinstance(f, InMemory) for f in fragments.values()):
         return None
-    return price(nodes, outputs, {name: f.size for name, f in fragments.items()}, config)  # type: ignore[attr-defined]
+    keys = key_columns(nodes)
+    sizes = {name: with_repeats(f.size, _repeats(f, keys)) for name, f in fragments.items()}  # type: ignore[attr-defined]
+    return price(nodes, outputs, sizes, config)
+
+
+#: The measured ``most`` of a fragment's key columns, by fragment object: fragments are replaced, never
+#: mutated, so an entry holds for the fragment's version and goes with it.
+_MOST: "weakref.WeakKeyDictionary[Fragment, dict[str, int | None]]" = weakref.WeakKeyDictionary()
+_MOST_LOCK = threading.Lock()
+
+
+def _repeats(fragment: InMemory, columns: set[str]) -> dict[str, int | None]:
+    """``most_repeated`` of those ``columns`` the fragment's table has, each counted once per version."""
+    data = fragment.data
+    if not isinstance(data, pd.DataFrame):
+        return {}
+    with _MOST_LOCK:
+        known = _MOST.setdefault(fragment, {})
+    for c in sorted(columns - known.keys()):
+        if c in data.columns and isinstance(data[c], pd.Series):
+            known[c] = most_repeated(data[c])  # two requests may count a column at once: the same answer
+    return {c: known[c] for c in columns if c in known}

@@ -16,16 +16,16 @@ import os
 import resource
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..errors import ServerUnavailable
-from ..expr.node import Node
+from ..expr.node import Node, walk
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment as FragmentNode, Literal, Map
-from ..expr.tables import RELATIONS, Concat, GroupAgg, Merge, Sort
+from ..expr.tables import RELATIONS, Concat, GroupAgg, Merge, Project, Sort
 
 #: Share of the machine's memory (or of a ``ulimit -v`` cap) a server spends on one request by default.
 SHARE = 4
@@ -92,7 +92,11 @@ class Size:
     single column), ``shape`` for constants (their numpy shape after
     broadcasting); ``item`` the bytes of one entry, ``text`` the longest
     text in it (0 when it holds none); ``parts`` the sizes of a table's
-    columns (or a nested fragment's tables) by name.
+    columns (or a nested fragment's tables) by name. ``most``, for a
+    column, bounds how many of its rows share one value (missing counts as
+    a value, as in a merge): measured on the whole fragment for join keys
+    (``most_repeated``), derived for a relation's columns; None where
+    unknown, which means ``rows``.
     """
 
     rows: int = 0
@@ -101,6 +105,12 @@ class Size:
     text: int = 0
     shape: tuple[int, ...] = ()
     parts: Mapping[str, "Size"] | None = None
+    most: int | None = None
+
+    @property
+    def repeats(self) -> int:
+        """``most``, or ``rows`` where it is unknown."""
+        return self.rows if self.most is None else min(self.most, self.rows)
 
     @property
     def rowwise(self) -> bool:
@@ -290,42 +300,139 @@ def cost_of(node: Node, args: list[Size], data: "Size | Mapping[str, Size]", con
 def _relation(node: Node, args: list[Size]) -> Cost:
     """A table made in the request: pandas builds it whole (a copy) and borrows about as much.
 
-    A merge is priced at the rows of both sides together: a bound when one
-    side has one row per key (a per-person table), not for a many-to-many
-    join, whose pricing from each key's largest multiplicity is a later step
-    (docs/design/tables.md, section 6).
+    Its rows are bounded whatever rows the request's filters keep (a filter
+    is priced at its input's rows, and ``most`` is measured on the whole
+    fragment), so whether a relation is refused never depends on the rows a
+    request selects: docs/security.md, section 2.4.
     """
     if isinstance(node, Merge):
-        rows = args[0].rows + args[1].rows
-        left, right = _resized(args[0], rows), _resized(args[1], rows)
-        shared = {a for a, b in zip(node.left_on, node.right_on) if a == b}  # one column, as pandas
-        clash = (set(left) & set(right)) - shared
-        parts = {f"{k}{node.suffixes[0]}" if k in clash else k: p for k, p in left.items()}
-        parts.update({f"{k}{node.suffixes[1]}" if k in clash else k: p for k, p in right.items() if k not in shared})
+        rows, parts = _merged(node, args[0], args[1])
     elif isinstance(node, Concat):
         rows = sum(a.rows for a in args)
-        parts = _resized(args[0], rows)
-    elif isinstance(node, GroupAgg):
-        rows = args[0].rows
         given = args[0].parts or {}
-        parts = {k: Size(rows, 1, given.get(k, Size()).item, given.get(k, Size()).text) for k in node.keys}
-        parts.update({n: Size(rows, 1, given.get(c, Size()).item if f in ("first", "last", "min", "max") else 8,
-                              given.get(c, Size()).text if f in ("first", "last", "min", "max") else 0)
-                      for n, c, f in zip(node.names, node.columns, node.funcs)})
+        parts = {k: _column(rows, p, sum(_repeats(a, k) for a in args)) for k, p in given.items()}
+    elif isinstance(node, GroupAgg):
+        rows = args[0].rows  # at most one group per row
+        given = args[0].parts or {}
+        parts = {k: _column(rows, given.get(k, Size()), 1 if len(node.keys) == 1 else _repeats(args[0], k))
+                 for k in node.keys}
+        for n, c, f in zip(node.names, node.columns, node.funcs):
+            if f in ("first", "last", "min", "max"):  # a value of the group: no more groups than rows hold it
+                parts[n] = _column(rows, given.get(c, Size()), _repeats(args[0], c))
+            else:
+                parts[n] = Size(rows, 1, 8)
     elif isinstance(node, Sort):
         rows, parts = args[0].rows, dict(args[0].parts or {})
     else:  # Project
         rows = args[0].rows
         parts = dict(args[0].parts or {}) if node.keep else {}  # type: ignore[attr-defined]
-        parts.update({n: Size(rows, 1, a.item, a.text) for n, a in zip(node.names, args[1:])})  # type: ignore[attr-defined]
+        parts.update({n: _column(rows, a, a.most) for n, a in zip(node.names, args[1:])})  # type: ignore[attr-defined]
     size = Size(rows, max(len(parts), 1), max((p.item for p in parts.values()), default=8),
                 max((p.text for p in parts.values()), default=0), parts=parts)
     input_rows = sum(a.rows for a in args if a.rowwise)
     return Cost(size, size.nbytes, size.nbytes + input_rows * 16)  # row positions and group codes
 
 
-def _resized(size: Size, rows: int) -> dict[str, Size]:
-    return {k: Size(rows, p.columns, p.item, p.text) for k, p in (size.parts or {}).items()}
+def _merged(node: Merge, left: Size, right: Size) -> tuple[int, dict[str, Size]]:
+    """A merge's rows and columns. Each left row meets at most as many right rows as the right key's
+    most repeated value holds, and each right row as many left rows: the rows are at most the smaller
+    of ``left.rows x most(right key)`` and ``right.rows x most(left key)`` (a left join adds the left
+    rows without a match). Several keys: the least ``most`` of them bounds the pairs' repeats."""
+    fan_left = min((_repeats(left, k) for k in node.left_on), default=left.rows)    # left rows per key value
+    fan_right = min((_repeats(right, k) for k in node.right_on), default=right.rows)
+    outer = node.how == "left"
+    if outer:
+        fan_right = max(fan_right, 1)  # a left row without a match is kept once
+    rows = min(left.rows * fan_right, right.rows * fan_left + (left.rows if outer else 0))
+    shared = {a for a, b in zip(node.left_on, node.right_on) if a == b}  # one column, as pandas
+    mine, theirs = left.parts or {}, right.parts or {}
+    clash = (set(mine) & set(theirs)) - shared
+    parts = {f"{k}{node.suffixes[0]}" if k in clash else k: _column(rows, p, _repeats(left, k) * fan_right)
+             for k, p in mine.items()}
+    parts.update({f"{k}{node.suffixes[1]}" if k in clash else k:
+                  _column(rows, p, _repeats(right, k) * fan_left + (left.rows if outer else 0))
+                  for k, p in theirs.items() if k not in shared})
+    return rows, parts
+
+
+def _repeats(table: Size, column: str) -> int:
+    """How many rows of ``table`` may share one value of ``column`` (all of them where unknown)."""
+    part = (table.parts or {}).get(column)
+    return table.rows if part is None or part.most is None else min(part.most, table.rows)
+
+
+def _column(rows: int, like: Size, most: int | None) -> Size:
+    return Size(rows, like.columns or 1, like.item, like.text, most=None if most is None else min(most, rows))
+
+
+# -- what a join's keys repeat: measured once per fragment version -------------------------------------
+
+
+def key_columns(nodes: Sequence[Node]) -> set[str]:
+    """The columns whose repeats price the request's merges: the merge keys, and the columns a
+    projection names as a key (``labs[["id", "x"]]`` keeps the names; ``assign`` may rename)."""
+    keys = {k for n in nodes if isinstance(n, Merge) for k in (*n.left_on, *n.right_on)}
+    renamed = {v.name for n in nodes if isinstance(n, Project)
+               for name, v in zip(n.names, n.values) if name in keys and isinstance(v, Column)}
+    return keys | renamed
+
+
+def most_repeated(column: Any) -> int | None:
+    """The number of rows of the whole ``column`` sharing its most frequent value (missing values,
+    which a merge matches with each other, count as one value), rounded up to a power of two so that
+    a refusal tells no more than that; None when its values cannot be counted (unhashable)."""
+    if not isinstance(column, pd.Series):
+        return None
+    try:
+        counts = column.value_counts(dropna=True)
+    except TypeError:
+        return None
+    most = max(int(counts.max()) if len(counts) else 0, int(column.isna().sum()))
+    return 0 if most == 0 else 1 << (most - 1).bit_length()
+
+
+def with_repeats(size: Size, most: Mapping[str, int | None]) -> Size:
+    """``size`` with the measured ``most`` of some of its columns."""
+    if not size.parts or not most:
+        return size
+    parts = {k: replace(p, most=most[k]) if k in most else p for k, p in size.parts.items()}
+    return replace(size, parts=parts)
+
+
+def too_big_relation(node: Node, cost: Cost, budget: int) -> str:
+    """Why a relation is refused, from its price alone: which tables it makes of what, and what to do."""
+    size = cost.size
+    said = (f"{_what(node)} could hold about {size.rows:,} rows x {size.columns} columns (about {mib(cost.peak)} "
+            f"to build), more than this server's budget of {mib(budget)} per request (limits.memory_bytes); ")
+    if isinstance(node, Merge):
+        return said + ("the bound takes every row of both tables, whatever a filter keeps, and each key's most "
+                       "repeated value in the whole table (to a power of two): join on a key with fewer repeats "
+                       "(a person key), or aggregate one side to one row per key first (groupby(...).agg)")
+    return said + "select fewer columns first, or aggregate to fewer rows (groupby(...).agg)"
+
+
+def _what(node: Node) -> str:
+    if isinstance(node, Merge):
+        keys = (f"on {list(node.left_on)}" if node.left_on == node.right_on
+                else f"left_on={list(node.left_on)}, right_on={list(node.right_on)}")
+        return f"{'left ' if node.how == 'left' else ''}merge {keys} of {_source(node.left)} and {_source(node.right)}"
+    if isinstance(node, Concat):
+        return f"concat of {', '.join(_source(a) for a in node.args)}"
+    if isinstance(node, GroupAgg):
+        return f"groupby({list(node.keys)}).agg of {_source(node.arg)}"
+    if isinstance(node, Sort):
+        return f"sort_values({list(node.by)}) of {_source(node.arg)}"
+    return f"a table of columns {list(node.names)[:5]} of {_source(node.rows)}"  # type: ignore[attr-defined]
+
+
+def _source(node: Node) -> str:
+    """A relation's input as its reader would name it: ``'labs'``, ``'labs' (filtered)``, or what it is made from."""
+    if isinstance(node, FragmentNode):
+        return repr(node.name)
+    if isinstance(node, Filter) and isinstance(node.children[0], FragmentNode):
+        return f"{node.children[0].name!r} (filtered)"
+    names = sorted({n.name for n in walk([node]) if isinstance(n, FragmentNode) and n.name})
+    return f"a table made from {' and '.join(map(repr, names))}"
 
 
 def _elementwise(op: str, args: list[Size]) -> Size:

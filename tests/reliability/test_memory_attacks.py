@@ -21,6 +21,10 @@ hide the cost, except the ``CacheLimit`` row, which uses
 (``memory_support.Pool``) and restarted when a row left one dead, busy or
 holding more than 128 MiB above its start, so each row meets a server in
 the state of a fresh one. Appends under concurrency are tested elsewhere.
+
+Joins (issue 18) run on a server of their own with a 64 MiB budget holding
+``labs`` and ``patients``: a many-to-many join is refused before it runs,
+whatever the request's filters keep, and a per-person join answers.
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
+import pandas as pd
 import pytest
+
+from fedmed.expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map
+from fedmed.expr.tables import Merge
 
 _spec = importlib.util.spec_from_file_location("memory_support", Path(__file__).with_name("memory_support.py"))
 ms = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
@@ -199,3 +208,85 @@ def test_the_answer_cache_keeps_a_bounded_number_of_bytes(pool: Any, files: dict
     found += next_query(served, "u", files["sums"]["u"]) if served.alive() and not served.unanswered else [
         "the server died or is still busy"]
     assert not found, "; ".join(found)
+
+
+# -- joins priced before they run (issue 18, docs/design/tables.md section 6) -------------------------
+
+#: A small budget: a per-person join of ``JOIN_ROWS`` lab rows fits in it; a join on ``ward`` would hold
+#: ~200,000 x 4,000 = 8e8 rows (about 30 GiB) if it ran, ten times the server's address-space cap.
+JOIN_BUDGET = 64 * ms.MiB
+JOIN_ROWS, JOIN_PERSONS, WARDS = 200_000, 40_000, 50
+#: A refusal decided from the price alone answers in well under this (the first one counts the keys once).
+REFUSED_WITHIN = 5.0
+
+
+@pytest.fixture(scope="module")
+def joins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """``fedmed serve`` holding ``labs`` (several rows per person, 50 wards) and ``patients`` (one row per
+    person), budget ``JOIN_BUDGET``; and the pooled frames, for the expected answers."""
+    folder = tmp_path_factory.mktemp("joins")
+    rng = np.random.default_rng(18)
+    labs = pd.DataFrame({"patient_id": rng.integers(0, JOIN_PERSONS, JOIN_ROWS),
+                         "ward": rng.integers(0, WARDS, JOIN_ROWS), "x": rng.normal(6.5, 1.2, JOIN_ROWS).round(3)})
+    patients = pd.DataFrame({"patient_id": np.arange(JOIN_PERSONS), "age": rng.integers(20, 90, JOIN_PERSONS)})
+    labs.to_csv(folder / "labs.csv", index=False)
+    patients.to_csv(folder / "patients.csv", index=False)
+    config = ms.write_config(folder, "joins", privacy=False, memory_bytes=JOIN_BUDGET)
+    with ms.Served(config, {"labs": folder / "labs.csv", "patients": folder / "patients.csv"}) as served:
+        yield {"served": served, "labs": labs, "patients": patients}
+
+
+def _join_sum(left: Any, right: Any, on: str, column: str) -> Any:
+    return Map("sum", (Column(Merge(left, right, (on,), (on,)), column),))
+
+
+def _ward_refusal(answer: Any) -> str:
+    error = answer.decoded["results"][0]["error"]
+    assert error["type"] == "TooExpensive", answer.summary()
+    return error["message"]
+
+
+def test_a_many_to_many_join_fails_alone_before_it_runs(joins: dict[str, Any]) -> None:
+    """``labs.merge(labs, on="ward")`` is priced at rows x the key's most repeated value (a power of two) and
+    refused before any work, naming the join; the per-person join in the same request is answered."""
+    served, labs, patients = joins["served"], joins["labs"], joins["patients"]
+    request = ms.request([_join_sum(Fragment("labs"), Fragment("labs"), "ward", "x_x"),
+                          _join_sum(Fragment("patients"), Fragment("labs"), "patient_id", "x")])
+    answer = served.measure(request)
+    print(f"\n    {answer.summary()}")
+    assert not problems(answer, budget=JOIN_BUDGET), answer.summary()
+    assert answer.status == 200 and answer.seconds < REFUSED_WITHIN, answer.summary()
+    most = 1 << (int(labs["ward"].value_counts().max()) - 1).bit_length()
+    message = _ward_refusal(answer)
+    assert f"merge on ['ward'] of 'labs' and 'labs' could hold about {JOIN_ROWS * most:,} rows x 5 columns" in message
+    assert "64 MiB per request" in message and "join on a key with fewer repeats" in message
+    expected = float(patients.merge(labs, on="patient_id")["x"].sum())
+    assert answer.values[1] == pytest.approx(expected, rel=1e-9)
+    assert served.alive() and not next_query(served, "labs", float(labs["x"].sum()))
+
+
+def test_the_join_s_price_does_not_depend_on_the_rows_a_filter_keeps(joins: dict[str, Any]) -> None:
+    """The same join with its left side filtered to no row is refused the same way: a price that followed
+    the filter would tell which rows it keeps."""
+    served = joins["served"]
+    labs = Fragment("labs")
+    none = Filter(labs, Elementwise("gt", (Column(labs, "x"), Literal(1e9))))
+    whole = _ward_refusal(served.measure(ms.request([_join_sum(labs, labs, "ward", "x_x")])))
+    answer = served.measure(ms.request([_join_sum(none, labs, "ward", "x_x")]))
+    print(f"\n    {answer.summary()}")
+    assert not problems(answer, budget=JOIN_BUDGET) and answer.seconds < REFUSED_WITHIN, answer.summary()
+    assert _ward_refusal(answer) == whole.replace("of 'labs' and", "of 'labs' (filtered) and")
+
+
+def test_a_per_person_join_fits_and_answers(joins: dict[str, Any]) -> None:
+    """patients x labs on the person key is priced at about the lab rows (one patient row per key) and
+    answers, inner and left, within the budget."""
+    served, labs, patients = joins["served"], joins["labs"], joins["patients"]
+    left = Merge(Fragment("patients"), Fragment("labs"), ("patient_id",), ("patient_id",), how="left")
+    answer = served.measure(ms.request([_join_sum(Fragment("patients"), Fragment("labs"), "patient_id", "x"),
+                                        Map("count", (Column(left, "x"),)), Map("len", (Column(left, "age"),))]))
+    print(f"\n    {answer.summary()}")
+    assert answer.status == 200 and not answer.errors and not problems(answer, budget=JOIN_BUDGET), answer.summary()
+    pooled = patients.merge(labs, on="patient_id", how="left")
+    assert answer.values[0] == pytest.approx(float(patients.merge(labs, on="patient_id")["x"].sum()), rel=1e-9)
+    assert answer.values[1:] == [int(pooled["x"].count()), len(pooled)]

@@ -58,12 +58,13 @@ class Compiler(ElementwiseCompiler, FilterCompiler, AggregateCompiler, Disclosur
     # -- driver ----------------------------------------------------------------------------------
     def compile(self, nodes: Sequence[Node], outputs: Sequence[int]) -> Program:
         position = {id(node): i for i, node in enumerate(nodes)}
-        needed = needed_nodes(nodes, outputs, position)
+        needed = self._needed(nodes, outputs, position)
         values: dict[int, Value] = {}
         program = Program(None)
         for i in sorted(needed):
             node = nodes[i]
-            args = [values[position[id(child)]] for child in node.children]
+            # a relation's compiler reads the table it starts from as its fragment: not its children
+            args = [values[position[id(child)]] for child in node.children if position[id(child)] in needed]
             failed = next((a for a in args if isinstance(a, Failure)), None)
             if failed is not None:
                 values[i] = failed
@@ -94,6 +95,10 @@ class Compiler(ElementwiseCompiler, FilterCompiler, AggregateCompiler, Disclosur
             program.sql = self.query.sql()
             program.followup = self.later.statement(self.query)
         return program
+
+    def _needed(self, nodes: Sequence[Node], outputs: Sequence[int], position: dict[int, int]) -> set[int]:
+        """The nodes to visit for ``outputs`` (a relation's compiler stops at the table it reads)."""
+        return needed_nodes(nodes, outputs, position)
 
     def _visit(self, node: Node, args: list[Value]) -> Value:
         if any(isinstance(a, Output) for a in args):
