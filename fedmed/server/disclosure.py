@@ -61,6 +61,11 @@ _POSITIONAL = {
 #: The term masks of the last declared release judged (``Disclosure._term_masks``).
 _TERM_MASKS = IdentityMemo()
 
+#: Where an influence move puts a date (``_moves``): beyond any date a fragment holds, whatever the query's constants.
+FAR_DATES = (np.datetime64("9999-12-31", "us"), np.datetime64("0001-01-01", "us"))
+#: And a difference of dates: further than any two such dates are apart (10,000 years, in microseconds).
+FAR_DELTAS = (np.timedelta64(3_652_500 * 86_400_000_000, "us"), np.timedelta64(-3_652_500 * 86_400_000_000, "us"))
+
 #: Most row-wise steps whose influence one task's disclosure judges (each costs a recomputation).
 MAX_INFLUENCE = 64
 
@@ -691,14 +696,20 @@ def _any(start: pd.Series, masks: list[pd.Series]) -> pd.Series:
 
 def _moves(value: pd.Series) -> list[pd.Series]:
     """The value changed on every row: a boolean flipped; a number moved far up, and far down (same type);
-    a date, or a difference of dates, ten years (3653 days) later and earlier."""
+    a date, or a difference of dates, set to the far future and the far past (``FAR``), missing kept.
+
+    Dates move to constants, not by a shift: a shift of ten years changed the comparison ``birth < T``
+    only on the rows born within ten years of ``T``, so whether a query that selects nobody was refused
+    told whether someone was born in that window (red-teamed: an exact birth date in 13 queries)."""
     if value.dtype == bool or str(value.dtype) == "boolean":
         return [~value]
     if value.dtype.kind in "mM":
-        # in microseconds: nanoseconds would overflow for dates after 2252 (the SQL engine: the same shift)
-        shifted = value.dt.as_unit("us") if value.dtype.kind == "M" else value.astype("timedelta64[us]")
-        step = pd.Timedelta(days=3653)
-        return [shifted + step, shifted - step]
+        # in microseconds: nanoseconds cannot hold year 1 or 9999 (the SQL engine: the same constants)
+        unit = "datetime64[us]" if value.dtype.kind == "M" else "timedelta64[us]"
+        far = FAR_DATES if value.dtype.kind == "M" else FAR_DELTAS
+        present = value.notna().to_numpy()
+        return [pd.Series(np.where(present, np.array(c, dtype=unit), np.array("NaT", dtype=unit)), index=value.index)
+                for c in far]
     if _is_number(value) and value.dtype.kind in "iu" or str(value.dtype) in ("Int64", "Int32"):
         step = 10 * (value.abs() + 1)  # integers stay integers: integer-only operations (&, |) still run
         return [value + step, value - step]

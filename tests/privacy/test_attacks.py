@@ -445,3 +445,52 @@ def test_suppression_over_http_arrives_as_privacy_error_naming_the_url(serve):
     assert err.policy == "Anonymity(k=5)"
     assert url in str(err) and "Anonymity(k=5)" in str(err)
     rt.quietly(lambda: rt.check_honest(data, frame))
+
+
+@pytest.mark.parametrize("target", ["hiv", "flu"])
+def test_a_date_comparison_that_selects_nobody_is_no_oracle(target):
+    """Was an attack (red team, 2026-12-03): influence moves shifted dates by ten years, so
+    ``(birth < T) & (diag == 'hiv')`` with T before every birth was refused exactly when the patient born
+    within ten years after T had hiv (and bisecting T gave the birth date). Dates now move to the far past
+    and future: the query selects nobody and is answered 0 whatever the patient's diagnosis."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(5)
+    birth = pd.Timestamp("1950-01-01") + pd.to_timedelta(rng.integers(0, 15000, 60), unit="D")
+    birth = birth.to_numpy().copy()
+    birth[0] = np.datetime64("1931-07-14")
+    diag = np.array(["flu"] * 60, dtype=object)
+    diag[1:8] = "hiv"
+    diag[0] = target
+    server = fm.Server(config="example/config.yaml")
+    server["c"] = pd.DataFrame({"birth": birth, "diag": diag})
+    data = fm.FedData([fm.Simulation(server, "c")], config="example/config.yaml")
+    assert ((data["birth"] < "1925-01-01") & (data["diag"] == "hiv")).sum().compute() == 0
+    days = (data["birth"] - pd.Timestamp("1900-01-01")).dt.days
+    assert ((days < 9300) * (data["diag"] == "hiv")).sum().compute() == 0
+
+
+def test_known_limit_a_numeric_comparison_beyond_the_data_is_an_oracle():
+    """KNOWN LIMIT (docs/privacy.md 5.3; red-teamed 2026-12-03, not fixed): numbers still move relative to
+    their own value (v +- 10 (|v| + 1)), so ``age < -800`` selects nobody, yet moving ages down makes it true
+    for the oldest patient only (-9 * 95 - 10 < -800): the query is refused exactly when that patient has
+    hiv. Dates move to constants (the test above); numbers should too (next session)."""
+    import numpy as np
+    import pandas as pd
+
+    answers = {}
+    for target in ("hiv", "flu"):
+        age = np.random.default_rng(3).integers(30, 80, 60).astype(float)
+        age[0] = 95.0
+        diag = np.array(["flu"] * 60, dtype=object)
+        diag[1:8] = "hiv"
+        diag[0] = target
+        server = fm.Server(config="example/config.yaml")
+        server["c"] = pd.DataFrame({"age": age, "diag": diag})
+        data = fm.FedData([fm.Simulation(server, "c")], config="example/config.yaml")
+        try:
+            answers[target] = ((data["age"] < -800) & (data["diag"] == "hiv")).sum().compute()
+        except fm.PrivacyError:
+            answers[target] = "refused"
+    assert answers == {"hiv": "refused", "flu": 0}

@@ -32,8 +32,10 @@ from .values import (BOOL, DAY_US, DELTA, FLOAT, FLOAT_HALF, FLOAT_INF, FLOAT_ON
 #: Most steps whose influence is counted by person in the second statement (``Compiler._distinct``).
 FEW_STEPS = 8
 
-#: Days an influence move shifts a date (or a difference of dates) by, either way: ``disclosure._moves``' ten years.
-MOVE_DAYS = 3653
+#: Where an influence move puts a date and a difference of dates: ``disclosure._moves``' constants (far future and
+#: far past; 10,000 years either way, in days).
+FAR_DATES = ("9999-12-31", "0001-01-01")
+FAR_DAYS = 3_652_500
 
 #: Integers that an influence move (``v +- 10 * (|v| + 1)``) takes nowhere near 64 bits' overflow.
 SMALL = 838_000_000_000_000_000
@@ -255,13 +257,13 @@ class DisclosureCompiler:
     def _moves(self, value: Col) -> list[Col]:
         """``disclosure._moves``: the value changed on every row (a boolean flipped, a number moved far up and
         down, keeping its type: integers stay integers, wrapping around on overflow as numpy's do; dates and
-        differences of dates shifted by ``MOVE_DAYS`` either way)."""
+        differences of dates set to ``FAR_DATES`` / ``FAR_DAYS`` either way)."""
         if value.kind == TIME:
-            return [self._column(f"({value.sql} {sign} INTERVAL {MOVE_DAYS} DAY)", value.depth, value.rows, TIME)
-                    for sign in "+-"]
+            return [self._column(f"(CASE WHEN {value.sql} IS NULL THEN NULL ELSE TIMESTAMP '{far}' END)",
+                                 value.depth, value.rows, TIME) for far in FAR_DATES]
         if value.kind == DELTA:
-            return [self._column(f"TRY({value.sql} {sign} {MOVE_DAYS * DAY_US})", value.depth, value.rows, DELTA)
-                    for sign in "+-"]
+            return [self._column(f"(CASE WHEN {value.sql} IS NULL THEN NULL ELSE {sign}{FAR_DAYS * DAY_US} END)",
+                                 value.depth, value.rows, DELTA) for sign in ("", "-")]
         if value.kind == BOOL:
             return [self._column(f"(NOT {value.sql})", value.depth, value.rows, BOOL, value.nullable)]
         if value.kind == INT:
