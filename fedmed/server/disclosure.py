@@ -61,6 +61,10 @@ _POSITIONAL = {
 #: The term masks of the last declared release judged (``Disclosure._term_masks``).
 _TERM_MASKS = IdentityMemo()
 
+#: Where an influence move puts a number (``_moves``): far beyond any value, the same on every row, so that which
+#: rows a move changes never depends on the moved value itself (a relative move did: docs/privacy.md 5.3).
+FAR_INTEGERS = (2**20, -(2**20))  # small enough that a square or a cube of it stays in 64 bits on both engines
+FAR_NUMBERS = (1e15, -1e15)
 #: Where an influence move puts a date (``_moves``): beyond any date a fragment holds, whatever the query's constants.
 FAR_DATES = (np.datetime64("9999-12-31", "us"), np.datetime64("0001-01-01", "us"))
 #: And a difference of dates: further than any two such dates are apart (10,000 years, in microseconds).
@@ -349,8 +353,8 @@ class Disclosure:
         """An intermediate whose value reaches the result through 1 to k-1 persons' rows only.
 
         The result's terms are recomputed with each intermediate changed on
-        every row (a boolean flipped; a number moved far up, then far down,
-        keeping its type): the rows whose terms change are the rows through
+        every row (a boolean flipped; a number or a date set to a constant
+        far up, then far down, keeping its type): the rows whose terms change are the rows through
         which that value reaches the result. ``id + y * (id <= 17) - y * (id
         < 17)`` has no step that singles anyone out, yet ``y`` reaches its
         sum through row 17 alone; the same holds for a bit of ``y`` taken
@@ -695,7 +699,8 @@ def _any(start: pd.Series, masks: list[pd.Series]) -> pd.Series:
 
 
 def _moves(value: pd.Series) -> list[pd.Series]:
-    """The value changed on every row: a boolean flipped; a number moved far up, and far down (same type);
+    """The value changed on every row: a boolean flipped; a number set to a constant far up, then far down
+    (``FAR_INTEGERS``, ``FAR_NUMBERS``; same type);
     a date, or a difference of dates, set to the far future and the far past (``FAR``), missing kept.
 
     Dates move to constants, not by a shift: a shift of ten years changed the comparison ``birth < T``
@@ -711,13 +716,19 @@ def _moves(value: pd.Series) -> list[pd.Series]:
         return [pd.Series(np.where(present, np.array(c, dtype=unit), np.array("NaT", dtype=unit)), index=value.index)
                 for c in far]
     if _is_number(value) and value.dtype.kind in "iu" or str(value.dtype) in ("Int64", "Int32"):
-        step = 10 * (value.abs() + 1)  # integers stay integers: integer-only operations (&, |) still run
-        return [value + step, value - step]
+        # integers stay integers (integer-only operations, & and |, still run); a constant, as for dates
+        return [_constant(value, far, "int64") for far in FAR_INTEGERS]
     if _is_number(value):
-        numbers = value.astype(float)
-        step = 10.0 * (numbers.abs() + 1.0)
-        return [numbers + step, numbers - step]
+        return [_constant(value, far, float) for far in FAR_NUMBERS]
     return []
+
+
+def _constant(value: pd.Series, far: Any, dtype: Any) -> pd.Series:
+    """``far`` on every row where ``value`` is present, missing elsewhere (as a move of a missing value)."""
+    present = value.notna().to_numpy()
+    if not present.all() and dtype == "int64":
+        return pd.Series(np.where(present, far, 0), index=value.index).astype("Int64").where(present)
+    return pd.Series(np.where(present, far, np.nan), index=value.index).astype(dtype)
 
 
 def _differs(before: pd.Series, after: pd.Series) -> pd.Series:

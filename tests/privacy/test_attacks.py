@@ -471,11 +471,11 @@ def test_a_date_comparison_that_selects_nobody_is_no_oracle(target):
     assert ((days < 9300) * (data["diag"] == "hiv")).sum().compute() == 0
 
 
-def test_known_limit_a_numeric_comparison_beyond_the_data_is_an_oracle():
-    """KNOWN LIMIT (docs/privacy.md 5.3; red-teamed 2026-12-03, not fixed): numbers still move relative to
-    their own value (v +- 10 (|v| + 1)), so ``age < -800`` selects nobody, yet moving ages down makes it true
-    for the oldest patient only (-9 * 95 - 10 < -800): the query is refused exactly when that patient has
-    hiv. Dates move to constants (the test above); numbers should too (next session)."""
+def test_a_numeric_comparison_beyond_the_data_is_no_oracle():
+    """Was an attack (red team, 2026-12-03): numbers moved relative to their own value (v +- 10 (|v| + 1)), so
+    ``age < -800`` selected nobody, yet moving ages down made it true for the oldest patient alone
+    (-9 * 95 - 10 < -800): the query was refused exactly when that patient had hiv. Numbers now move to
+    constants, as dates do: answered 0 either way."""
     import numpy as np
     import pandas as pd
 
@@ -489,8 +489,5 @@ def test_known_limit_a_numeric_comparison_beyond_the_data_is_an_oracle():
         server = fm.Server(config="example/config.yaml")
         server["c"] = pd.DataFrame({"age": age, "diag": diag})
         data = fm.FedData([fm.Simulation(server, "c")], config="example/config.yaml")
-        try:
-            answers[target] = ((data["age"] < -800) & (data["diag"] == "hiv")).sum().compute()
-        except fm.PrivacyError:
-            answers[target] = "refused"
-    assert answers == {"hiv": "refused", "flu": 0}
+        answers[target] = ((data["age"] < -800) & (data["diag"] == "hiv")).sum().compute()
+    assert answers == {"hiv": 0, "flu": 0}

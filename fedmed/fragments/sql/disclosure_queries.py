@@ -35,6 +35,9 @@ FEW_STEPS = 8
 #: Where an influence move puts a date and a difference of dates: ``disclosure._moves``' constants (far future and
 #: far past; 10,000 years either way, in days).
 FAR_DATES = ("9999-12-31", "0001-01-01")
+#: And a number: ``disclosure.FAR_INTEGERS`` and ``FAR_NUMBERS`` (the same constants, so that both engines decide alike).
+FAR_INTEGERS = (2**20, -(2**20))  # small enough that a square or a cube of it stays in 64 bits on both engines
+FAR_NUMBERS = (1e15, -1e15)
 FAR_DAYS = 3_652_500
 
 #: Integers that an influence move (``v +- 10 * (|v| + 1)``) takes nowhere near 64 bits' overflow.
@@ -266,19 +269,13 @@ class DisclosureCompiler:
                                  value.depth, value.rows, DELTA) for sign in ("", "-")]
         if value.kind == BOOL:
             return [self._column(f"(NOT {value.sql})", value.depth, value.rows, BOOL, value.nullable)]
-        if value.kind == INT:
-            v = value.sql
-            return [self._column(f"(CASE WHEN {v} BETWEEN -{SMALL} AND {SMALL} THEN "
-                                 f"CAST({v} AS BIGINT) {sign} 10 * (abs(CAST({v} AS BIGINT)) + 1) "
-                                 f"ELSE {_wrapped(f'(CAST({v} AS HUGEINT) {sign} 10 * (abs(CAST({v} AS HUGEINT)) + 1))')} "
-                                 "END)", value.depth, value.rows, INT, value.nullable)
-                    for sign in "+-"]
+        if value.kind == INT:  # disclosure.FAR_INTEGERS: a constant on every row, missing kept
+            return [self._column(f"(CASE WHEN {value.sql} IS NULL THEN NULL ELSE CAST({far} AS BIGINT) END)",
+                                 value.depth, value.rows, INT, value.nullable) for far in FAR_INTEGERS]
         if value.kind != FLOAT:
             return []
-        # pandas: value.astype(float) +- 10 * (|value| + 1), plain float64 (never -0.0: |step| > |value|)
-        step = f"(CAST(10 AS DOUBLE) * (abs({value.sql}) + {FLOAT_ONE}))"
-        return [self._column(_nan_null(f"({value.sql} {sign} {step})"), value.depth, value.rows, FLOAT, signed=False)
-                for sign in "+-"]
+        return [self._column(f"(CASE WHEN {value.sql} IS NULL THEN NULL ELSE CAST({far!r} AS DOUBLE) END)",
+                             value.depth, value.rows, FLOAT, signed=False) for far in FAR_NUMBERS]
 
     def _rerun(self, root: Map, by_node: Mapping[int, Value], overrides: dict[int, Value]) -> list[Value] | None:
         """The map's arguments compiled again with some node values replaced (None when that fails to compile)."""
