@@ -125,10 +125,11 @@ def evaluate_tables(
     group-by), all in one evaluation so that a table they share is made once.
 
     In-memory fragments run them with pandas; fragments whose class has its
-    own ``evaluate_tables`` (DuckDB's: Parquet, CSV, a DuckDB table) run
-    them themselves when every fragment of the task is of that engine. A
-    mix of engines (a Parquet ``labs`` with an in-memory ``patients``) or
-    any other kind (Dask) fails every task, naming the fragments. No
+    own ``evaluate_tables`` (DuckDB's: Parquet, CSV, a DuckDB table; Dask's)
+    run them themselves when every fragment of the task is of that engine.
+    A mix of engines (a Parquet ``labs`` with an in-memory ``patients``, a
+    Dask one with either) or any other kind fails every task, naming the
+    fragments. No
     disclosure is made, so under privacy policies every task is refused
     (the server refuses them before they get here; this is the second lock).
     """
@@ -146,12 +147,12 @@ def evaluate_tables(
     lacking = sorted(n for n, f in fragments.items() if getattr(type(f), "evaluate_tables", None) is None
                      and not isinstance(f, InMemory))
     if lacking:
-        error = TaskFailed(f"{what} runs on in-memory (pandas) fragments only, or on DuckDB fragments alone, for "
-                           f"now; {lacking[0]!r} is {described[lacking[0]]} fragment (issue 18)")
+        error = TaskFailed(f"{what} runs on in-memory (pandas) fragments, or on DuckDB or Dask fragments alone, "
+                           f"for now; {lacking[0]!r} is {described[lacking[0]]} fragment (issue 18)")
     else:
         named = " and ".join(f"{n!r} is {d} fragment" for n, d in sorted(described.items()))
-        error = TaskFailed(f"{what} runs on in-memory (pandas) fragments only, or on DuckDB fragments alone, not "
-                           f"on both at once: {named}; serve the tables alike (issue 18)")
+        error = TaskFailed(f"{what} runs on in-memory (pandas) fragments, or on DuckDB or Dask fragments alone, "
+                           f"not on several engines at once: {named}; serve the tables alike (issue 18)")
     return [Evaluated(Failure(error)) for _ in outputs]
 
 
