@@ -153,15 +153,17 @@ def fold_table(
     return values
 
 
-def needed_nodes(nodes: Sequence[Node], outputs: Sequence[int], position: dict[int, int]) -> set[int]:
-    """Indices of the nodes below ``outputs`` (``position`` maps id(node) to its index)."""
+def needed_nodes(nodes: Sequence[Node], outputs: Sequence[int], position: dict[int, int],
+                 stop: Node | None = None) -> set[int]:
+    """Indices of the nodes below ``outputs`` (``position`` maps id(node) to its index), not below ``stop``."""
     needed: set[int] = set()
     stack = list(outputs)
     while stack:
         i = stack.pop()
         if i not in needed:
             needed.add(i)
-            stack.extend(position[id(c)] for c in nodes[i].children)
+            if nodes[i] is not stop:
+                stack.extend(position[id(c)] for c in nodes[i].children)
     return needed
 
 

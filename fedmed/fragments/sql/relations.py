@@ -41,7 +41,7 @@ from ...errors import ServerError, TaskFailed
 from ...expr.node import Node, walk
 from ...expr.rowwise import Fragment as FragmentNode
 from ...expr.tables import NEW_ROWS, Concat, GroupAgg, Merge, Project, Sort
-from ...server.evaluate import Failure
+from ...server.evaluate import Failure, needed_nodes
 from .compiler import Compiler
 from .program import Program
 from .schema import KIND_DTYPES
@@ -97,15 +97,7 @@ class RelationCompiler(Compiler):
             self.orders[id(root)] = (("o0", True, OTHER),)
 
     def _needed(self, nodes: Sequence[Node], outputs: Sequence[int], position: dict[int, int]) -> set[int]:
-        needed: set[int] = set()
-        stack = list(outputs)
-        while stack:
-            i = stack.pop()
-            if i not in needed:
-                needed.add(i)
-                if nodes[i] is not self.root:
-                    stack.extend(position[id(c)] for c in nodes[i].children)
-        return needed
+        return needed_nodes(nodes, outputs, position, stop=self.root)  # the relation's table is read, not walked
 
     def table_of(self, node: Node, what: str) -> Table:
         """The value of ``node`` (a table in this row space), or the ``TaskFailed`` that stopped it."""
