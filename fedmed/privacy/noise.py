@@ -118,6 +118,10 @@ class Noise(Policy):
         if isinstance(value, dict) and COLUMNS in value:
             raise task.refuse(self, "noise on a whole table would spend one epsilon per column; ask column by column")
         self._check(task)
+        if getattr(task.disclosure, "derived_rows", False):
+            # the guarantee is about one row of a fragment; a join copies a person into many rows
+            raise task.refuse(self, "noise here is calibrated to one row of a fragment, and a joined or derived "
+                              "table holds a person in many rows; ask it of the fragment itself")
         if task.op in COUNTS:
             return self._release("count", 1, self._whole(task, value))
         if task.op in CELLS:

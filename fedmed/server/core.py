@@ -33,7 +33,7 @@ from ..privacy.pipeline import Pipeline
 from ..privacy.snapshot import Snapshot
 from .evaluate import Evaluated, Failure
 from .memory import Cost, MemoryPool, Price, mib, request_budget, too_big_relation
-from .fragments import TABLES_REFUSED, Fragment, InMemory, evaluate_tables, price_tables
+from .fragments import Fragment, InMemory, evaluate_tables, price_tables
 from .http import create_app, log_unexpected, unexpected_error
 
 log = logging.getLogger("fedmed.server")
@@ -225,9 +225,6 @@ class Server:
         pending: dict[str, list[int]] = defaultdict(list)
         joined: list[int] = []  # tasks over tables made in the request (fedmed.expr.tables)
         for o, task in tasks.items():
-            if tabled[o] and self.config.privacy:  # fail closed: no rule here judges persons through a join
-                results[o] = _task_error(task, PrivacyError(TABLES_REFUSED))
-                continue
             try:
                 active[o], answer = self.pipeline.screen(task)
             except ServerError as exc:
@@ -257,7 +254,8 @@ class Server:
                     results[o] = self._release(tasks[o], evaluated, active[o])
             for names, outs in groups:
                 fragments = {n: snapshot[n][0] for n in sorted(names)}
-                for o, evaluated in zip(outs, evaluate_tables(fragments, nodes, outs, self.config)):
+                person_of = {n: self.config.person_column(n) for n in names}
+                for o, evaluated in zip(outs, evaluate_tables(fragments, nodes, outs, self.config, person_of)):
                     results[o] = self._release(tasks[o], evaluated, active[o])
         if record is not None:
             record.update(_summary(tasks, results, snapshot))

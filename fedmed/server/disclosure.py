@@ -50,6 +50,7 @@ import pandas as pd
 from ..expr.node import Node, render_code, walk
 from ..memo import IdentityMemo
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map
+from ..expr.tables import NEW_ROWS
 
 #: Elementwise operations whose list operands broadcast by position (one entry per row or column).
 _POSITIONAL = {
@@ -102,16 +103,26 @@ class Disclosure:
         not judged and every other rule still is).
     release : the map's declaration of what its answer is made of (``fedmed.ops.declared``):
         ``release(*arguments)``, or None for a map that releases sums of its inputs only.
+    lineage : for a task over tables made in the request (a merge, a per-person group-by:
+        ``fedmed.server.lineage``), its row spaces and the person of each row; ``index`` and
+        ``persons`` are then those of the rows the map reads. None for a task over one fragment.
     """
 
-    def __init__(self, node: Map, values: Mapping[int, Any], index: pd.Index, persons: Any = None,
-                 rerun: Any = None, release: Any = None) -> None:
+    def __init__(self, node: Node, values: Mapping[int, Any], index: pd.Index, persons: Any = None,
+                 rerun: Any = None, release: Any = None, lineage: Any = None) -> None:
         self.node = node
         self._values = values
         self.index = index
         self.persons = persons
-        self._rerun = rerun  # (map, {id(node): value}) -> the map's arguments recomputed, or None
+        self._rerun = rerun  # (map, {id(node): value}, also) -> the map's arguments (and also's) recomputed, or None
         self._release = release
+        self.lineage = lineage
+
+    @property
+    def derived_rows(self) -> bool:
+        """Whether the result reads rows a relation made: a person may stand behind many of them (a join
+        copies a patient into each of their lab rows), which a guarantee about one row does not cover."""
+        return self.lineage is not None and self.lineage.relations
 
     # -- counting ------------------------------------------------------------------------------
     @property
@@ -221,9 +232,19 @@ class Disclosure:
         if self._rerun is not None and len(self._influence_candidates()) > MAX_INFLUENCE:
             # before any other work: judging each step costs a recomputation of the task
             return Finding(self.node, f"has more than {MAX_INFLUENCE} row-wise steps, too many to judge; simplify it")
+        finding = self._rowwise(k, concentration, first=self._declared_cells)
+        if finding is not None:
+            return finding
+        return (self._through_relations(k, concentration) or self._within_groups(k, concentration)
+                or self._jointly(k, concentration) or self._influence(k))
+
+    def _rowwise(self, k: int, share: float, first: Any = None) -> Finding | None:
+        """The rules of one row space: list constants, row filters, intermediates (``first``: a rule
+        judged after the list constants)."""
+        graph = self._graph
         for node in graph.lists:
             return Finding(node, "combines a list constant row by row (or column by column): positions must not be addressable")
-        finding = self._declared_cells(k)
+        finding = first(k) if first is not None else None
         if finding is not None:
             return finding
         for node, dropped, scopes in graph.filters:
@@ -236,10 +257,80 @@ class Disclosure:
             columns = value.items() if isinstance(value, pd.DataFrame) else [(None, value)]
             for scope in scopes:
                 for _, column in columns:
-                    what = self._selects(node, column, scope, k, concentration)
+                    what = self._selects(node, column, scope, k, share)
                     if what:
                         return Finding(node, what)
-        return self._within_groups(k, concentration) or self._jointly(k, concentration) or self._influence(k)
+        return None
+
+    # -- tables made in the request: every row space judged, and what each relation leaves out ---------------
+    def _through_relations(self, k: int, share: float) -> Finding | None:
+        """For a task over tables made in the request (``fedmed.server.lineage``), the rules of each row
+        space below the one the map reads, judged in its own rows and persons (a filter on lab rows, a
+        marker made of lab values, under a per-person group-by), then what each filter there and each
+        join leaves out, judged by its effect on the result.
+
+        A filter or a join below a group-by cannot be judged by the rows it drops alone: ``labs.value <
+        v`` may drop rows of a hundred persons yet remove just one from the patients the analyst's own
+        filter on the merged table keeps (``cohort.age > 90``). So the task is recomputed as if the step
+        kept every row (a filter: its input; a join: an outer join) and the persons whose part in the
+        result changes are counted, exactly as for a moved value (``_influence``).
+        """
+        lineage = self.lineage
+        if lineage is None:
+            return None
+        for top, source in lineage.segments():
+            space = Disclosure(top, self._values, lineage.index(source), lineage.persons(source), lineage=lineage)
+            finding = space._rowwise(k, share)
+            if finding is not None:
+                return finding
+        if self._rerun is None:
+            return None
+        for node, everything, what in lineage.alternatives():
+            changed = self._changed({id(node): everything})
+            if changed is None:
+                return Finding(node, "cannot be judged: the task fails when it keeps every row")
+            if 0 < changed.nunique() < k:
+                return Finding(node, f"is a {what} that leaves out fewer than {k} {self.unit} of the result")
+        return None
+
+    def _changed(self, overrides: dict[int, Any]) -> pd.Series | None:
+        """The persons (a key per row) whose part in the result changes when some node values are replaced,
+        or None when the task fails then.
+
+        A row's part changes when one of its terms does; rows with a natural missing value are left out
+        (what the data say), and so are rows that appear or vanish with nothing but missing terms, except
+        for ``len``, which counts them. Over tables made in the request, rows appear and vanish (a join
+        kept whole): their labels follow them (``fedmed.server.lineage``), and their persons come from
+        the recomputed table.
+        """
+        lineage = self.lineage
+        again = self._rerun(self.node, overrides, (lineage.source,) if lineage is not None else ())
+        if again is None:
+            return None
+        if lineage is None:
+            changed = pd.Series(False, index=self.index)
+            for before, after in zip(self.inputs, again):
+                if isinstance(before, pd.Series) and isinstance(after, pd.Series):
+                    changed = changed | self._align(_differs(before, after))
+            return self._keys[(changed & self._graph.present).to_numpy()]
+        *again, table = again
+        persons = self._keys_of(lineage.persons(lineage.source, table))
+        labels = [pd.Index([])]
+        for before, after in zip(self.inputs, again):
+            if isinstance(before, pd.DataFrame) and isinstance(after, pd.DataFrame):
+                labels.append(before.index.symmetric_difference(after.index))
+            elif isinstance(before, pd.Series) and isinstance(after, pd.Series):
+                differs = _differs(before, after)
+                if self.node.op != "len":
+                    terms = before.reindex(differs.index).notna() | after.reindex(differs.index).notna()
+                    differs &= terms
+                labels.append(differs.index[differs.to_numpy()])
+        changed = labels[0].append(labels[1:]).unique() if len(labels) > 1 else labels[0]
+        present = self._graph.present
+        gone = present.index[~present.to_numpy()]  # rows of this result with a natural missing raw value
+        changed = changed.difference(gone, sort=False)
+        keys = pd.concat([self._keys, persons[~persons.index.isin(self.index)]])
+        return keys.reindex(changed)
 
     # -- group-bys: each group is a scope of its own ---------------------------------------------
     def _within_groups(self, k: int, share: float) -> Finding | None:
@@ -368,32 +459,50 @@ class Disclosure:
         """
         if self._rerun is None or not any(isinstance(v, pd.Series) for v in self.inputs):
             return None
-        present = self._graph.present
         # a count table or an extreme judges the small side of its own input itself (cells, holders):
         # there, a comparison whose one side is small must not be refused for what each move alone trips
         each_move = self.node.op not in _CELLS_AND_EXTREMES
         for node in self._influence_candidates():
-            union = pd.Series(False, index=self.index)
+            union = []
             for moved in _moves(self._values[id(node)]):
-                again = self._rerun(self.node, {id(node): moved})
-                if again is None:
+                changed = self._changed({id(node): moved})
+                if changed is None:
                     return Finding(node, "cannot be judged: changing its values makes the task fail")
-                changed = pd.Series(False, index=self.index)
-                for before, after in zip(self.inputs, again):
-                    if isinstance(before, pd.Series) and isinstance(after, pd.Series):
-                        changed = changed | self._align(_differs(before, after))
-                union |= changed
-                if each_move and 0 < self.count(changed & present) < k:
+                union.append(changed)
+                if each_move and 0 < changed.nunique() < k:
                     return Finding(node, f"reaches the result through fewer than {k} {self.unit} only")
-            if 0 < self.count(union & present) < k:
+            if union and 0 < pd.concat(union).nunique() < k:
                 return Finding(node, f"reaches the result through fewer than {k} {self.unit} only")
         return None
 
     def _influence_candidates(self) -> list[Node]:
-        """The row-wise steps whose influence is judged (not the map's own arguments: they reach every row)."""
-        return [node for node in self._graph.order
+        """The row-wise steps whose influence is judged (not the map's own arguments: they reach every row),
+        in every row space of the task (a lab value under a per-person group-by reaches the result through
+        its person's row)."""
+        order = self._graph.order
+        if self.lineage is not None:
+            order = [*order, *(n for top, _ in self.lineage.segments() for n in self.lineage.nodes(top))]
+        unique = {id(n): n for n in order}.values()
+        return [node for node in unique
                 if not isinstance(node, (Literal, Fragment, Filter, Map)) and not any(node is a for a in self.node.args)
                 and isinstance(self._values.get(id(node)), pd.Series)]
+
+    @cached_property
+    def _keys(self) -> pd.Series:
+        """Each row's person (a row without a person key, or every row when rows are counted, a person of its
+        own), on ``index``."""
+        if self.persons is None:
+            return pd.Series(self.index, index=self.index, dtype=object)
+        return self._keys_of(self.persons.reindex(self.index))
+
+    @staticmethod
+    def _keys_of(persons: pd.Series) -> pd.Series:
+        alone = persons.isna().to_numpy()
+        if not alone.any():
+            return persons
+        keys = persons.astype(object)
+        keys[alone] = [("row", i) for i in persons.index[alone]]
+        return keys
 
     def _jointly(self, k: int, share: float) -> Finding | None:
         """What the aggregate does with its inputs together that no single input shows.
@@ -591,13 +700,13 @@ class _Graph:
     def of(cls, d: Disclosure) -> "_Graph":
         everything = pd.Series(True, index=d.index)
         values = d._values
-        order = list(walk([d.node]))
+        order = list(walk([d.node], stop=_starts_rows))  # a table made by a relation: its rows are judged on their own
         raw_present: dict[int, pd.Series] = {}
         dropped: dict[int, pd.Series] = {}  # id(filter) -> rows it drops from its own input
         lists: list[Node] = []
         for node in order:
             value = values.get(id(node))
-            kids = [c for c in node.children if not isinstance(c, Literal)]
+            kids = [] if _starts_rows(node) else [c for c in node.children if not isinstance(c, Literal)]
             present = _all(everything, [raw_present[id(c)] for c in kids])
             if _is_raw(node, value):
                 present = present & _notna(value).reindex(d.index, fill_value=True).astype(bool)
@@ -625,18 +734,18 @@ class _Graph:
         derived = [
             (node, [scope(ex) for ex in under[id(node)]])
             for node in order
-            if isinstance(node, Elementwise) and isinstance(values.get(id(node)), (pd.Series, pd.DataFrame))
+            if (isinstance(node, Elementwise) or _made(d, node)) and isinstance(values.get(id(node)), (pd.Series, pd.DataFrame))
             and not _judged_by_cells(node, d.node)
         ]
         return cls(selected, present, raw_present, filters, derived, lists, order)
 
 
-def _under_masks(root: Map) -> dict[int, set[frozenset[int]]]:
+def _under_masks(root: Node) -> dict[int, set[frozenset[int]]]:
     """For each node, the sets of filters whose mask it lies under, one set per path from the root."""
     under: dict[int, set[frozenset[int]]] = {id(root): {frozenset()}}
-    for node in reversed(list(walk([root]))):  # parents before children
+    for node in reversed(list(walk([root], stop=_starts_rows))):  # parents before children
         for context in under.get(id(node), ()):
-            for child in node.children:
+            for child in () if _starts_rows(node) else node.children:
                 inner = context | {id(node)} if isinstance(node, Filter) and child is node.mask else context
                 under.setdefault(id(child), set()).add(inner)
     return under
@@ -649,7 +758,7 @@ _CELLS_AND_EXTREMES = {"value_counts", "crosstab", "histogram", "count_below", "
 def _judged_by_cells(node: Node, root: Map) -> bool:
     """The values a count table or an extreme is made of (an input, filtered or not): their rare
     values are judged cell by cell, or by who holds the extreme."""
-    if root.op not in _CELLS_AND_EXTREMES:
+    if getattr(root, "op", None) not in _CELLS_AND_EXTREMES:
         return False
     for arg in root.args:
         while isinstance(arg, Filter):
@@ -657,6 +766,16 @@ def _judged_by_cells(node: Node, root: Map) -> bool:
         if arg is node:
             return True
     return False
+
+
+def _starts_rows(node: Node) -> bool:
+    """A node whose rows are new (a fragment, a merge, a concat, a group-by): a row space of its own."""
+    return isinstance(node, (Fragment, *NEW_ROWS))
+
+
+def _made(d: Disclosure, node: Node) -> bool:
+    """A column of a table made in the request whose values a group-by computed from the analyst's rows."""
+    return isinstance(node, Column) and d.lineage is not None and d.lineage.made(node)
 
 
 def _is_raw_column(node: Node) -> bool:

@@ -18,17 +18,18 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..config import Config
-from ..errors import OperationError, ServerError, ServerMisconfigured, TaskFailed
+from ..errors import OperationError, PrivacyError, ServerError, ServerMisconfigured, TaskFailed
 from ..expr.node import Node, walk
 from ..expr.rowwise import Column, Elementwise, Filter, Fragment, Literal, Map
 from ..expr.tables import Concat, GroupAgg, Merge, Project, Sort
 from .disclosure import Disclosure
+from .lineage import Lineage, concat_rows, group_rows, merge_rows
 from .memory import schedule
 from ..ops.columns import map_columns
 
@@ -49,7 +50,8 @@ class Evaluated:
 
 
 def evaluate_pandas(
-    nodes: Sequence[Node], outputs: Sequence[int], data: Any, config: Config, person: str | None = None
+    nodes: Sequence[Node], outputs: Sequence[int], data: Any, config: Config, person: str | None = None,
+    person_of: Mapping[str, str | None] | None = None,
 ) -> Iterator[Evaluated]:
     """Evaluate the map nodes at ``outputs`` over ``data`` (pandas objects), one output at a time.
 
@@ -66,6 +68,11 @@ def evaluate_pandas(
     next one is taken. Without policies nothing is judged (no disclosure is
     made) and a value is freed as soon as its last reader is computed:
     peak memory follows the widest level of the table.
+
+    Over several tables (``Tables``), ``person_of`` names each fragment's
+    person column and each task's disclosure follows persons through its
+    relations (``fedmed.server.lineage``); a task whose rows do not each
+    belong to one person is refused with why.
     """
     persons = None
     if person is not None:
@@ -91,8 +98,17 @@ def evaluate_pandas(
                 by_node.pop(id(nodes[c]), None)
         value = by_node[id(nodes[o])]
         release = getattr(config.aggregates[nodes[o].op].map, "release", None) if nodes[o].op in config.aggregates else None
-        yield Evaluated(value, Disclosure(nodes[o], by_node, index, persons=persons, rerun=rerun,  # type: ignore[arg-type]
-                                          release=release) if index is not None and judged else None)
+        if judged and isinstance(data, Tables) and not isinstance(value, Failure):
+            lineage = Lineage(nodes[o], by_node, person_of or {})
+            if lineage.why is not None:
+                yield Evaluated(Failure(PrivacyError(lineage.why)))
+            else:
+                yield Evaluated(value, Disclosure(nodes[o], by_node, lineage.index(lineage.source),
+                                                  persons=lineage.persons(lineage.source), rerun=rerun,
+                                                  release=release, lineage=lineage))
+        else:
+            yield Evaluated(value, Disclosure(nodes[o], by_node, index, persons=persons, rerun=rerun,  # type: ignore[arg-type]
+                                              release=release) if index is not None and judged else None)
         for i in step.freed:
             by_node.pop(id(nodes[i]), None)
 
@@ -100,9 +116,10 @@ def evaluate_pandas(
 def _rerun(values: dict[int, Any], visit: Callable[[Node, list[Any]], Any]) -> Callable[[Node, dict[int, Any]], Any]:
     """How the disclosure asks "what if": the map's arguments recomputed with some node values replaced.
 
-    Only the nodes above a replaced one are visited again; a failure gives None.
+    Only the nodes above a replaced one are visited again; a failure gives None. ``also``: nodes below
+    the map whose recomputed values are wanted too, after its arguments.
     """
-    def rerun(root: Node, overrides: dict[int, Any]) -> list[Any] | None:
+    def rerun(root: Node, overrides: dict[int, Any], also: Sequence[Node] = ()) -> list[Any] | None:
         known, changed = {**values, **overrides}, set(overrides)
         for node in walk(root.children):
             if id(node) in changed or not any(id(c) in changed for c in node.children):
@@ -112,7 +129,7 @@ def _rerun(values: dict[int, Any], visit: Callable[[Node, list[Any]], Any]) -> C
                 return None
             known[id(node)] = value
             changed.add(id(node))
-        return [known[id(c)] for c in root.children]
+        return [known[id(c)] for c in [*root.children, *also]]
 
     return rerun
 
@@ -602,13 +619,25 @@ def visit_merge(node: Merge, args: list[Any], data: Any, config: Config) -> Any:
     left, right = (_frame_of(a, "merge") for a in args)
     _has(left, node.left_on, "merge (left table)")
     _has(right, node.right_on, "merge (right table)")
+    for a, b in zip(node.left_on, node.right_on):
+        if _key_kind(left[a]) != _key_kind(right[b]):  # by the dtypes alone: pandas' own check reads object values
+            raise TaskFailed(f"merge cannot match {a} ({left[a].dtype}) with {b} ({right[b].dtype}): "
+                             "convert the keys to one type first")
     try:
+        if config.privacy:  # rows labelled by where they come from, which the privacy judge follows (lineage.py)
+            return merge_rows(left, right, node.how, node.left_on, node.right_on, node.suffixes)
         out = pd.merge(left, right, how=node.how, left_on=list(node.left_on), right_on=list(node.right_on),
                        suffixes=node.suffixes, sort=False)
-    except (ValueError, TypeError):  # pandas quotes only the kinds of the key columns, but say it ourselves
+    except (ValueError, TypeError):  # keys of kinds pandas cannot match (categories, say): named by dtype only
         kinds = [f"{a} ({left[a].dtype}) with {b} ({right[b].dtype})" for a, b in zip(node.left_on, node.right_on)]
         raise TaskFailed(f"merge cannot match {', '.join(kinds)}: convert the keys to one type first") from None
     return out.reset_index(drop=True)  # new rows: unique labels, which row filters follow
+
+
+def _key_kind(column: pd.Series) -> str:
+    """What a join key holds, by its dtype: numbers (and booleans) match numbers, dates dates, text text."""
+    kind = column.dtype.kind
+    return {"i": "number", "u": "number", "f": "number", "b": "number", "M": "date", "m": "duration"}.get(kind, "text")
 
 
 def visit_concat(node: Concat, args: list[Any], data: Any, config: Config) -> Any:
@@ -618,6 +647,8 @@ def visit_concat(node: Concat, args: list[Any], data: Any, config: Config) -> An
         if list(t.columns) != first:
             raise TaskFailed(f"concat needs tables with the same columns in the same order: {first[:10]} and "
                              f"{list(t.columns)[:10]}")
+    if config.privacy:
+        return concat_rows(tables)
     return pd.concat(tables, ignore_index=True)
 
 
@@ -626,7 +657,8 @@ def visit_groupagg(node: GroupAgg, args: list[Any], data: Any, config: Config) -
     _has(table, [*node.keys, *node.columns], "groupby(...).agg")
     spec = {name: (column, fn) for name, column, fn in zip(node.names, node.columns, node.funcs)}
     grouped = table.groupby(list(node.keys), sort=True, dropna=True, observed=True)
-    return grouped.agg(**spec).reset_index()
+    out = grouped.agg(**spec).reset_index()
+    return group_rows(out, node.keys) if config.privacy else out
 
 
 def visit_sort(node: Sort, args: list[Any], data: Any, config: Config) -> Any:

@@ -113,13 +113,15 @@ def _is_column(value: Any) -> bool:
 
 # -- tasks over several tables of one server (issue 18) --------------------------------------------------
 
-#: Why a task reading a relation is refused under privacy policies (fail closed until issue 18, step 5).
-TABLES_REFUSED = ("joins and derived tables are not judged by this server's privacy rules yet (issue 18): "
-                  "merge, concat, sort_values and named aggregation run only on servers without privacy policies")
+#: Why a task reading a relation of DuckDB or Dask fragments is refused under privacy policies (fail closed:
+#: only the pandas engine follows persons through relations, ``fedmed.server.lineage``).
+TABLES_REFUSED = ("joins and derived tables of DuckDB and Dask fragments are not judged by this server's privacy "
+                  "rules yet (issue 18): under privacy policies they run on in-memory (pandas) fragments only")
 
 
 def evaluate_tables(
-    fragments: Mapping[str, Fragment], nodes: Sequence[Node], outputs: Sequence[int], config: Config
+    fragments: Mapping[str, Fragment], nodes: Sequence[Node], outputs: Sequence[int], config: Config,
+    person_of: Mapping[str, str | None] | None = None,
 ) -> Iterable[Evaluated]:
     """Values of ``outputs``, tasks that read ``fragments`` together (a merge, a concat, a per-person
     group-by), all in one evaluation so that a table they share is made once.
@@ -129,15 +131,15 @@ def evaluate_tables(
     run them themselves when every fragment of the task is of that engine.
     A mix of engines (a Parquet ``labs`` with an in-memory ``patients``, a
     Dask one with either) or any other kind fails every task, naming the
-    fragments. No
-    disclosure is made, so under privacy policies every task is refused
-    (the server refuses them before they get here; this is the second lock).
+    fragments. Under privacy policies, in-memory fragments are judged per
+    person (``person_of``: each fragment's person column); tasks over any
+    other engine are refused (fail closed).
     """
-    if config.privacy:
-        return [Evaluated(Failure(PrivacyError(TABLES_REFUSED))) for _ in outputs]
     if all(isinstance(f, InMemory) for f in fragments.values()):
         tables = Tables({name: f.data for name, f in fragments.items()})  # type: ignore[attr-defined]
-        return evaluate_pandas(nodes, outputs, tables, config)
+        return evaluate_pandas(nodes, outputs, tables, config, person_of=person_of)
+    if config.privacy:
+        return [Evaluated(Failure(PrivacyError(TABLES_REFUSED))) for _ in outputs]
     engines = {getattr(type(f), "evaluate_tables", None) for f in fragments.values()}
     if len(engines) == 1 and None not in engines:
         return next(iter(engines))(fragments, nodes, outputs, config)  # type: ignore[misc]

@@ -336,14 +336,15 @@ def test_schema_errors_name_the_column() -> None:
         data["patients"].merge(data["labs"], on="patient_id", how="outer")
 
 
-def test_every_task_reading_a_table_is_refused_under_privacy_policies() -> None:
+def test_under_privacy_policies_a_table_needs_declared_persons() -> None:
+    """Rules count persons through relations: without a person column per fragment nothing can be counted."""
     pooled = tables(40, 200, 2, 0)
-    data, _ = federate(pooled, PRIVATE)
+    data, _ = federate(pooled, PRIVATE)  # example/config.yaml declares no persons
     feats = data["labs"].groupby("patient_id").agg(n=("hba1c", "count"))
     cohort = data["patients"].merge(feats, on="patient_id")
     for result in (cohort["age"].count(), feats["n"].sum(), fm.concat([data["labs"], data["labs"]])["hba1c"].count(),
                    data["labs"].sort_values("date")["hba1c"].count()):
-        with pytest.raises(fm.PrivacyError, match=r"not judged by this server's privacy rules yet \(issue 18\)"):
+        with pytest.raises(fm.PrivacyError, match=r"declares no person column \('persons:' in the server's config\)"):
             result.compute()
     assert int(data["patients"]["age"].count()) > 0  # other tasks are judged as before
 
