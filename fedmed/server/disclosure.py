@@ -674,9 +674,7 @@ class Disclosure:
     def _per_person(self, values: pd.Series) -> pd.Series:
         if self.persons is None:
             return values
-        keys = self.persons.reindex(values.index)
-        keys = keys.where(keys.notna(), pd.Series([("row", i) for i in values.index], index=values.index, dtype=object))
-        return values.groupby(keys.to_numpy(), sort=False).sum()
+        return values.groupby(self._keys.reindex(values.index).to_numpy(), sort=False).sum()
 
     def _align(self, mask: pd.Series) -> pd.Series:
         if mask.index is self.index:
