@@ -289,7 +289,7 @@ class Disclosure:
             changed = self._changed({id(node): everything})
             if changed is None:
                 return Finding(node, "cannot be judged: the task fails when it keeps every row")
-            if 0 < changed.nunique() < k:
+            if 0 < self._how_many(changed) < k:
                 return Finding(node, f"is a {what} that leaves out fewer than {k} {self.unit} of the result")
         return None
 
@@ -469,9 +469,9 @@ class Disclosure:
                 if changed is None:
                     return Finding(node, "cannot be judged: changing its values makes the task fail")
                 union.append(changed)
-                if each_move and 0 < changed.nunique() < k:
+                if each_move and 0 < self._how_many(changed) < k:
                     return Finding(node, f"reaches the result through fewer than {k} {self.unit} only")
-            if union and 0 < pd.concat(union).nunique() < k:
+            if union and 0 < self._how_many(pd.concat(union)) < k:
                 return Finding(node, f"reaches the result through fewer than {k} {self.unit} only")
         return None
 
@@ -491,9 +491,15 @@ class Disclosure:
     def _keys(self) -> pd.Series:
         """Each row's person (a row without a person key, or every row when rows are counted, a person of its
         own), on ``index``."""
-        if self.persons is None:
-            return pd.Series(self.index, index=self.index, dtype=object)
+        if self.persons is None:  # rows are counted: a row's position is its key (labels are unique)
+            return pd.Series(np.arange(len(self.index)), index=self.index)
         return self._keys_of(self.persons.reindex(self.index))
+
+    def _how_many(self, keys: pd.Series) -> int:
+        """Persons among some rows' keys (``_keys``); counting rows, a row's key is its position."""
+        if self.persons is None and self.lineage is None:
+            return int(keys.index.nunique()) if not keys.index.is_unique else len(keys)
+        return int(keys.nunique())
 
     @staticmethod
     def _keys_of(persons: pd.Series) -> pd.Series:

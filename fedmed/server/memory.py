@@ -233,6 +233,8 @@ def price(nodes: Sequence[Node], outputs: Sequence[int], data: "Size | Mapping[s
             peak = max(peak, live + costs[i].peak)
             live += costs[i].new
             held += costs[i].new if i not in keep else 0
+            if judged and isinstance(nodes[i], Merge):  # the judge reruns the task as if the join kept every row
+                held += _unmatched(costs[i], [costs[position[id(c)]].size for c in nodes[i].children])
             live -= sum(costs[c].new for c in step.drops.get(i, ()) if c not in keep)
         if judged:
             peak = max(peak, live + held + rows * JUDGING + costs[o].new * 3)
@@ -331,6 +333,13 @@ def _relation(node: Node, args: list[Size]) -> Cost:
                 max((p.text for p in parts.values()), default=0), parts=parts)
     input_rows = sum(a.rows for a in args if a.rowwise)
     return Cost(size, size.nbytes, size.nbytes + input_rows * 16)  # row positions and group codes
+
+
+def _unmatched(cost: Cost, sides: list[Size]) -> int:
+    """What an outer version of a merge adds (every row of both sides, unmatched): the judge's rerun of a
+    join under privacy policies (``fedmed.server.lineage``), with its row labels (16 bytes a row a side)."""
+    per_row = cost.size.nbytes // max(cost.size.rows, 1) + 32
+    return sum(side.rows for side in sides) * per_row
 
 
 def _merged(node: Merge, left: Size, right: Size) -> tuple[int, dict[str, Size]]:
