@@ -229,7 +229,8 @@ class Disclosure:
         median that ``k - 1`` persons may not exceed.
         """
         graph = self._graph
-        if self._rerun is not None and len(self._influence_candidates()) > MAX_INFLUENCE:
+        steps = len(self._influence_candidates()) + (len(self.lineage.alternatives()) if self.lineage else 0)
+        if self._rerun is not None and steps > MAX_INFLUENCE:
             # before any other work: judging each step costs a recomputation of the task
             return Finding(self.node, f"has more than {MAX_INFLUENCE} row-wise steps, too many to judge; simplify it")
         finding = self._rowwise(k, concentration, first=self._declared_cells)
@@ -286,7 +287,7 @@ class Disclosure:
         if self._rerun is None:
             return None
         for node, everything, what in lineage.alternatives():
-            changed = self._changed({id(node): everything})
+            changed = self._changed({id(node): everything()})
             if changed is None:
                 return Finding(node, "cannot be judged: the task fails when it keeps every row")
             if 0 < self._how_many(changed) < k:
@@ -316,15 +317,20 @@ class Disclosure:
         *again, table = again
         persons = self._keys_of(lineage.persons(lineage.source, table))
         labels = [pd.Index([])]
+        pairs = []
         for before, after in zip(self.inputs, again):
             if isinstance(before, pd.DataFrame) and isinstance(after, pd.DataFrame):
-                labels.append(before.index.symmetric_difference(after.index))
+                labels.append(before.index.symmetric_difference(after.index))  # len counts rows, whatever they hold
+                pairs += [(before[c], after[c]) for c in before.columns if c in after.columns
+                          and isinstance(before[c], pd.Series) and isinstance(after[c], pd.Series)]
             elif isinstance(before, pd.Series) and isinstance(after, pd.Series):
-                differs = _differs(before, after)
-                if self.node.op != "len":
-                    terms = before.reindex(differs.index).notna() | after.reindex(differs.index).notna()
-                    differs &= terms
-                labels.append(differs.index[differs.to_numpy()])
+                pairs.append((before, after))
+        for before, after in pairs:
+            differs = _differs(before, after)
+            if self.node.op != "len":
+                terms = before.reindex(differs.index).notna() | after.reindex(differs.index).notna()
+                differs &= terms
+            labels.append(differs.index[differs.to_numpy()])
         changed = labels[0].append(labels[1:]).unique() if len(labels) > 1 else labels[0]
         present = self._graph.present
         gone = present.index[~present.to_numpy()]  # rows of this result with a natural missing raw value

@@ -34,7 +34,7 @@ person's rows are followed, not their positions.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -202,22 +202,24 @@ class Lineage:
         """Whether ``node`` reads a column a group-by computed (its values are the analyst's, judged as such)."""
         return _made(node.arg, node.name, self.values)
 
-    def alternatives(self) -> Iterator[tuple[Node, Any, str]]:
-        """Each step below the root's own rows that leaves rows out, the table it would give if it left none
-        out, and what it is: the filters of every other row space, and every join (an inner join leaves out
-        the unmatched rows of both sides, a left join those of the right).
+    def alternatives(self) -> list[tuple[Node, Callable[[], Any], str]]:
+        """Each step below the root's own rows that leaves rows out, how to make the table it would give if it
+        left none out, and what it is: the filters of every other row space, and every join (an inner join
+        leaves out the unmatched rows of both sides, a left join those of the right).
 
         The judge reruns the task with each and counts the persons whose part in the result changes: a
         filter under a per-person table, or a join, that leaves out fewer than k persons of those reaching
         the result is the differencing attack, whatever the rows outside the result hold.
         """
+        steps: dict[int, tuple[Node, Callable[[], Any], str]] = {}
         for top, source in self.segments():
             for node in self.nodes(top):
                 if isinstance(node, Filter):
-                    yield node, self.values[id(node.arg)], "row filter"
-        merges = [s for s in [self.source, *(s for _, s in self.segments())] if isinstance(s, Merge)]
-        for node in {id(m): m for m in merges}.values():
-            yield node, self._outer(node), "join"
+                    steps[id(node)] = node, (lambda n=node: self.values[id(n.arg)]), "row filter"
+        for source in [self.source, *(s for _, s in self.segments())]:
+            if isinstance(source, Merge):
+                steps[id(source)] = source, (lambda n=source: self._outer(n)), "join"
+        return list(steps.values())
 
     def _outer(self, node: Merge) -> pd.DataFrame:
         """``node``'s join keeping every row of both sides, each with its person."""

@@ -130,6 +130,25 @@ def test_a_child_filter_that_drops_one_patient_among_those_the_analyst_keeps_is_
         "patient_id in @labs[@labs.test == 'c'].patient_id").patient_id.nunique()
     assert dropped >= 5  # the filter alone leaves out enough persons
     refused(cohort[cohort["age"] > 90]["age"].sum(), "leaves out fewer than 5 persons of the result")
+    kept = P.merge(feats, on="patient_id", how="left")  # the patient stays, their feature goes missing
+    refused(kept[kept["age"] > 90]["n"].sum(), "leaves out fewer than 5 persons of the result")
+    refused(kept[kept["age"] > 90][["age", "n"]].sum(), "leaves out fewer than 5 persons of the result")
+
+
+def test_a_child_filter_that_changes_one_patients_feature_among_those_kept_is_refused() -> None:
+    """As above, but the filter removes one of the patient's two lab rows: they stay in the cohort, with a
+    different count. Judged by the values of the result, column by column of a whole-table sum."""
+    patients, labs = cohort_data(300)
+    old = patients.index[patients.age > 90].to_numpy()
+    labs = labs[~labs.patient_id.isin(old)]
+    extra = [pd.DataFrame({"patient_id": [p] * 2, "hba1c": [5.0 + p / 100, 6.0 + p / 50],
+                           "test": ["c", "a"] if p == old[0] else "a", "date": [10_000 + 2 * p, 10_001 + 2 * p]})
+             for p in old]
+    P, L, _ = federate(patients, pd.concat([labs, *extra], ignore_index=True), servers=1)
+    cohort = P.merge(L[L["test"] != "c"].groupby("patient_id").agg(s=("hba1c", "sum")), on="patient_id")
+    assert float(cohort[cohort["age"] > 90]["age"].sum()) > 0  # the same patients: nothing left out
+    refused(cohort[cohort["age"] > 90]["s"].sum(), "leaves out fewer than 5 persons of the result")
+    refused(cohort[cohort["age"] > 90][["age", "s"]].sum(), "leaves out fewer than 5 persons of the result")
 
 
 def test_a_concat_with_a_filtered_copy_of_itself_is_refused() -> None:
