@@ -109,8 +109,9 @@ class Disclosure:
     """
 
     def __init__(self, node: Node, values: Mapping[int, Any], index: pd.Index, persons: Any = None,
-                 rerun: Any = None, release: Any = None, lineage: Any = None) -> None:
+                 rerun: Any = None, release: Any = None, lineage: Any = None, within: Any = None) -> None:
         self.node = node
+        self.within = within  # the rows judged (a mask on index), None for all: a row space below a relation
         self._values = values
         self.index = index
         self.persons = persons
@@ -279,11 +280,17 @@ class Disclosure:
         lineage = self.lineage
         if lineage is None:
             return None
+        # the persons the result is about: those of the rows that pass the map's own filters
+        reach = self._keys[self._graph.selected.to_numpy()].unique()
         for top, source in lineage.segments():
-            space = Disclosure(top, self._values, lineage.index(source), lineage.persons(source), lineage=lineage)
-            finding = space._rowwise(k, share)
-            if finding is not None:
-                return finding
+            persons = lineage.persons(source)
+            # judged in all its rows, then in the rows of the persons the result is about: a marker that
+            # splits the lab rows of many persons may single out one of those a filter on the cohort keeps
+            for within in (None, persons.isin(reach)):
+                space = Disclosure(top, self._values, lineage.index(source), persons, lineage=lineage, within=within)
+                finding = space._rowwise(k, share)
+                if finding is not None:
+                    return finding
         if self._rerun is None:
             return None
         for node, everything, what in lineage.alternatives():
@@ -316,11 +323,15 @@ class Disclosure:
             return self._keys[(changed & self._graph.present).to_numpy()]
         *again, table = again
         persons = self._keys_of(lineage.persons(lineage.source, table))
-        labels = [pd.Index([])]
+        labels = []
         pairs = []
         for before, after in zip(self.inputs, again):
+            if isinstance(before, (pd.Series, pd.DataFrame)) and isinstance(after, (pd.Series, pd.DataFrame)) \
+                    and _same_labels(before.index, after.index):
+                after = after.set_axis(before.index)  # the same rows: compared in place, not by their labels
             if isinstance(before, pd.DataFrame) and isinstance(after, pd.DataFrame):
-                labels.append(before.index.symmetric_difference(after.index))  # len counts rows, whatever they hold
+                if after.index is not before.index:
+                    labels.append(before.index.symmetric_difference(after.index))  # len counts rows, whatever they hold
                 pairs += [(before[c], after[c]) for c in before.columns if c in after.columns
                           and isinstance(before[c], pd.Series) and isinstance(after[c], pd.Series)]
             elif isinstance(before, pd.Series) and isinstance(after, pd.Series):
@@ -331,8 +342,14 @@ class Disclosure:
                 terms = before.reindex(differs.index).notna() | after.reindex(differs.index).notna()
                 differs &= terms
             labels.append(differs.index[differs.to_numpy()])
+        labels = [lab for lab in labels if len(lab)]  # (an empty flat index would turn labels into tuples)
+        if not labels:
+            return self._keys.iloc[:0]
         changed = labels[0].append(labels[1:]).unique() if len(labels) > 1 else labels[0]
         present = self._graph.present
+        if changed.isin(self.index).all():  # no row appeared: the result's own rows, their own persons
+            mask = self._align(pd.Series(True, index=changed)) & present  # a natural missing raw value: left out
+            return self._keys[mask.to_numpy()]
         gone = present.index[~present.to_numpy()]  # rows of this result with a natural missing raw value
         changed = changed.difference(gone, sort=False)
         keys = pd.concat([self._keys, persons[~persons.index.isin(self.index)]])
@@ -708,7 +725,7 @@ class _Graph:
 
     @classmethod
     def of(cls, d: Disclosure) -> "_Graph":
-        everything = pd.Series(True, index=d.index)
+        everything = pd.Series(True, index=d.index) if d.within is None else d.within.astype(bool)
         values = d._values
         order = list(walk([d.node], stop=_starts_rows))  # a table made by a relation: its rows are judged on their own
         raw_present: dict[int, pd.Series] = {}
@@ -860,6 +877,21 @@ def _constant(value: pd.Series, far: Any, dtype: Any) -> pd.Series:
     return pd.Series(np.where(present, far, np.nan), index=value.index).astype(dtype)
 
 
+def _same_labels(a: pd.Index, b: pd.Index) -> bool:
+    """Whether two indexes hold the same labels in the same order, cheaply: rows of a relation carry
+    labels made of several levels (``fedmed.server.lineage``), whose ``equals`` would build a tuple a row."""
+    if a is b:
+        return True
+    if len(a) != len(b):
+        return False
+    if isinstance(a, pd.MultiIndex) and isinstance(b, pd.MultiIndex):
+        if a.nlevels != b.nlevels:
+            return False
+        if all(x is y or x.equals(y) for x, y in zip(a.levels, b.levels)):
+            return all(np.array_equal(x, y) for x, y in zip(a.codes, b.codes))
+    return a.equals(b)
+
+
 def _differs(before: pd.Series, after: pd.Series) -> pd.Series:
     """Rows where two versions of a term differ (a row present in one only differs; NaN equals NaN).
 
@@ -867,7 +899,7 @@ def _differs(before: pd.Series, after: pd.Series) -> pd.Series:
     (``id + y' - y'`` against ``id + y - y``), not by the moved value: 64 ulps
     is far below what a sum can carry of one row, and far above rounding.
     """
-    aligned = before.index is after.index or before.index.equals(after.index)
+    aligned = _same_labels(before.index, after.index)
     index = before.index if aligned else before.index.union(after.index, sort=False)
     a, b = (before, after) if aligned else (before.reindex(index), after.reindex(index))
     if _is_number(a) and _is_number(b):

@@ -628,7 +628,12 @@ def visit_merge(node: Merge, args: list[Any], data: Any, config: Config) -> Any:
             return merge_rows(left, right, node.how, node.left_on, node.right_on, node.suffixes)
         out = pd.merge(left, right, how=node.how, left_on=list(node.left_on), right_on=list(node.right_on),
                        suffixes=node.suffixes, sort=False)
-    except (ValueError, TypeError):  # keys of kinds pandas cannot match (categories, say): named by dtype only
+    except (ValueError, TypeError):  # named by the schema only: pandas' own message may quote values
+        clash = (set(left.columns) & set(right.columns)) - {a for a, b in zip(node.left_on, node.right_on) if a == b}
+        if clash and (node.suffixes[0] == node.suffixes[1] or any(
+                c + node.suffixes[0] in right.columns or c + node.suffixes[1] in left.columns for c in clash)):
+            raise TaskFailed(f"merge: the suffixes {list(node.suffixes)} give two columns one name "
+                             f"(columns on both sides: {sorted(clash)[:5]}); choose other suffixes") from None
         kinds = [f"{a} ({left[a].dtype}) with {b} ({right[b].dtype})" for a, b in zip(node.left_on, node.right_on)]
         raise TaskFailed(f"merge cannot match {', '.join(kinds)}: convert the keys to one type first") from None
     return out.reset_index(drop=True)  # new rows: unique labels, which row filters follow

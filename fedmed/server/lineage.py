@@ -131,6 +131,10 @@ def _union_levels(levels: list[pd.Index], codes: list[np.ndarray]) -> tuple[pd.I
 
 # -- the person behind each row ---------------------------------------------------------------------------
 
+#: The one person that the rows without a person key of a table made in the request count as.
+UNKNOWN = ("no person key",)
+
+
 class NoPerson(Exception):
     """A relation whose rows do not each belong to one person (the message says why and what to do)."""
 
@@ -190,9 +194,16 @@ class Lineage:
         return list(walk([top], stop=_starts_rows))
 
     def persons(self, source: Node, value: Any = None) -> pd.Series:
-        """The person of each row of ``source``'s table (``value``: that table in a rerun)."""
+        """The person of each row of ``source``'s table (``value``: that table in a rerun).
+
+        A fragment's row without a person key is a person of its own, as on one table; in a table a
+        relation made, such rows may be copies of one row (pandas' merge matches missing keys with each
+        other), so all of them count as one person."""
         table = self.values[id(source)] if value is None else value
-        return table[self.column(source)]
+        persons = table[self.column(source)]
+        if isinstance(source, NEW_ROWS) and persons.isna().any():
+            persons = persons.astype(object).where(persons.notna(), UNKNOWN)
+        return persons
 
     def index(self, source: Node) -> pd.Index:
         """The row labels of ``source``'s table."""
@@ -284,15 +295,11 @@ class Lineage:
         if node.keep and kept is not None and kept not in node.names:
             return kept
         for name, value in zip(node.names, node.values):
-            if isinstance(value, Column) and self._is_person_column(value):
+            # the person column of these very rows: of a filtered copy it would be missing on the rows the
+            # filter drops, and each row without a key would count as a person of its own (red-teamed)
+            if isinstance(value, Column) and value.arg is node.rows and kept is not None and value.name == kept:
                 return name
         raise NoPerson(f"{_code(node)} drops or replaces the person key column; keep it in the table")
-
-    def _is_person_column(self, node: Column) -> bool:
-        try:
-            return node.name == self.column(node.arg)
-        except NoPerson:
-            return False
 
     def _merged(self, node: Merge) -> str:
         left, right = self.column(node.left), self.column(node.right)
