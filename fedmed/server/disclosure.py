@@ -280,15 +280,26 @@ class Disclosure:
         lineage = self.lineage
         if lineage is None:
             return None
-        # the persons the result is about: those of the rows that pass the map's own filters
-        reach = self._keys[self._graph.selected.to_numpy()].unique()
+        # the persons the result is about: those of the rows that pass the map's own filters; and for a
+        # group-by released group by group, each person's group (a person's first row decides)
+        selected = self._graph.selected.to_numpy()
+        reach = self._keys[selected].unique()
+        groupings = [pd.Series(codes.to_numpy()[selected], index=self._keys[selected].to_numpy()).groupby(level=0).first()
+                     for codes in self._groupings]
         for top, source in lineage.segments():
             persons = lineage.persons(source)
-            # judged in all its rows, then in the rows of the persons the result is about: a marker that
-            # splits the lab rows of many persons may single out one of those a filter on the cohort keeps
+            # judged in all its rows, then in the rows of the persons the result is about (a marker that
+            # splits the lab rows of many persons may single out one of those a filter on the cohort keeps),
+            # then within each released group's persons
             for within in (None, persons.isin(reach)):
                 space = Disclosure(top, self._values, lineage.index(source), persons, lineage=lineage, within=within)
                 finding = space._rowwise(k, share)
+                if finding is not None:
+                    return finding
+            for group_of in groupings:
+                space = Disclosure(top, self._values, lineage.index(source), persons, lineage=lineage)
+                groups = pd.Series(persons.map(group_of).fillna(-1).to_numpy(dtype=int), index=persons.index)
+                finding = space._within(groups, k, share)
                 if finding is not None:
                     return finding
         if self._rerun is None:
@@ -297,7 +308,11 @@ class Disclosure:
             changed = self._changed({id(node): everything()})
             if changed is None:
                 return Finding(node, "cannot be judged: the task fails when it keeps every row")
-            if 0 < self._how_many(changed) < k:
+            counts = [self._how_many(changed)]
+            for group_of in groupings:  # each group's value is released on its own
+                known = changed[changed.isin(group_of.index)]
+                counts += list(known.groupby(known.map(group_of).to_numpy()).nunique())
+            if any(0 < n < k for n in counts):
                 return Finding(node, f"is a {what} that leaves out fewer than {k} {self.unit} of the result")
         return None
 

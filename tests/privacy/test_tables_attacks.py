@@ -292,3 +292,20 @@ def test_a_missing_value_made_below_the_group_by_is_no_natural_gap() -> None:
     c = P.merge(f, on="patient_id", how="left")
     kept = c[(c["patient_id"] >= T) & (c["patient_id"] <= T + W)]
     refused((kept["age"] + 0 * kept["m"]).sum(), "fewer than 5 persons")
+
+
+def test_a_marker_below_the_group_by_is_judged_within_each_released_group() -> None:
+    """The same marker with no filter on the cohort: a group-by released group by group (``(patient_id -
+    T) // 31``) puts T with 30 padding persons in group 0, whose sums gave T's largest hba1c exactly (found
+    while fixing the round above). Each group's persons are a scope of the lab rows too."""
+    patients, labs = cohort_data(200)
+    P, L, _ = federate(patients, labs, servers=1)
+    T = 18
+    h, pid = L["hba1c"], L["patient_id"]
+    sel = pid <= T
+    d = (h * sel + (1 - sel) * (pid * 1000 + h * 1e-12)).log()
+    feats = L.assign(d=d).groupby("patient_id").agg(m=("d", "max"))
+    cohort = P.merge(feats, on="patient_id")
+    grouped = cohort.assign(g=(cohort["patient_id"] - T) // 31)
+    refused(grouped.groupby("g")["m"].sum(), "within a group of the group-by")
+    assert len(cohort.groupby("sex")["m"].sum().compute()) == 2  # groups of many persons each: released
