@@ -517,10 +517,11 @@ class Disclosure:
         """The row-wise steps whose influence is judged (not the map's own arguments: they reach every row),
         in every row space of the task (a lab value under a per-person group-by reaches the result through
         its person's row)."""
-        order = self._graph.order
+        order, keys = self._graph.order, set()
         if self.lineage is not None:
             order = [*order, *(n for top, _ in self.lineage.segments() for n in self.lineage.nodes(top))]
-        unique = {id(n): n for n in order}.values()
+            keys = self.lineage.keys()
+        unique = [n for n in {id(n): n for n in order}.values() if id(n) not in keys]
         return [node for node in unique
                 if not isinstance(node, (Literal, Fragment, Filter, Map)) and not any(node is a for a in self.node.args)
                 and isinstance(self._values.get(id(node)), pd.Series)]

@@ -15,6 +15,7 @@ missing there. The Dask engine runs the same three on each partition.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -652,6 +653,10 @@ def visit_concat(node: Concat, args: list[Any], data: Any, config: Config) -> An
         if list(t.columns) != first:
             raise TaskFailed(f"concat needs tables with the same columns in the same order: {first[:10]} and "
                              f"{list(t.columns)[:10]}")
+        for c in first:  # by the dtypes: numbers stacked on text would make sorts and group-bys fail by the rows
+            if isinstance(t[c], pd.Series) and _key_kind(t[c]) != _key_kind(tables[0][c]):
+                raise TaskFailed(f"concat of column {c!r} as {tables[0][c].dtype} and as {t[c].dtype}: "
+                                 "convert it to one type first")
     if config.privacy:
         return concat_rows(tables)
     return pd.concat(tables, ignore_index=True)
@@ -662,14 +667,50 @@ def visit_groupagg(node: GroupAgg, args: list[Any], data: Any, config: Config) -
     _has(table, [*node.keys, *node.columns], "groupby(...).agg")
     spec = {name: (column, fn) for name, column, fn in zip(node.names, node.columns, node.funcs)}
     grouped = table.groupby(list(node.keys), sort=True, dropna=True, observed=True)
-    out = grouped.agg(**spec).reset_index()
+    try:
+        out = grouped.agg(**spec)
+    except TypeError:  # values of several types in one column: the groups that mix them are missing, no failure
+        out = pd.DataFrame({name: _total_agg(grouped[column], fn) for name, (column, fn) in spec.items()})
+    out = out.reset_index()
     return group_rows(out, node.keys) if config.privacy else out
+
+
+def _total_agg(grouped: Any, fn: str) -> pd.Series:
+    """``fn`` of each group, missing where the group's values cannot be combined (text beside numbers):
+    whether a task fails must not depend on the rows a filter keeps."""
+    try:
+        return grouped.agg(fn)
+    except TypeError:
+        def one(values: pd.Series) -> Any:
+            try:
+                return values.agg(fn)
+            except TypeError:
+                return np.nan
+        return grouped.agg(one)
 
 
 def visit_sort(node: Sort, args: list[Any], data: Any, config: Config) -> Any:
     table = _frame_of(args[0], "sort_values")
     _has(table, node.by, "sort_values")
-    return table.sort_values(list(node.by), ascending=list(node.ascending), kind="stable", na_position="last")
+    sort = functools.partial(table.sort_values, list(node.by), ascending=list(node.ascending), kind="stable",
+                             na_position="last")
+    try:
+        return sort()
+    except TypeError:  # text beside numbers in one column: ordered by type first, never a failure that rows decide
+        return sort(key=_total_order)
+
+
+def _total_order(column: pd.Series) -> pd.Series:
+    if column.dtype != object:
+        return column
+    return column.map(lambda v: v if _missing_value(v) else (type(v).__name__, v))
+
+
+def _missing_value(v: Any) -> bool:
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def visit_project(node: Project, args: list[Any], data: Any, config: Config) -> Any:

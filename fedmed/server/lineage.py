@@ -242,6 +242,18 @@ class Lineage:
             out[name] = out[name].fillna(out[r + node.suffixes[1] if r in clash else r])
         return out
 
+    def keys(self) -> set[int]:
+        """The nodes whose values become a join's or a group-by's keys (a key column, or a value assigned
+        under a key's name). Moving one of them to a far constant would pair every row with every other
+        (a join of rows x rows, far beyond any price), so the influence rule leaves them to the rules that
+        judge keys: the person keys by structure, the others as the row filters a join makes."""
+        nodes = list(walk([self.root]))
+        names = {k for n in nodes if isinstance(n, Merge) for k in (*n.left_on, *n.right_on)}
+        names |= {k for n in nodes if isinstance(n, GroupAgg) for k in n.keys}
+        keyed = {id(n) for n in nodes if isinstance(n, Column) and n.name in names}
+        keyed |= {id(v) for n in nodes if isinstance(n, Project) for name, v in zip(n.names, n.values) if name in names}
+        return keyed
+
     @property
     def relations(self) -> bool:
         """Whether the task reads rows a relation made (a merge, a concat, a group-by)."""
