@@ -724,6 +724,8 @@ class Disclosure:
     def _align(self, mask: pd.Series) -> pd.Series:
         if mask.index is self.index:
             return mask.astype(bool)
+        if _same_labels(mask.index, self.index):  # the same rows (a relation's labels: no tuples built)
+            return mask.set_axis(self.index).astype(bool)
         return mask.reindex(self.index, fill_value=False).astype(bool)
 
 
