@@ -500,6 +500,8 @@ class Disclosure:
         # a count table or an extreme judges the small side of its own input itself (cells, holders):
         # there, a comparison whose one side is small must not be refused for what each move alone trips
         each_move = self.node.op not in _CELLS_AND_EXTREMES
+        if self.lineage is None:
+            return self._influence_in_rows(k, each_move)
         for node in self._influence_candidates():
             union = []
             for moved in _moves(self._values[id(node)]):
@@ -510,6 +512,26 @@ class Disclosure:
                 if each_move and 0 < self._how_many(changed) < k:
                     return Finding(node, f"reaches the result through fewer than {k} {self.unit} only")
             if union and 0 < self._how_many(pd.concat(union)) < k:
+                return Finding(node, f"reaches the result through fewer than {k} {self.unit} only")
+        return None
+
+    def _influence_in_rows(self, k: int, each_move: bool) -> Finding | None:
+        """``_influence`` over one fragment's rows: masks on the fragment's index, no row appears."""
+        present = self._graph.present
+        for node in self._influence_candidates():
+            union = pd.Series(False, index=self.index)
+            for moved in _moves(self._values[id(node)]):
+                again = self._rerun(self.node, {id(node): moved})
+                if again is None:
+                    return Finding(node, "cannot be judged: changing its values makes the task fail")
+                changed = pd.Series(False, index=self.index)
+                for before, after in zip(self.inputs, again):
+                    if isinstance(before, pd.Series) and isinstance(after, pd.Series):
+                        changed = changed | self._align(_differs(before, after))
+                union |= changed
+                if each_move and 0 < self.count(changed & present) < k:
+                    return Finding(node, f"reaches the result through fewer than {k} {self.unit} only")
+            if 0 < self.count(union & present) < k:
                 return Finding(node, f"reaches the result through fewer than {k} {self.unit} only")
         return None
 
